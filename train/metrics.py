@@ -1,0 +1,174 @@
+"""Metric writers: `<workdir>/metrics.jsonl` (what `scaling/` reads) plus TensorBoard under `tb/`.
+
+Every JSON line is `{"step": int, "<name>": float | null, ...}`. Non-finite values (NaN, +-Inf) are
+written as `null`, because strict JSON has no spelling for them and other readers (jq, pandas)
+reject Python's `NaN` extension; TensorBoard still receives the raw value.
+"""
+
+import json
+import math
+import os
+import tempfile
+from typing import Any
+
+from tensorboardX import SummaryWriter
+
+_CHUNK = 1 << 16
+
+
+def _to_json_value(value: Any) -> float | None:
+    value = float(value)  # Accepts Python, numpy and (fetched) JAX scalars.
+    return value if math.isfinite(value) else None
+
+
+def _drop_partial_last_line(path: str) -> None:
+    """Truncates `path` after its last newline; a SIGKILL mid-write can leave a torn line."""
+    with open(path, "rb+") as f:
+        end = f.seek(0, os.SEEK_END)
+        pos = end
+        # Scan backwards in chunks so reopening a long log does not read the whole file.
+        while pos > 0:
+            start = max(0, pos - _CHUNK)
+            f.seek(start)
+            newline = f.read(pos - start).rfind(b"\n")
+            if newline >= 0:
+                keep = start + newline + 1
+                break
+            pos = start
+        else:
+            keep = 0
+        if keep != end:
+            f.truncate(keep)
+            os.fsync(f.fileno())
+
+
+def read_metrics(path: str) -> list[dict[str, Any]]:
+    """Reads a metrics.jsonl file.
+
+    Args:
+      path: Path of the file.
+
+    Returns:
+      One dict per complete line, in file order; `null` values come back as None. A trailing line
+      without its newline (a write in progress or torn by a crash) is ignored.
+    """
+    with open(path, encoding="utf-8") as f:
+        lines = f.read().split("\n")
+    # The element after the last '\n' is '' for a well-formed file, else a partial line.
+    return [json.loads(line) for line in lines[:-1] if line.strip()]
+
+
+class MetricWriter:
+    """Appends metrics to `<workdir>/metrics.jsonl` and TensorBoard; a no-op when not enabled.
+
+    Each JSON line goes out in one `write` call and is fsync-ed, so a crash loses at most the line
+    being written, and that torn line is removed the next time the file is opened.
+    """
+
+    def __init__(self, workdir: str, enabled: bool = True):
+        """Opens (creating if needed) the metric files.
+
+        Args:
+          workdir: Run directory.
+          enabled: False on non-zero processes: nothing is created or written.
+        """
+        self.enabled = enabled
+        self._dir = os.path.abspath(workdir)
+        self.path = os.path.join(self._dir, "metrics.jsonl")
+        self._tb_dir = os.path.join(workdir, "tb")
+        self._fd = -1
+        # Created on first use (tensorboardX opens a file at once), and named per process and
+        # writer: tensorboardX names files by the second and opens them "wb", so two writers in
+        # one second on one host would clobber each other.
+        self._tb: SummaryWriter | None = None
+        self._tb_count = 0
+        self._purge_step: int | None = None
+        if not enabled:
+            return
+        os.makedirs(workdir, exist_ok=True)
+        if os.path.exists(self.path):
+            _drop_partial_last_line(self.path)
+        self._open()
+
+    def _open(self) -> None:
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+
+    def _tb_writer(self) -> SummaryWriter:
+        if self._tb is None:
+            self._tb_count += 1
+            suffix = f".{os.getpid()}.{self._tb_count}"
+            self._tb = SummaryWriter(
+                self._tb_dir, purge_step=self._purge_step, filename_suffix=suffix
+            )
+        return self._tb
+
+    def write(self, step: int, metrics: dict[str, Any]) -> None:
+        """Appends one line `{"step": step, **metrics}` and logs each scalar to TensorBoard.
+
+        Args:
+          step: Training step.
+          metrics: Scalar metrics by name, e.g. `train/loss`; values convertible with `float()`.
+        """
+        if not self.enabled:
+            return
+        record = {"step": int(step), **{k: _to_json_value(v) for k, v in metrics.items()}}
+        data = (json.dumps(record, allow_nan=False) + "\n").encode("utf-8")
+        written = os.write(self._fd, data)
+        while written < len(data):  # Short writes are rare on regular files, but legal.
+            written += os.write(self._fd, data[written:])
+        os.fsync(self._fd)
+        tb = self._tb_writer()
+        for name, value in metrics.items():
+            tb.add_scalar(name, float(value), int(step))
+
+    def truncate_after(self, step: int) -> None:
+        """Keeps only lines with `step <= step`, so a resumed run never writes a step twice.
+
+        The JSON file is rewritten atomically (temp file + `os.replace`). Event files cannot be
+        edited, so the TensorBoard writer is reopened with `purge_step=step + 1`, which makes
+        TensorBoard hide the older events past `step`.
+
+        Args:
+          step: Last step to keep, normally the step of the restored checkpoint.
+        """
+        if not self.enabled:
+            return
+        os.close(self._fd)
+        kept = [r for r in read_metrics(self.path) if r["step"] <= step]
+        fd, tmp = tempfile.mkstemp(dir=self._dir, prefix=".metrics.", suffix=".tmp")
+        os.fchmod(fd, 0o644)  # mkstemp's 0o600 would hide the metrics from other users.
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.writelines(json.dumps(r, allow_nan=False) + "\n" for r in kept)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+        dir_fd = os.open(self._dir, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)  # Makes the rename itself durable.
+        finally:
+            os.close(dir_fd)
+        self._open()
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+        self._purge_step = int(step) + 1
+
+    def flush(self) -> None:
+        """Flushes TensorBoard events (the JSON file is always flushed)."""
+        if self.enabled and self._tb is not None:
+            self._tb.flush()
+
+    def close(self) -> None:
+        """Flushes and closes both files; further calls are no-ops."""
+        if not self.enabled:
+            return
+        os.close(self._fd)
+        if self._tb is not None:
+            self._tb.close()
+        self.enabled = False
+
+    def __enter__(self) -> "MetricWriter":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

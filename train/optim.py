@@ -1,0 +1,161 @@
+"""Optimizer and learning-rate schedules: AdamW with global-norm clipping.
+
+Schedules are plain functions of the optimizer step (jittable, no state), so the loop logs the
+learning rate by calling the schedule on the step instead of carrying it in the optimizer state.
+"""
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+SCHEDULES = ("cosine", "wsd", "constant")
+DECAY_SHAPES = ("linear", "1-sqrt")
+
+
+def default_train_config() -> ml_collections.ConfigDict:
+    """Optimizer and loop defaults, the `train` block of every experiment config.
+
+    Returns:
+      A ConfigDict; see `make_schedule` and `make_optimizer` for the optimizer fields.
+    """
+    return ml_collections.ConfigDict(
+        dict(
+            steps=1000,
+            lr=3e-3,
+            warmup_steps=100,
+            schedule="cosine",
+            min_lr_ratio=0.1,
+            decay_fraction=0.2,  # wsd: cooldown length as a fraction of `steps`.
+            decay_shape="linear",  # wsd: 'linear' or '1-sqrt'.
+            decay_start=-1,  # wsd: first cooldown step; -1 means steps * (1 - decay_fraction).
+            weight_decay=0.1,
+            b1=0.9,
+            b2=0.95,
+            eps=1e-8,
+            clip_norm=1.0,  # <= 0 disables clipping.
+            grad_accum=1,
+            eval_every=200,
+            eval_batches=20,
+            ckpt_every=500,
+            keep_ckpts=2,
+            log_every=10,
+            peak_flops=0.0,  # Per-device peak FLOP/s for MFU; 0 means measure.
+        )
+    )
+
+
+def wsd_decay_start(train_cfg: ml_collections.ConfigDict) -> int:
+    """First step of the WSD cooldown, resolving the `decay_start=-1` default.
+
+    Args:
+      train_cfg: The `train` config block.
+
+    Returns:
+      The step at which the learning rate starts to fall from `lr`.
+    """
+    if train_cfg.decay_start >= 0:
+        return int(train_cfg.decay_start)
+    return int(round(train_cfg.steps * (1.0 - train_cfg.decay_fraction)))
+
+
+def make_schedule(train_cfg: ml_collections.ConfigDict) -> optax.Schedule:
+    """Builds the learning-rate schedule `step -> lr`.
+
+    All schedules warm up linearly from 0 at step 0 to `lr` at `warmup_steps`, then:
+    'cosine' decays to `lr * min_lr_ratio` at `steps`; 'constant' stays at `lr`; 'wsd'
+    (warmup-stable-decay, Hägele et al. 2024) stays at `lr` until `decay_start` and cools down to
+    `lr * min_lr_ratio` at `steps` with `decay_shape` 'linear' (1 - p) or '1-sqrt' (1 - sqrt(p)),
+    p being the cooldown progress in [0, 1]. Past `steps` every schedule holds its final value.
+
+    Args:
+      train_cfg: The `train` config block (`default_train_config()` fields).
+
+    Returns:
+      A jittable function of an integer step.
+
+    Raises:
+      ValueError: On an unknown schedule or decay shape, or a cooldown outside the run.
+    """
+    name = train_cfg.schedule
+    if name not in SCHEDULES:
+        raise ValueError(f"train.schedule={name!r} is not one of {SCHEDULES}.")
+    peak, floor = float(train_cfg.lr), float(train_cfg.lr * train_cfg.min_lr_ratio)
+    warmup, steps = int(train_cfg.warmup_steps), int(train_cfg.steps)
+    shape = train_cfg.decay_shape  # Read now: a later edit of the config must not change lr.
+
+    if name == "wsd":
+        if shape not in DECAY_SHAPES:
+            raise ValueError(f"train.decay_shape={shape!r} is not one of {DECAY_SHAPES}.")
+        start = wsd_decay_start(train_cfg)
+        if not warmup <= start <= steps:
+            raise ValueError(
+                f"WSD cooldown starts at step {start} (train.decay_start/decay_fraction), outside "
+                f"[warmup_steps={warmup}, steps={steps}]."
+            )
+    else:
+        start = warmup
+
+    def after_warmup(step: jax.Array) -> jax.Array:
+        if name == "constant":
+            return jnp.full_like(step, peak)
+        # max(1, .) keeps a zero-length decay (start == steps) from dividing by zero.
+        progress = jnp.clip((step - start) / max(1, steps - start), 0.0, 1.0)
+        if name == "cosine":
+            frac = 0.5 * (1.0 + jnp.cos(jnp.pi * progress))
+        elif shape == "linear":
+            frac = 1.0 - progress
+        else:
+            frac = 1.0 - jnp.sqrt(progress)
+        return floor + (peak - floor) * frac
+
+    def schedule(step: jax.Array | int) -> jax.Array:
+        step = jnp.asarray(step, jnp.float32)
+        if warmup == 0:
+            return after_warmup(step)
+        return jnp.where(step < warmup, peak * step / warmup, after_warmup(step))
+
+    return schedule
+
+
+def decay_mask(params: Any) -> Any:
+    """Weight-decay mask: True for matrices (kernels, embedding tables), False for vectors.
+
+    Norm scales and biases (ndim <= 1) are left undecayed: shrinking them towards zero fights the
+    normalisation rather than regularising the function.
+
+    Args:
+      params: A pytree of arrays or `jax.ShapeDtypeStruct`s.
+
+    Returns:
+      A pytree of Python bools with the structure of `params`.
+    """
+    return jax.tree.map(lambda p: len(p.shape) >= 2, params)
+
+
+def make_optimizer(train_cfg: ml_collections.ConfigDict) -> optax.GradientTransformation:
+    """AdamW with decoupled, masked weight decay and optional global-norm clipping.
+
+    The update is `-lr_t * (adam_direction + weight_decay * param)` (optax's `adamw`, like PyTorch's
+    AdamW), so the effective per-step decay is `lr_t * weight_decay`, and it follows the schedule.
+    Clipping applies to the raw gradient before Adam's moments see it.
+
+    Args:
+      train_cfg: The `train` config block (`default_train_config()` fields).
+
+    Returns:
+      An optax transformation; its state holds no hyperparameters (no `inject_hyperparams`).
+    """
+    adamw = optax.adamw(
+        make_schedule(train_cfg),
+        b1=train_cfg.b1,
+        b2=train_cfg.b2,
+        eps=train_cfg.eps,
+        weight_decay=train_cfg.weight_decay,
+        mask=decay_mask,
+    )
+    if train_cfg.clip_norm > 0:
+        return optax.chain(optax.clip_by_global_norm(train_cfg.clip_norm), adamw)
+    return adamw
