@@ -79,22 +79,25 @@ def test_unknown_schedule_names_field_and_choices():
 
 def test_decay_mask():
     params = {
-        "embed": {"embedding": np.zeros((16, 4))},
-        "layers": {
-            "attn": {"kernel": jax.ShapeDtypeStruct((2, 4, 8), jnp.float32)},
-            "norm": {"scale": np.zeros((2, 4))},  # Stacked over layers: ndim 2.
-            "mlp": {"bias": np.zeros((8,)), "kernel": np.zeros((4, 8))},
+        "embed": np.zeros((16, 4)),
+        "layers": {  # Stacked along a leading L = 2 axis.
+            "q": jax.ShapeDtypeStruct((2, 4, 2, 3), jnp.float32),
+            "ln1_scale": np.zeros((2, 4)),
+            "ln1_bias": np.zeros((2, 4)),
+            "wi": np.zeros((2, 4, 8)),
         },
-        "final_norm": {"scale": np.zeros((4,))},
+        "final_ln_scale": np.zeros((4,)),
+        "unembed": np.zeros((4, 16)),
     }
     assert optim.decay_mask(params) == {
-        "embed": {"embedding": True},
-        "layers": {
-            "attn": {"kernel": True},
-            "norm": {"scale": True},
-            "mlp": {"bias": False, "kernel": True},
-        },
-        "final_norm": {"scale": False},
+        "embed": True,
+        "layers": {"q": True, "ln1_scale": False, "ln1_bias": False, "wi": True},
+        "final_ln_scale": False,
+        "unembed": True,
+    }
+    # Without the stacking rule, only raw rank counts.
+    assert optim.decay_mask({"layers": {"scale": np.zeros((2, 4))}}, stacked_keys=()) == {
+        "layers": {"scale": True}
     }
 
 

@@ -120,19 +120,27 @@ def make_schedule(train_cfg: ml_collections.ConfigDict) -> optax.Schedule:
     return schedule
 
 
-def decay_mask(params: Any) -> Any:
+def decay_mask(params: Any, stacked_keys: tuple[str, ...] = ("layers",)) -> Any:
     """Weight-decay mask: True for matrices (kernels, embedding tables), False for vectors.
 
-    Norm scales and biases (ndim <= 1) are left undecayed: shrinking them towards zero fights the
-    normalisation rather than regularising the function.
+    Norm scales and biases are left undecayed: shrinking them towards zero fights the
+    normalisation rather than regularising the function. The test is on the per-layer rank:
+    parameters under a `stacked_keys` subtree carry a leading `layers` axis (DESIGN.md), so a
+    stacked norm scale `[L, D]` counts as a vector, not a matrix.
 
     Args:
-      params: A pytree of arrays or `jax.ShapeDtypeStruct`s.
+      params: A pytree of arrays or `jax.ShapeDtypeStruct`s (nested dicts).
+      stacked_keys: Dict keys whose subtrees are stacked along a leading layer axis.
 
     Returns:
       A pytree of Python bools with the structure of `params`.
     """
-    return jax.tree.map(lambda p: len(p.shape) >= 2, params)
+
+    def is_matrix(path: tuple[Any, ...], p: Any) -> bool:
+        stacked = sum(getattr(k, "key", None) in stacked_keys for k in path)
+        return len(p.shape) - stacked >= 2
+
+    return jax.tree_util.tree_map_with_path(is_matrix, params)
 
 
 def make_optimizer(train_cfg: ml_collections.ConfigDict) -> optax.GradientTransformation:
