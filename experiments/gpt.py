@@ -1,0 +1,42 @@
+r"""Decoder-only byte-level LM (GPT) on the embedded stdlib corpus.
+
+  python launch/run.py --config experiments/gpt.py:size=tiny --workdir /tmp/gpt_tiny
+
+Arguments (comma-separated): size=tiny|mini|small|medium|large|base|xl, runlocal (a few steps,
+for a smoke test), steps=N (override the preset's step count).
+
+Presets and measured cost on a 2-core CPU (see README results):
+  size=tiny:  2 x 128,  600 steps of 16 x 256 tokens (2.5M tokens), about 3 minutes.
+  size=small: 4 x 256, 3000 steps of 16 x 256 tokens (12M tokens), under 30 minutes.
+Larger sizes default to 10,000 steps and are meant for accelerators.
+"""
+
+from experiments.common import base_config, parse_arg
+
+# size: (steps, peak lr, warmup)
+PRESETS = {
+    'tiny': (600, 3e-3, 50),
+    'mini': (1500, 3e-3, 100),
+    'small': (3000, 2e-3, 150),
+}
+
+
+def get_config(arg: str = ''):
+    args = parse_arg(arg, size='small', runlocal=False, steps=0)
+    config = base_config(args.size)
+    steps, lr, warmup = PRESETS.get(args.size, (10_000, 1e-3, 500))
+    config.train.steps = args.steps or steps
+    config.train.lr = lr
+    config.train.warmup_steps = min(warmup, config.train.steps // 10)
+    config.train.eval_every = max(config.train.steps // 5, 1)
+    config.train.ckpt_every = max(config.train.steps // 5, 1)
+    config.train.log_every = 10
+    if args.runlocal:
+        config.train.steps = 20
+        config.train.warmup_steps = 2
+        config.train.eval_every = 10
+        config.train.ckpt_every = 10
+        config.train.eval_batches = 2
+        config.data.batch_size = 8
+        config.data.seq_len = 128
+    return config

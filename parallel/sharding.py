@@ -1,0 +1,55 @@
+"""Logical annotations -> `NamedSharding`s, with divisibility checked before anything compiles."""
+
+import flax.linen as nn
+import jax
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+
+def logical_to_mesh_specs(logical_tree, rules) -> object:
+    """Maps a tree of logical PartitionSpecs (from `nn.get_partition_spec`) to mesh specs."""
+    return nn.logical_to_mesh(logical_tree, rules)
+
+
+def named_shardings(mesh_specs, mesh: Mesh):
+    return jax.tree.map(lambda s: NamedSharding(mesh, s), mesh_specs,
+                        is_leaf=lambda x: isinstance(x, P))
+
+
+def check_divisible(shapes, mesh_specs, mesh: Mesh) -> None:
+    """Raises a one-line ValueError for the first array dim its mesh axes do not divide."""
+    flat_shapes = jax.tree_util.tree_leaves_with_path(shapes)
+    flat_specs = jax.tree.leaves(mesh_specs, is_leaf=lambda x: isinstance(x, P))
+    for (path, leaf), spec in zip(flat_shapes, flat_specs, strict=True):
+        for dim, (size, axes) in enumerate(zip(leaf.shape, tuple(spec), strict=False)):
+            if axes is None:
+                continue
+            axes = (axes,) if isinstance(axes, str) else tuple(axes)
+            n = 1
+            for a in axes:
+                n *= mesh.shape[a]
+            if size % n:
+                name = jax.tree_util.keystr(path)
+                raise ValueError(f'{name} dim {dim} has size {size}, not divisible by mesh axes '
+                                 f'{axes} of size {n}; change the model size or parallel.mesh')
+
+
+def batch_spec(rules) -> P:
+    """Mesh spec of a [B, T] batch array under `rules`."""
+    return nn.logical_to_mesh_axes(('batch', 'length'), rules)
+
+
+def batch_shardings(batch_shapes: dict, mesh: Mesh, rules) -> dict:
+    spec = batch_spec(rules)
+    return {k: NamedSharding(mesh, spec) for k in batch_shapes}
+
+
+def check_batch(batch_size: int, mesh: Mesh, rules) -> None:
+    axes = batch_spec(rules)[0]
+    axes = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
+    n = 1
+    for a in axes:
+        n *= mesh.shape[a]
+    if batch_size % n:
+        raise ValueError(f'data.batch_size={batch_size} is not divisible by the batch mesh axes '
+                         f'{axes} (size {n}); change data.batch_size or parallel.mesh')

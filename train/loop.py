@@ -1,0 +1,230 @@
+"""The training loop: config -> data -> model -> loss -> sharded jitted step -> checkpoints, metrics.
+
+`train_and_evaluate(config, workdir)` is the one function `launch/run.py` calls for a single run.
+It resumes automatically from the newest checkpoint in `workdir/checkpoints`.
+"""
+
+import json
+import os
+import time
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+import objectives
+from data.pipeline import make_eval_batches, make_train_iterator
+from data.tokenizer import get_tokenizer
+from models import get_model
+from models.counting import count_params, flops_per_token
+from parallel.mesh import make_mesh
+from parallel.rules import get_rules
+from parallel.sharding import batch_shardings, check_batch
+from train.checkpoint import Checkpointer
+from train.metrics import MetricWriter
+from train.optim import make_optimizer, make_schedule
+from train.perf import measure_peak_flops, mfu
+from train.progress import Progress
+from train.state import abstract_with_shardings, create_train_state
+from train.step import make_eval_step, make_train_step
+
+
+def write_json_atomic(path: str, obj) -> None:
+    tmp = f'{path}.tmp.{os.getpid()}'
+    with open(tmp, 'w') as f:
+        json.dump(obj, f, indent=2, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def validate(config) -> None:
+    """Cheap config checks that must fail before anything compiles or writes."""
+    m, d, t = config.model, config.data, config.train
+    if m.positions == 'learned' and d.seq_len > m.max_len:
+        raise ValueError(f'data.seq_len={d.seq_len} exceeds model.max_len={m.max_len} (learned '
+                         'position table); raise model.max_len or lower data.seq_len')
+    if t.grad_accum < 1 or d.batch_size % t.grad_accum:
+        raise ValueError(f'data.batch_size={d.batch_size} is not divisible by '
+                         f'train.grad_accum={t.grad_accum}')
+    if t.steps < 1:
+        raise ValueError(f'train.steps={t.steps} must be at least 1')
+
+
+class Run:
+    """Everything a run builds before its first step (shared by the loop, bench and tests)."""
+
+    def __init__(self, config):
+        validate(config)
+        self.config = config
+        self.mesh = make_mesh(config.parallel.mesh)
+        self.rules = get_rules(config.parallel.rules, pipeline=self.mesh.shape['stage'] > 1)
+        if self.mesh.shape['stage'] > 1:
+            raise ValueError('parallel.mesh.stage > 1 needs the pipeline schedule, which this '
+                             'build does not have yet; set parallel.mesh.stage=1')
+        self.tokenizer = get_tokenizer(config.data.tokenizer,
+                                       num_sentinels=config.data.num_sentinels)
+        if self.tokenizer.vocab_size > config.model.vocab_size:
+            raise ValueError(f'model.vocab_size={config.model.vocab_size} is smaller than the '
+                             f'tokenizer vocabulary ({self.tokenizer.vocab_size}); raise it')
+        self.model = get_model(config.model.family)
+        self.counts = count_params(config.model)
+        self.flops = flops_per_token(config.model, config.data.seq_len)
+        self.schedule = make_schedule(config.train)
+        self.optimizer = make_optimizer(config.train)
+        self.loss_fn = objectives.get_loss_fn(config.objective)(
+            config.model, self.model.apply, bytes_per_token=self.tokenizer.bytes_per_token)
+        with self.activate():
+            check_batch(config.data.batch_size // config.train.grad_accum, self.mesh, self.rules)
+            self.state, self.state_shardings, self.logical_specs = create_train_state(
+                self.model, config.model, self.optimizer, self.mesh, self.rules, config.seed)
+            names = ('tokens', 'segment_ids', 'positions')
+            self.batch_shardings = batch_shardings(names, self.mesh, self.rules)
+            replicated = NamedSharding(self.mesh, P())
+            self.train_step = jax.jit(
+                make_train_step(self.loss_fn, self.optimizer, self.schedule, config.train.grad_accum),
+                in_shardings=(self.state_shardings, self.batch_shardings),
+                out_shardings=(self.state_shardings, replicated), donate_argnums=(0,))
+            self.eval_step = jax.jit(make_eval_step(self.loss_fn),
+                                     in_shardings=(self.state_shardings.params, self.batch_shardings),
+                                     out_shardings=replicated)
+
+    def activate(self):
+        """Context in which logical constraints resolve against this run's mesh and rules."""
+        return _Both(jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules))
+
+    def global_batch(self, local: dict) -> dict:
+        """Builds global arrays from this process's slice of the batch (multi-host safe)."""
+        return {k: jax.make_array_from_process_local_data(self.batch_shardings[k], np.asarray(v))
+                for k, v in local.items() if k in self.batch_shardings}
+
+    def evaluate(self, params, eval_batches: list) -> dict[str, float]:
+        sums = {'nll_sum': 0.0, 'tokens': 0.0, 'bytes': 0.0}
+        with self.activate():
+            outs = [self.eval_step(params, self.global_batch(b)) for b in eval_batches]
+        for aux in jax.device_get(outs):
+            for k in sums:
+                sums[k] += float(aux[k])
+        return objectives.summarize(sums)
+
+
+class _Both:
+    def __init__(self, *ctxs):
+        self.ctxs = ctxs
+
+    def __enter__(self):
+        for c in self.ctxs:
+            c.__enter__()
+
+    def __exit__(self, *exc):
+        for c in reversed(self.ctxs):
+            c.__exit__(*exc)
+
+
+def train_and_evaluate(config, workdir: str) -> dict:
+    """Trains `config` in `workdir` (resuming if it holds checkpoints); returns the final summary."""
+    is_main = jax.process_index() == 0
+    os.makedirs(workdir, exist_ok=True)
+    run = Run(config)
+    if is_main:
+        write_json_atomic(os.path.join(workdir, 'config.json'), config.to_dict())
+    tcfg = config.train
+    writer = MetricWriter(workdir, enabled=is_main)
+    ckpt = Checkpointer(os.path.join(workdir, 'checkpoints'), keep=tcfg.keep_ckpts,
+                        every=tcfg.ckpt_every)
+    train_iter = make_train_iterator(config.data, seed=config.seed,
+                                     process_index=jax.process_index(),
+                                     process_count=jax.process_count())
+    eval_batches = make_eval_batches(config.data, num_batches=tcfg.eval_batches,
+                                     process_index=jax.process_index(),
+                                     process_count=jax.process_count())
+    state = run.state
+    start = ckpt.latest_step() or 0
+    if start:
+        abstract = abstract_with_shardings(run.state_shardings, jax.eval_shape(lambda: state))
+        del run.state, state  # free the fresh state before restoring into the same shardings
+        state = ckpt.restore(start, abstract, train_iter)
+        writer.truncate_after(start)
+    else:
+        del run.state
+        writer.write(0, {'model/params_total': run.counts['total'],
+                         'model/params_non_embedding': run.counts['non_embedding'],
+                         'model/flops_per_token': run.flops['flops_per_token'],
+                         'model/flops_per_token_6n': run.flops['flops_per_token_6n']})
+    peak = tcfg.peak_flops or measure_peak_flops()
+    progress = Progress(tcfg.steps, start_step=start, enabled=is_main)
+    if start:
+        progress.write(f'Resumed from step {start} in {workdir}')
+    tokens_per_step = config.data.batch_size * config.data.seq_len
+
+    t_start = time.perf_counter()
+    compile_s = 0.0
+    pending = None  # (step, device metrics): fetched one step late so the device never waits
+    clock = {'t': time.perf_counter(), 'step': start}  # last point the host saw the device idle
+    summary: dict = {}
+    with run.activate():
+        for step in range(start + 1, tcfg.steps + 1):
+            batch = run.global_batch(next(train_iter))
+            if step == start + 1:
+                t = time.perf_counter()
+                compiled = run.train_step.lower(state, batch).compile()
+                compile_s = time.perf_counter() - t
+                writer.write(step, {'perf/compile_s': compile_s})
+                clock = {'t': time.perf_counter(), 'step': start}
+            state, metrics = compiled(state, batch)
+            if pending is not None:
+                _log_train(*pending, writer, progress, run, peak, tokens_per_step, clock)
+                pending = None
+            if step % tcfg.log_every == 0 or step == tcfg.steps:
+                pending = (step, metrics)
+            if step % tcfg.eval_every == 0 or step == tcfg.steps:
+                if pending is not None:
+                    _log_train(*pending, writer, progress, run, peak, tokens_per_step, clock)
+                    pending = None
+                ev = run.evaluate(state.params, eval_batches)
+                writer.write(step, {f'eval/{k}': v for k, v in ev.items()})
+                progress.write(f'step {step}: eval loss {ev["loss"]:.4f} nats/token, '
+                               f'{ev["bits_per_byte"]:.4f} bits/byte')
+                summary.update({f'eval/{k}': v for k, v in ev.items()})
+                clock = {'t': time.perf_counter(), 'step': step}
+            if ckpt.should_save(step, tcfg.steps):
+                ckpt.save(step, state, train_iter)
+        if pending is not None:
+            _log_train(*pending, writer, progress, run, peak, tokens_per_step, clock)
+    ckpt.close()
+    progress.close()
+    wall = time.perf_counter() - t_start
+    summary.update({'step': tcfg.steps, 'wall_s': wall, 'compile_s': compile_s,
+                    'tokens': tcfg.steps * tokens_per_step,
+                    'params_total': run.counts['total'],
+                    'params_non_embedding': run.counts['non_embedding'],
+                    'flops_per_token': run.flops['flops_per_token'],
+                    'resumed_from': start})
+    if is_main:
+        write_json_atomic(os.path.join(workdir, 'summary.json'), summary)
+    writer.close()
+    return summary
+
+
+def _log_train(step, metrics, writer, progress, run, peak, tokens_per_step, clock):
+    """Writes a finished step's metrics; blocks only on that step, not on the one queued after."""
+    m = jax.device_get(metrics)
+    now = time.perf_counter()
+    loss = float(m['loss'])
+    if not np.isfinite(loss):
+        raise FloatingPointError(f'train/loss is {loss} at step {step}; lower train.lr or check '
+                                 'the data; the last checkpoint is in the workdir')
+    tok_s = tokens_per_step * max(step - clock['step'], 1) / max(now - clock['t'], 1e-9)
+    clock.update(t=now, step=step)
+    out = {
+        'train/loss': loss,
+        'train/bits_per_byte': float(m['nll_sum']) / np.log(2.0) / max(float(m['bytes']), 1.0),
+        'train/grad_norm': float(m['grad_norm']),
+        'train/lr': float(m['lr']),
+        'perf/tokens_per_s': tok_s,
+        'perf/mfu': mfu(tok_s, run.flops['flops_per_token'], peak, jax.device_count()),
+    }
+    writer.write(step, out)
+    progress.update(step, {'loss': loss, 'tokens_per_s': tok_s, 'mfu': out['perf/mfu']})

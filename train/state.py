@@ -1,0 +1,69 @@
+"""Train state and its sharded creation: abstract first, then materialised sharded.
+
+`jax.eval_shape(model.init)` gives the logical axes of every parameter; the rule table maps them to
+mesh axes; optimizer-state shardings mirror the parameters'; `jax.jit(init, out_shardings=...)` then
+builds every array directly in its shards, so full parameters never exist on one device.
+"""
+
+from typing import Any
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from parallel.sharding import check_divisible, named_shardings
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array  # int32 scalar: optimizer updates done
+    params: Any
+    opt_state: Any
+    rng: jax.Array  # raw uint32 key data, so checkpoints hold plain arrays
+
+
+def _is_spec(x) -> bool:
+    return isinstance(x, P)
+
+
+def create_train_state(model, model_cfg, optimizer: optax.GradientTransformation, mesh: Mesh,
+                       rules, seed: int) -> tuple[TrainState, TrainState, dict]:
+    """Builds the sharded initial state.
+
+    Returns:
+      (state, state_shardings, param_logical_specs): `state_shardings` is a TrainState of
+      NamedShardings for jit in/out shardings and checkpoint restore; `param_logical_specs` are the
+      parameters' logical PartitionSpecs.
+    """
+    def init_fn(key_data):
+        key = jax.random.wrap_key_data(key_data)
+        params_key, train_key = jax.random.split(key)
+        params = nn.unbox(model.init(params_key, model_cfg))
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                          opt_state=optimizer.init(params),
+                          rng=jax.random.key_data(train_key))
+
+    key_data = jax.random.key_data(jax.random.key(seed))
+    boxed = jax.eval_shape(lambda k: model.init(jax.random.wrap_key_data(k), model_cfg), key_data)
+    logical_specs = nn.get_partition_spec(boxed)
+    param_specs = nn.logical_to_mesh(logical_specs, rules)
+    abstract = jax.eval_shape(init_fn, key_data)
+    check_divisible(abstract.params, param_specs, mesh)
+    opt_specs = optax.tree_utils.tree_map_params(
+        optimizer, lambda _, spec: spec, abstract.opt_state, param_specs,
+        transform_non_params=lambda _: P(), is_leaf=_is_spec)
+    specs = TrainState(step=P(), params=param_specs, opt_state=opt_specs, rng=P())
+    shardings = named_shardings(specs, mesh)
+    state = jax.jit(init_fn, out_shardings=shardings)(key_data)
+    return state, shardings, logical_specs
+
+
+def abstract_with_shardings(state_shardings: TrainState, abstract_state: TrainState) -> TrainState:
+    """ShapeDtypeStructs carrying shardings: the restore target for checkpoints."""
+    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                        abstract_state, state_shardings,
+                        is_leaf=lambda x: isinstance(x, NamedSharding))
