@@ -1,0 +1,1 @@
+"""Data: TFDS corpora (`corpus`), tokenizers (`tokenizer`), packed grain pipelines (`pipeline`)."""

@@ -1,0 +1,241 @@
+"""grain pipelines that turn a text corpus into packed LM batches, sharded per process.
+
+Batch contract (the model and losses rely on it): a dict of int32 numpy arrays of shape [B_local, T]
+
+    tokens       token ids, 0 (PAD) on padding
+    segment_ids  1, 2, 3, ... per packed document piece within a row, 0 on padding
+    positions    0-based position within the piece, 0 on padding
+
+Stages: documents `[BOS] + encode(text) + [EOS]` are cut into pieces of at most T tokens (each piece
+its own segment); pieces are shuffled globally with a seed, reshuffled every epoch (grain's
+`MapDataset.shuffle` seeds each epoch with `seed + epoch`); process i of n takes every n-th piece
+of that global order, so it sees a disjoint 1/n of every epoch; grain's first-fit packing fills
+rows of length T (pieces are never split further); rows are batched. Everything is a grain
+dataset, so the training iterator's state is a small dict that Orbax saves with
+`grain.checkpoint.CheckpointSave`, and a restored iterator continues exactly.
+
+Start-up on the stdlib corpus, measured on the 2-core CPU here: building the TFDS dataset the first
+time takes about 2.5 s; afterwards reading the 30 MB train split takes 0.15 s and tokenizing and
+indexing its 117k pieces of 256 tokens 0.13 s, and the first batch arrives 0.3 s after the call.
+Packing then runs at about 2.7 M tokens/s (B=16, T=256), three orders of magnitude ahead of the
+model on this machine.
+"""
+
+import itertools
+
+import grain
+import ml_collections
+import numpy as np
+
+from data import corpus
+from data.config import default_data_config
+from data.pieces import PieceIndex, SplitIntoPiecesIterDataset, tokenize_document
+from data.tokenizer import Tokenizer, get_tokenizer
+
+__all__ = [
+    "default_data_config",
+    "local_batch_size",
+    "make_eval_batches",
+    "make_train_dataset",
+    "make_train_iterator",
+    "tokenizer_from_config",
+]
+
+BATCH_KEYS = ("tokens", "segment_ids", "positions")
+
+
+def tokenizer_from_config(data_cfg: ml_collections.ConfigDict) -> Tokenizer:
+    """Returns the tokenizer named by `data.tokenizer` with `data.num_sentinels` sentinels."""
+    return get_tokenizer(data_cfg.tokenizer, num_sentinels=data_cfg.num_sentinels)
+
+
+def local_batch_size(data_cfg: ml_collections.ConfigDict, process_count: int) -> int:
+    """Returns `data.batch_size // process_count`, raising if it does not divide."""
+    if data_cfg.batch_size <= 0 or data_cfg.batch_size % process_count:
+        raise ValueError(
+            f"data.batch_size={data_cfg.batch_size} must be a positive multiple of the process "
+            f"count {process_count}; set data.batch_size to a multiple of {process_count}."
+        )
+    return data_cfg.batch_size // process_count
+
+
+class _TokenizeDocument:
+    """`text -> {'tokens': [BOS] + ids + [EOS]}` as a picklable callable."""
+
+    def __init__(self, tokenizer: Tokenizer):
+        self._tokenizer = tokenizer
+
+    def __call__(self, text: str) -> np.ndarray:
+        return tokenize_document(text, self._tokenizer)
+
+
+def _as_features(tokens: np.ndarray) -> dict[str, np.ndarray]:
+    return {"tokens": tokens}
+
+
+def _shuffle_seed(seed: int) -> int:
+    """Hashes the run seed into grain's shuffle seed (in [0, 2**32)).
+
+    grain seeds epoch e with `seed + e`, so with raw seeds the second epoch of seed s would be
+    the first epoch of seed s + 1; hashing keeps the data orders of neighbouring seeds unrelated.
+    """
+    return int(np.random.SeedSequence(seed).generate_state(1)[0])
+
+
+def _piece_dataset(
+    data_cfg: ml_collections.ConfigDict,
+    split: str,
+    *,
+    seed: int | None,
+    num_epochs: int | None,
+    process_index: int,
+    process_count: int,
+) -> grain.IterDataset:
+    """Pieces `{'tokens': int32[<=T]}` of one split: shuffled if `seed` is set, then sharded."""
+    tokenizer = tokenizer_from_config(data_cfg)
+    texts = corpus.load_split(data_cfg, split)
+    if corpus.is_local(data_cfg):
+        # Small local corpus: index every piece, so the shuffle is over pieces, not documents.
+        ds = grain.MapDataset.source(PieceIndex.build(texts, tokenizer, data_cfg.seq_len))
+        read_options = grain.ReadOptions(num_threads=0)  # In memory: threads only add GIL churn.
+    else:
+        # Catalog corpus (too big to index at start-up): shuffle documents, cut them lazily.
+        ds = grain.MapDataset.source(texts)
+        read_options = None  # grain's default reader threads hide storage latency.
+    if seed is not None:
+        ds = ds.shuffle(seed=_shuffle_seed(seed))
+    ds = ds.repeat(num_epochs)
+    ds = ds[process_index::process_count]
+    if corpus.is_local(data_cfg):
+        pieces = ds.to_iter_dataset(read_options)
+    else:
+        docs = ds.map(_TokenizeDocument(tokenizer)).to_iter_dataset(read_options)
+        pieces = SplitIntoPiecesIterDataset(docs, data_cfg.seq_len)
+    return pieces.map(_as_features)
+
+
+class _ToBatch:
+    """Renames grain's packing outputs to the batch contract; pads a short batch with zero rows."""
+
+    def __init__(self, rows: int):
+        self._rows = rows
+
+    def __call__(self, packed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        batch = {
+            "tokens": packed["tokens"],
+            "segment_ids": packed["tokens_segment_ids"],
+            "positions": packed["tokens_positions"],
+        }
+        # Only the final batch of a finite stream is short; zero rows carry no loss.
+        missing = self._rows - len(batch["tokens"])
+        return {
+            k: np.pad(v, ((0, missing), (0, 0))).astype(np.int32, copy=False)
+            for k, v in batch.items()
+        }
+
+
+def _pack_and_batch(pieces: grain.IterDataset, seq_len: int, rows: int) -> grain.IterDataset:
+    """First-fit packs pieces into rows of `seq_len` and batches `rows` of them."""
+    packed = grain.experimental.FirstFitPackIterDataset(
+        pieces,
+        length_struct={"tokens": seq_len},
+        num_packing_bins=rows,
+        # Pieces are already shuffled; row order within a batch does not matter.
+        shuffle_bins=False,
+    )
+    return packed.batch(rows, drop_remainder=False).map(_ToBatch(rows))
+
+
+def make_train_dataset(
+    data_cfg: ml_collections.ConfigDict,
+    *,
+    seed: int,
+    process_index: int = 0,
+    process_count: int = 1,
+    num_epochs: int | None = None,
+) -> grain.IterDataset:
+    """Returns the training batches of this process as a grain dataset.
+
+    Args:
+      data_cfg: the data config (`default_data_config()` lists the fields).
+      seed: non-negative shuffle seed; the same seed gives the same batches.
+      process_index: index of this process among `process_count`.
+      process_count: number of processes sharing the global batch `data.batch_size`.
+      num_epochs: passes over the train split; None repeats forever. A finite stream ends with a
+        batch padded by zero rows.
+
+    Returns:
+      An `IterDataset` of batches following the batch contract, with B_local = batch_size //
+      process_count rows. Process i packs pieces i, i+n, i+2n, ... of the global shuffled order.
+    """
+    rows = local_batch_size(data_cfg, process_count)
+    pieces = _piece_dataset(
+        data_cfg,
+        "train",
+        seed=seed,
+        num_epochs=num_epochs,
+        process_index=process_index,
+        process_count=process_count,
+    )
+    return _pack_and_batch(pieces, data_cfg.seq_len, rows)
+
+
+def make_train_iterator(
+    data_cfg: ml_collections.ConfigDict,
+    *,
+    seed: int,
+    process_index: int = 0,
+    process_count: int = 1,
+) -> grain.DatasetIterator:
+    """Returns the endless, checkpointable training iterator of this process.
+
+    Save and restore its position with Orbax: `grain.checkpoint.CheckpointSave(it)` and
+    `grain.checkpoint.CheckpointRestore(it)` inside `ocp.args.Composite(...)`.
+
+    Args:
+      data_cfg: the data config.
+      seed: non-negative shuffle seed.
+      process_index: index of this process.
+      process_count: number of processes.
+
+    Returns:
+      A `grain.DatasetIterator` of batches (see the module docstring for the contract).
+    """
+    ds = make_train_dataset(
+        data_cfg, seed=seed, process_index=process_index, process_count=process_count
+    )
+    return iter(ds)
+
+
+def make_eval_batches(
+    data_cfg: ml_collections.ConfigDict,
+    *,
+    num_batches: int,
+    process_index: int = 0,
+    process_count: int = 1,
+) -> list[dict[str, np.ndarray]]:
+    """Returns a fixed evaluation set: the first batches of the unshuffled validation split.
+
+    Every process packs the same global batches and keeps its own block of B_local rows, so all
+    processes get the same number of batches (a multi-host eval step must not wait for a
+    process that has run out). The last batch is padded with all-zero rows if it is short.
+
+    Args:
+      data_cfg: the data config.
+      num_batches: at most this many batches (fewer if the split is smaller).
+      process_index: index of this process.
+      process_count: number of processes.
+
+    Returns:
+      A list of batches following the batch contract, each with B_local rows.
+    """
+    rows = local_batch_size(data_cfg, process_count)
+    pieces = _piece_dataset(
+        data_cfg, "validation", seed=None, num_epochs=1, process_index=0, process_count=1
+    )
+    global_batches = _pack_and_batch(pieces, data_cfg.seq_len, data_cfg.batch_size)
+    lo = process_index * rows
+    return [
+        {k: v[lo : lo + rows] for k, v in batch.items()}
+        for batch in itertools.islice(global_batches, num_batches)
+    ]
