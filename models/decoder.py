@@ -9,8 +9,8 @@ import math
 import jax
 import jax.numpy as jnp
 
-from models.layers import (ACTIVATIONS, attention_mask, constrain, dot_attention, layer_norm, normal,
-                           param, rotary)
+from models.layers import (ACTIVATIONS, attention_bias, constrain, dense, dot_attention, layer_norm,
+                           normal, param, rotary)
 from models.sizes import resolved_dims
 
 REMAT_POLICIES = {
@@ -56,25 +56,25 @@ def init(rng: jax.Array, cfg) -> dict:
     return params
 
 
-def block(x_BTD, p: dict, positions_BT, mask_B1TS, cfg):
+def block(x_BTD, p: dict, positions_BT, bias_B1TS, cfg):
     """One pre-LN Transformer block: x + attn(LN(x)), then x + mlp(LN(x))."""
     act = ACTIVATIONS[cfg.activation]
     h_BTD = layer_norm(x_BTD, p['ln1_scale'], p['ln1_bias'], cfg.norm_eps)
-    q_BTNH = jnp.einsum('BTD,DNH->BTNH', h_BTD, p['q'].astype(x_BTD.dtype))
-    k_BTKH = jnp.einsum('BTD,DKH->BTKH', h_BTD, p['k'].astype(x_BTD.dtype))
-    v_BTKH = jnp.einsum('BTD,DKH->BTKH', h_BTD, p['v'].astype(x_BTD.dtype))
+    q_BTNH = dense(h_BTD, p['q'])
+    k_BTKH = dense(h_BTD, p['k'])
+    v_BTKH = dense(h_BTD, p['v'])
     q_BTNH = constrain(q_BTNH, ('batch', 'length', 'heads', 'head_dim'))
     k_BTKH = constrain(k_BTKH, ('batch', 'length', 'kv_heads', 'head_dim'))
     if cfg.positions == 'rotary':
         q_BTNH = rotary(q_BTNH, positions_BT, cfg.rope_theta)
         k_BTKH = rotary(k_BTKH, positions_BT, cfg.rope_theta)
-    attn_BTNH = dot_attention(q_BTNH, k_BTKH, v_BTKH, mask_B1TS)
-    x_BTD = x_BTD + jnp.einsum('BTNH,NHD->BTD', attn_BTNH, p['o'].astype(x_BTD.dtype))
+    attn_BTNH = dot_attention(q_BTNH, k_BTKH, v_BTKH, bias_B1TS)
+    x_BTD = x_BTD + dense(attn_BTNH, p['o'], n_in=2)
     x_BTD = constrain(x_BTD, ('batch', 'length', 'embed'))
     h_BTD = layer_norm(x_BTD, p['ln2_scale'], p['ln2_bias'], cfg.norm_eps)
-    h_BTF = act(jnp.einsum('BTD,DF->BTF', h_BTD, p['wi'].astype(x_BTD.dtype)))
+    h_BTF = act(dense(h_BTD, p['wi']))
     h_BTF = constrain(h_BTF, ('batch', 'length', 'mlp'))
-    x_BTD = x_BTD + jnp.einsum('BTF,FD->BTD', h_BTF, p['wo'].astype(x_BTD.dtype))
+    x_BTD = x_BTD + dense(h_BTF, p['wo'])
     return constrain(x_BTD, ('batch', 'length', 'embed'))
 
 
@@ -99,9 +99,9 @@ def apply(params: dict, batch: dict, cfg, *, rngs=None) -> jax.Array:
     if cfg.positions == 'learned':
         x_BTD = x_BTD + jnp.take(params['pos_embed'], positions_BT, axis=0).astype(dtype)
     x_BTD = constrain(x_BTD, ('batch', 'length', 'embed'))
-    mask_B1TS = attention_mask(segment_ids_BT, causal=True)
+    bias_B1TS = attention_bias(segment_ids_BT, causal=True)
 
-    layer_fn = lambda x, p: block(x, p, positions_BT, mask_B1TS, cfg)
+    layer_fn = lambda x, p: block(x, p, positions_BT, bias_B1TS, cfg)
     if REMAT_POLICIES.get(cfg.remat, 'bad') == 'bad':
         raise ValueError(f'model.remat={cfg.remat!r} is unknown; choose one of {list(REMAT_POLICIES)}')
     if cfg.remat != 'none':

@@ -13,6 +13,7 @@ their logical axes off an abstract `jax.eval_shape(init)`; `apply` functions tak
 Activations are annotated with `constrain`, a no-op unless a mesh and logical rules are active.
 """
 
+import math
 from collections.abc import Callable, Sequence
 
 import flax.linen as nn
@@ -73,9 +74,10 @@ def rotary(x_BTNH: Array, positions_BT: Array, theta: float = 10000.0) -> Array:
     return (x_BTNH * cos_BT1H + rotated * sin_BT1H).astype(x_BTNH.dtype)
 
 
-def attention_mask(segment_ids_BT: Array, causal: bool,
+def attention_bias(segment_ids_BT: Array, causal: bool,
                    kv_segment_ids_BS: Array | None = None) -> Array:
-    """Boolean mask [B, 1, T, S]: same packed document and (if causal) no look-ahead.
+    """Additive f32 bias [B, 1, T, S]: 0 within the same packed document (and, if causal, at or
+    before the query), NEG_INF elsewhere. Built once per forward pass and shared by all layers.
 
     Padding (segment 0) attends only to padding, so no row is ever fully masked.
     """
@@ -84,23 +86,45 @@ def attention_mask(segment_ids_BT: Array, causal: bool,
     if causal:
         T, S = segment_ids_BT.shape[1], kv.shape[1]
         mask_BTS = mask_BTS & (jnp.arange(T)[:, None] >= jnp.arange(S)[None, :])[None]
-    return mask_BTS[:, None]
+    return jnp.where(mask_BTS, 0.0, NEG_INF).astype(jnp.float32)[:, None]
 
 
-def dot_attention(q_BTNH: Array, k_BSKH: Array, v_BSKH: Array, mask_B1TS: Array) -> Array:
+def dense(x: Array, w: Array, n_in: int = 1) -> Array:
+    """Contracts the last `n_in` dims of x with the first `n_in` of w, as one 2-D matmul.
+
+    Equivalent to an einsum such as 'BTD,DNH->BTNH', but flattening to [rows, in] @ [in, out]
+    first: XLA:CPU fuses the backward pass of 2-D dots with neighbouring elementwise ops (GELU)
+    far better than of 3-D einsums (measured: MLP fwd+bwd 171 ms -> 91 ms at B*T=4096, D=256).
+    """
+    lead, inner = x.shape[: x.ndim - n_in], x.shape[x.ndim - n_in:]
+    assert inner == w.shape[:n_in], (x.shape, w.shape)
+    out = w.shape[n_in:]
+    y = x.reshape(-1, math.prod(inner)) @ w.reshape(math.prod(inner), -1).astype(x.dtype)
+    return y.reshape(*lead, *out)
+
+
+def dot_attention(q_BTNH: Array, k_BSKH: Array, v_BSKH: Array, bias_B1TS: Array) -> Array:
     """Softmax attention with grouped key/value heads (MHA when K == N, MQA when K == 1).
 
-    Logits and softmax are computed in f32; the output has the dtype of `v`.
+    The G = N / K query heads sharing a key/value head are folded into the query-length axis
+    (X = G * T), so every case is one batched [X, H] @ [H, S] matmul per (batch, kv head): on
+    XLA:CPU this head-major 4-D layout with an additive bias runs attention fwd+bwd 1.7x faster
+    than a 'BTNH,BSNH->BNTS' einsum with a select mask (50 vs 84 ms at B=16, T=256, N=4, H=64).
+    Logits and softmax are in f32; the output has the dtype of `v`.
     """
     B, T, N, H = q_BTNH.shape
-    K = k_BSKH.shape[2]
-    q_BTKGH = q_BTNH.reshape(B, T, K, N // K, H)
-    logits_BKGTS = jnp.einsum('BTKGH,BSKH->BKGTS', q_BTKGH, k_BSKH,
-                              preferred_element_type=jnp.float32) * (H ** -0.5)
-    logits_BKGTS = jnp.where(mask_B1TS[:, :, None], logits_BKGTS, NEG_INF)
-    probs_BKGTS = jax.nn.softmax(logits_BKGTS, axis=-1).astype(v_BSKH.dtype)
-    out_BTKGH = jnp.einsum('BKGTS,BSKH->BTKGH', probs_BKGTS, v_BSKH)
-    return out_BTKGH.reshape(B, T, N, H)
+    S, K = k_BSKH.shape[1], k_BSKH.shape[2]
+    G = N // K
+    q_BTNH = q_BTNH * jnp.asarray(H ** -0.5, q_BTNH.dtype)
+    q_BKXH = q_BTNH.reshape(B, T, K, G, H).transpose(0, 2, 3, 1, 4).reshape(B, K, G * T, H)
+    k_BKSH = k_BSKH.transpose(0, 2, 1, 3)
+    v_BKSH = v_BSKH.transpose(0, 2, 1, 3)
+    logits_BKXS = jnp.einsum('BKXH,BKSH->BKXS', q_BKXH, k_BKSH,
+                             preferred_element_type=jnp.float32)
+    bias_B1XS = bias_B1TS if G == 1 else jnp.tile(bias_B1TS, (1, 1, G, 1))
+    probs_BKXS = jax.nn.softmax(logits_BKXS + bias_B1XS, axis=-1).astype(v_BSKH.dtype)
+    out_BKXH = jnp.einsum('BKXS,BKSH->BKXH', probs_BKXS, v_BKSH)
+    return out_BKXH.reshape(B, K, G, T, H).transpose(0, 3, 1, 2, 4).reshape(B, T, N, H)
 
 
 ACTIVATIONS = {

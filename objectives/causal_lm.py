@@ -45,7 +45,8 @@ def make_loss_fn(cfg, apply_fn: Callable, *, bytes_per_token: np.ndarray | None 
         table_V = jnp.ones((cfg.vocab_size,), jnp.float32)
     else:
         table = np.zeros((cfg.vocab_size,), np.float32)
-        table[: len(bytes_per_token)] = bytes_per_token
+        n = min(len(bytes_per_token), cfg.vocab_size)  # synthetic benchmarks may truncate
+        table[:n] = bytes_per_token[:n]
         table_V = jnp.asarray(table)
 
     def loss_fn(params, batch: dict, rng: jax.Array | None = None):

@@ -56,7 +56,13 @@ def validate(config) -> None:
 class Run:
     """Everything a run builds before its first step (shared by the loop, bench and tests)."""
 
-    def __init__(self, config):
+    def __init__(self, config, *, synthetic_data: bool = False):
+        """Builds mesh, model, loss, sharded state and jitted steps for `config`.
+
+        Args:
+          config: the run config.
+          synthetic_data: random-token benchmarks may use a vocabulary smaller than the tokenizer's.
+        """
         validate(config)
         self.config = config
         self.mesh = make_mesh(config.parallel.mesh)
@@ -66,7 +72,7 @@ class Run:
                              'build does not have yet; set parallel.mesh.stage=1')
         self.tokenizer = get_tokenizer(config.data.tokenizer,
                                        num_sentinels=config.data.num_sentinels)
-        if self.tokenizer.vocab_size > config.model.vocab_size:
+        if self.tokenizer.vocab_size > config.model.vocab_size and not synthetic_data:
             raise ValueError(f'model.vocab_size={config.model.vocab_size} is smaller than the '
                              f'tokenizer vocabulary ({self.tokenizer.vocab_size}); raise it')
         self.model = get_model(config.model.family)
