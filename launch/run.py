@@ -9,7 +9,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from absl import app, flags  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file[:args].',
@@ -22,6 +22,9 @@ _CACHE = flags.DEFINE_string('compile_cache', os.path.expanduser('~/.cache/scale
 def main(argv):
     del argv
     import jax
+
+    # Orbax and TFDS log every file operation at INFO; keep the console for progress and results.
+    logging.set_verbosity(logging.WARNING)
 
     if _CACHE.value:
         jax.config.update('jax_compilation_cache_dir', _CACHE.value)

@@ -48,6 +48,16 @@ class Checkpointer:
         self.manager.close()
 
 
+def load_state(directory: str, step: int | None = None):
+    """The saved train state as host numpy arrays (newest step by default), for tools and tests."""
+    with ocp.CheckpointManager(directory) as manager:
+        step = manager.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f'no checkpoint in {directory}')
+        restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+    return restored['state']
+
+
 def fetch(tree):
     """Host copy of a (possibly sharded, multi-process) tree, for tests and reports."""
     return jax.tree.map(lambda x: jax.device_get(x) if x.is_fully_addressable else

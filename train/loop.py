@@ -129,8 +129,15 @@ class _Both:
             c.__exit__(*exc)
 
 
-def train_and_evaluate(config, workdir: str) -> dict:
-    """Trains `config` in `workdir` (resuming if it holds checkpoints); returns the final summary."""
+def train_and_evaluate(config, workdir: str, *, stop_at: int | None = None) -> dict:
+    """Trains `config` in `workdir` (resuming if it holds checkpoints); returns the final summary.
+
+    Args:
+      config: the run config.
+      workdir: run directory; reused runs resume from their newest checkpoint.
+      stop_at: stop after this step with a checkpoint, as a preempted run would (None: run to
+        `train.steps`). The schedule still follows `train.steps`, so a later call resumes exactly.
+    """
     is_main = jax.process_index() == 0
     os.makedirs(workdir, exist_ok=True)
     run = Run(config)
@@ -148,6 +155,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
                                      process_count=jax.process_count())
     state = run.state
     start = ckpt.latest_step() or 0
+    summary_path = os.path.join(workdir, 'summary.json')
+    if start >= tcfg.steps and os.path.exists(summary_path):
+        print(f'{workdir} already holds a finished run (step {start}); nothing to do')
+        with open(summary_path) as f:
+            return json.load(f)
     if start:
         abstract = abstract_with_shardings(run.state_shardings, jax.eval_shape(lambda: state))
         del run.state, state  # free the fresh state before restoring into the same shardings
@@ -171,7 +183,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
     clock = {'t': time.perf_counter(), 'step': start}  # last point the host saw the device idle
     summary: dict = {}
     with run.activate():
-        for step in range(start + 1, tcfg.steps + 1):
+        last = tcfg.steps if stop_at is None else min(stop_at, tcfg.steps)
+        for step in range(start + 1, last + 1):
             batch = run.global_batch(next(train_iter))
             if step == start + 1:
                 t = time.perf_counter()
@@ -195,21 +208,21 @@ def train_and_evaluate(config, workdir: str) -> dict:
                                f'{ev["bits_per_byte"]:.4f} bits/byte')
                 summary.update({f'eval/{k}': v for k, v in ev.items()})
                 clock = {'t': time.perf_counter(), 'step': step}
-            if ckpt.should_save(step, tcfg.steps):
+            if ckpt.should_save(step, tcfg.steps) or step == last:
                 ckpt.save(step, state, train_iter)
         if pending is not None:
             _log_train(*pending, writer, progress, run, peak, tokens_per_step, clock)
     ckpt.close()
     progress.close()
     wall = time.perf_counter() - t_start
-    summary.update({'step': tcfg.steps, 'wall_s': wall, 'compile_s': compile_s,
-                    'tokens': tcfg.steps * tokens_per_step,
+    summary.update({'step': last, 'wall_s': wall, 'compile_s': compile_s,
+                    'tokens': last * tokens_per_step,
                     'params_total': run.counts['total'],
                     'params_non_embedding': run.counts['non_embedding'],
                     'flops_per_token': run.flops['flops_per_token'],
                     'resumed_from': start})
-    if is_main:
-        write_json_atomic(os.path.join(workdir, 'summary.json'), summary)
+    if is_main and last == tcfg.steps:
+        write_json_atomic(summary_path, summary)
     writer.close()
     return summary
 
@@ -233,4 +246,4 @@ def _log_train(step, metrics, writer, progress, run, peak, tokens_per_step, cloc
         'perf/mfu': mfu(tok_s, run.flops['flops_per_token'], peak, jax.device_count()),
     }
     writer.write(step, out)
-    progress.update(step, {'loss': loss, 'tokens_per_s': tok_s, 'mfu': out['perf/mfu']})
+    progress.update(step, out)
