@@ -7,7 +7,7 @@ for a smoke test), steps=N (override the preset's step count).
 
 Presets and measured cost on a 2-core CPU (see README results):
   size=tiny:  2 x 128,  600 steps of 16 x 256 tokens (2.5M tokens), about 3 minutes.
-  size=small: 4 x 256, 3000 steps of 16 x 256 tokens (12M tokens), under 30 minutes.
+  size=small: 4 x 256, 2000 steps of 16 x 256 tokens (8.2M tokens), under 30 minutes.
 Larger sizes default to 10,000 steps and are meant for accelerators.
 """
 
@@ -17,7 +17,7 @@ from experiments.common import base_config, parse_arg
 PRESETS = {
     'tiny': (600, 3e-3, 50),
     'mini': (1500, 3e-3, 100),
-    'small': (3000, 2e-3, 150),
+    'small': (2000, 2.5e-3, 100),
 }
 
 

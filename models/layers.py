@@ -103,14 +103,45 @@ def dense(x: Array, w: Array, n_in: int = 1) -> Array:
     return y.reshape(*lead, *out)
 
 
+@jax.custom_vjp
+def _softmax_attention(q_BKXH, k_BKSH, v_BKSH, bias_B1XS):
+    return _softmax_attention_fwd(q_BKXH, k_BKSH, v_BKSH, bias_B1XS)[0]
+
+
+def _softmax_attention_fwd(q_BKXH, k_BKSH, v_BKSH, bias_B1XS):
+    logits_BKXS = jnp.einsum('BKXH,BKSH->BKXS', q_BKXH, k_BKSH,
+                             preferred_element_type=jnp.float32)
+    probs_BKXS = jax.nn.softmax(logits_BKXS + bias_B1XS, axis=-1).astype(v_BKSH.dtype)
+    out_BKXH = jnp.einsum('BKXS,BKSH->BKXH', probs_BKXS, v_BKSH)
+    return out_BKXH, (q_BKXH, k_BKSH, v_BKSH, probs_BKXS, out_BKXH)
+
+
+def _softmax_attention_bwd(res, dout_BKXH):
+    # The softmax backward written with the saved output (FlashAttention's D = rowsum(dO * O)):
+    # autodiff's version makes more passes over the [X, S] tensors, which dominate on CPU.
+    q_BKXH, k_BKSH, v_BKSH, probs_BKXS, out_BKXH = res
+    dv_BKSH = jnp.einsum('BKXS,BKXH->BKSH', probs_BKXS, dout_BKXH)
+    dprobs_BKXS = jnp.einsum('BKXH,BKSH->BKXS', dout_BKXH, v_BKSH,
+                             preferred_element_type=jnp.float32)
+    rowsum_BKX1 = (dout_BKXH * out_BKXH).astype(jnp.float32).sum(-1, keepdims=True)
+    dlogits_BKXS = (probs_BKXS * (dprobs_BKXS - rowsum_BKX1)).astype(q_BKXH.dtype)
+    dq_BKXH = jnp.einsum('BKXS,BKSH->BKXH', dlogits_BKXS, k_BKSH)
+    dk_BKSH = jnp.einsum('BKXS,BKXH->BKSH', dlogits_BKXS, q_BKXH)
+    return dq_BKXH, dk_BKSH, dv_BKSH, None  # the mask bias gets no gradient
+
+
+_softmax_attention.defvjp(_softmax_attention_fwd, _softmax_attention_bwd)
+
+
 def dot_attention(q_BTNH: Array, k_BSKH: Array, v_BSKH: Array, bias_B1TS: Array) -> Array:
     """Softmax attention with grouped key/value heads (MHA when K == N, MQA when K == 1).
 
     The G = N / K query heads sharing a key/value head are folded into the query-length axis
     (X = G * T), so every case is one batched [X, H] @ [H, S] matmul per (batch, kv head): on
-    XLA:CPU this head-major 4-D layout with an additive bias runs attention fwd+bwd 1.7x faster
-    than a 'BTNH,BSNH->BNTS' einsum with a select mask (50 vs 84 ms at B=16, T=256, N=4, H=64).
-    Logits and softmax are in f32; the output has the dtype of `v`.
+    XLA:CPU this head-major 4-D layout with an additive bias, plus a hand-written backward, runs
+    attention fwd+bwd 2.3x faster than a 'BTNH,BSNH->BNTS' einsum with a select mask and autodiff
+    (37 vs 84 ms at B=16, T=256, N=4, H=64). Logits and softmax are in f32; the output has the
+    dtype of `v`. The bias is not differentiated.
     """
     B, T, N, H = q_BTNH.shape
     S, K = k_BSKH.shape[1], k_BSKH.shape[2]
@@ -119,11 +150,8 @@ def dot_attention(q_BTNH: Array, k_BSKH: Array, v_BSKH: Array, bias_B1TS: Array)
     q_BKXH = q_BTNH.reshape(B, T, K, G, H).transpose(0, 2, 3, 1, 4).reshape(B, K, G * T, H)
     k_BKSH = k_BSKH.transpose(0, 2, 1, 3)
     v_BKSH = v_BSKH.transpose(0, 2, 1, 3)
-    logits_BKXS = jnp.einsum('BKXH,BKSH->BKXS', q_BKXH, k_BKSH,
-                             preferred_element_type=jnp.float32)
     bias_B1XS = bias_B1TS if G == 1 else jnp.tile(bias_B1TS, (1, 1, G, 1))
-    probs_BKXS = jax.nn.softmax(logits_BKXS + bias_B1XS, axis=-1).astype(v_BSKH.dtype)
-    out_BKXH = jnp.einsum('BKXS,BKSH->BKXH', probs_BKXS, v_BKSH)
+    out_BKXH = _softmax_attention(q_BKXH, k_BKSH, v_BKSH, bias_B1XS)
     return out_BKXH.reshape(B, K, G, T, H).transpose(0, 3, 1, 2, 4).reshape(B, T, N, H)
 
 
