@@ -13,28 +13,30 @@ def parse_arg(arg: str, **defaults) -> ml_collections.ConfigDict:
     Values take the type of their default; unknown keys fail with the list of known ones.
     """
     out = ml_collections.ConfigDict(defaults)
-    for item in filter(None, (s.strip() for s in (arg or '').split(','))):
-        key, _, value = item.partition('=')
+    for item in filter(None, (s.strip() for s in (arg or "").split(","))):
+        key, _, value = item.partition("=")
         if key not in defaults:
-            raise ValueError(f'config argument {key!r} is unknown; known: {sorted(defaults)}')
+            raise ValueError(f"config argument {key!r} is unknown; known: {sorted(defaults)}")
         kind = type(defaults[key])
         if kind is bool:
-            out[key] = value.lower() not in ('0', 'false', 'no') if value else True
+            out[key] = value.lower() not in ("0", "false", "no") if value else True
         else:
             out[key] = kind(value)
     return out
 
 
-def base_config(size: str = 'small') -> ml_collections.ConfigDict:
+def base_config(size: str = "small") -> ml_collections.ConfigDict:
     """Every field a single run reads, with defaults; experiments override what they study."""
     config = ml_collections.ConfigDict()
     config.seed = 0
-    config.objective = 'causal_lm'
+    config.objective = "causal_lm"
     config.model = default_model_config(size)
     config.data = default_data_config()
     config.train = default_train_config()
-    config.parallel = ml_collections.ConfigDict({
-        'mesh': {'data': -1, 'stage': 1, 'fsdp': 1, 'tensor': 1},
-        'rules': 'fsdp_tp',  # see parallel/rules.py; axes of size 1 cost nothing
-    })
+    config.parallel = ml_collections.ConfigDict(
+        {
+            "mesh": {"data": -1, "stage": 1, "fsdp": 1, "tensor": 1},
+            "rules": "fsdp_tp",  # see parallel/rules.py; axes of size 1 cost nothing
+        }
+    )
     return config

@@ -7,7 +7,7 @@ for a smoke test), steps=N (override the preset's step count).
 
 Presets and measured cost on a 2-core CPU (see README results):
   size=tiny:  2 x 128,  600 steps of 16 x 256 tokens (2.5M tokens), about 3 minutes.
-  size=small: 4 x 256, 2000 steps of 16 x 256 tokens (8.2M tokens), under 30 minutes.
+  size=small: 4 x 256, 1800 steps of 16 x 256 tokens (7.4M tokens), about 27 minutes.
 Larger sizes default to 10,000 steps and are meant for accelerators.
 """
 
@@ -15,14 +15,14 @@ from experiments.common import base_config, parse_arg
 
 # size: (steps, peak lr, warmup)
 PRESETS = {
-    'tiny': (600, 3e-3, 50),
-    'mini': (1500, 3e-3, 100),
-    'small': (2000, 2.5e-3, 100),
+    "tiny": (600, 3e-3, 50),
+    "mini": (1500, 3e-3, 100),
+    "small": (1800, 2.5e-3, 100),
 }
 
 
-def get_config(arg: str = ''):
-    args = parse_arg(arg, size='small', runlocal=False, steps=0)
+def get_config(arg: str = ""):
+    args = parse_arg(arg, size="small", runlocal=False, steps=0)
     config = base_config(args.size)
     steps, lr, warmup = PRESETS.get(args.size, (10_000, 1e-3, 500))
     config.train.steps = args.steps or steps

@@ -18,11 +18,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-_CONFIG = config_flags.DEFINE_config_file('config', 'experiments/gpt.py:size=small',
-                                          'Experiment config file[:args].', lock_config=True)
-_STEPS = flags.DEFINE_integer('steps', 20, 'Timed steps (after 2 untimed warm-up steps).')
-_VOCAB = flags.DEFINE_integer('vocab', 256, 'Model vocabulary (256 = the reference config).')
-_JSON = flags.DEFINE_bool('json', False, 'Print one JSON line instead of a table.')
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", "experiments/gpt.py:size=small", "Experiment config file[:args].", lock_config=True
+)
+_STEPS = flags.DEFINE_integer("steps", 20, "Timed steps (after 2 untimed warm-up steps).")
+_VOCAB = flags.DEFINE_integer("vocab", 256, "Model vocabulary (256 = the reference config).")
+_JSON = flags.DEFINE_bool("json", False, "Print one JSON line instead of a table.")
 
 
 def bench(config, steps: int) -> dict:
@@ -37,9 +38,11 @@ def bench(config, steps: int) -> dict:
     B, T = config.data.batch_size, config.data.seq_len
     rng = np.random.default_rng(0)
     high = min(config.model.vocab_size, run.tokenizer.vocab_size)
-    local = {'tokens': rng.integers(0, high, (B, T)).astype(np.int32),
-             'segment_ids': np.ones((B, T), np.int32),
-             'positions': np.broadcast_to(np.arange(T, dtype=np.int32), (B, T)).copy()}
+    local = {
+        "tokens": rng.integers(0, high, (B, T)).astype(np.int32),
+        "segment_ids": np.ones((B, T), np.int32),
+        "positions": np.broadcast_to(np.arange(T, dtype=np.int32), (B, T)).copy(),
+    }
     state = run.state
     with run.activate():
         batch = run.global_batch(local)
@@ -59,14 +62,23 @@ def bench(config, steps: int) -> dict:
     step_s = float(np.median(times))
     tok_s = B * T / step_s
     return {
-        'impl': 'jax', 'size': config.model.size, 'layers': config.model.n_layers,
-        'd_model': config.model.d_model, 'heads': config.model.n_heads, 'seq': T, 'batch': B,
-        'vocab': config.model.vocab_size, 'devices': jax.device_count(),
-        'params': run.counts['total'], 'flops_per_token': run.flops['flops_per_token'],
-        'compile_s': compile_s, 'step_ms_median': 1e3 * step_s,
-        'step_ms_mean': 1e3 * float(np.mean(times)), 'tokens_per_s': tok_s,
-        'peak_gflops': peak / 1e9,
-        'mfu': mfu(tok_s, run.flops['flops_per_token'], peak, jax.device_count()),
+        "impl": "jax",
+        "size": config.model.size,
+        "layers": config.model.n_layers,
+        "d_model": config.model.d_model,
+        "heads": config.model.n_heads,
+        "seq": T,
+        "batch": B,
+        "vocab": config.model.vocab_size,
+        "devices": jax.device_count(),
+        "params": run.counts["total"],
+        "flops_per_token": run.flops["flops_per_token"],
+        "compile_s": compile_s,
+        "step_ms_median": 1e3 * step_s,
+        "step_ms_mean": 1e3 * float(np.mean(times)),
+        "tokens_per_s": tok_s,
+        "peak_gflops": peak / 1e9,
+        "mfu": mfu(tok_s, run.flops["flops_per_token"], peak, jax.device_count()),
     }
 
 
@@ -79,14 +91,16 @@ def main(argv):
     if _JSON.value:
         print(json.dumps(r))
         return
-    print(f"model {r['size']}: {r['layers']} layers x d_model {r['d_model']}, {r['heads']} heads, "
-          f"seq {r['seq']}, batch {r['batch']}, vocab {r['vocab']}, {r['params']:,} params, "
-          f"{r['devices']} device(s)")
+    print(
+        f"model {r['size']}: {r['layers']} layers x d_model {r['d_model']}, {r['heads']} heads, "
+        f"seq {r['seq']}, batch {r['batch']}, vocab {r['vocab']}, {r['params']:,} params, "
+        f"{r['devices']} device(s)"
+    )
     print(f"compile      {r['compile_s']:8.2f} s")
     print(f"step         {r['step_ms_median']:8.1f} ms (median), {r['step_ms_mean']:.1f} ms (mean)")
     print(f"throughput   {r['tokens_per_s']:8.0f} tokens/s")
     print(f"MFU          {100 * r['mfu']:8.1f} % of {r['peak_gflops']:.0f} GFLOP/s measured peak")
 
 
-if __name__ == '__main__':
+if __name__ == "__main__":
     app.run(main)

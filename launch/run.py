@@ -12,11 +12,20 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file[:args].',
-                                          lock_config=True)
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory (checkpoints, metrics).')
-_CACHE = flags.DEFINE_string('compile_cache', os.path.expanduser('~/.cache/scalelab/jax'),
-                             "JAX persistent compilation cache directory ('' disables it).")
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Experiment config file[:args].", lock_config=True
+)
+_WORKDIR = flags.DEFINE_string(
+    "workdir",
+    None,
+    "Run directory (checkpoints, metrics); default "
+    "runs/<experiment>. Rerunning with the same workdir resumes.",
+)
+_CACHE = flags.DEFINE_string(
+    "compile_cache",
+    os.path.expanduser("~/.cache/scalelab/jax"),
+    "JAX persistent compilation cache directory ('' disables it).",
+)
 
 
 def main(argv):
@@ -27,20 +36,28 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
 
     if _CACHE.value:
-        jax.config.update('jax_compilation_cache_dir', _CACHE.value)
-        jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
-        jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
-    from train.loop import train_and_evaluate
+        jax.config.update("jax_compilation_cache_dir", _CACHE.value)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+        jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    from train.loop import ConfigError, train_and_evaluate
 
     config = _CONFIG.value
-    workdir = _WORKDIR.value or os.path.join('workdirs', os.path.splitext(
-        os.path.basename(_CONFIG.value_path if hasattr(_CONFIG, 'value_path') else 'run'))[0])
-    summary = train_and_evaluate(config, workdir)
-    print(f"done: eval loss {summary.get('eval/loss', float('nan')):.4f} nats/token, "
-          f"{summary.get('eval/bits_per_byte', float('nan')):.4f} bits/byte, "
-          f"{summary['wall_s']:.0f} s; results in {workdir}")
+    stem = os.path.splitext(
+        os.path.basename(config_flags.get_config_filename(flags.FLAGS["config"]))
+    )[0]
+    workdir = _WORKDIR.value or os.path.join("runs", stem)
+    try:
+        summary = train_and_evaluate(config, workdir)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    print(
+        f"done: eval loss {summary.get('eval/loss', float('nan')):.4f} nats/token, "
+        f"{summary.get('eval/bits_per_byte', float('nan')):.4f} bits/byte, "
+        f"{summary['wall_s']:.0f} s; results in {workdir}"
+    )
 
 
-if __name__ == '__main__':
-    flags.mark_flags_as_required(['config'])
+if __name__ == "__main__":
+    flags.mark_flags_as_required(["config"])
     app.run(main)

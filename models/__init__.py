@@ -7,7 +7,7 @@ def get_model(family: str) -> ModuleType:
     """The model module for `model.family`."""
     from models import decoder
 
-    families = {'decoder': decoder}
+    families = {"decoder": decoder}
     if family not in families:
-        raise ValueError(f'model.family={family!r} is unknown; choose one of {sorted(families)}')
+        raise ValueError(f"model.family={family!r} is unknown; choose one of {sorted(families)}")
     return families[family]

@@ -20,13 +20,13 @@ def count_params(cfg) -> dict[str, int]:
     mlp = 2 * D * F
     norms = 2 * 2 * D
     per_layer = attn + mlp + norms
-    embedding = V * D + (cfg.max_len * D if cfg.positions == 'learned' else 0)
+    embedding = V * D + (cfg.max_len * D if cfg.positions == "learned" else 0)
     unembed = 0 if cfg.tie_embeddings else D * V
     non_embedding = L * per_layer + 2 * D
     return {
-        'total': non_embedding + embedding + unembed,
-        'non_embedding': non_embedding,
-        'embedding': embedding + unembed,
+        "total": non_embedding + embedding + unembed,
+        "non_embedding": non_embedding,
+        "embedding": embedding + unembed,
     }
 
 
@@ -36,7 +36,7 @@ def flops_per_token(cfg, seq_len: int) -> dict[str, float]:
     matmul_params = L * (D * N * H + 2 * D * K * H + N * H * D + 2 * D * F) + D * V
     attention = 12 * L * seq_len * N * H
     return {
-        'flops_per_token': float(6 * matmul_params + attention),
-        'flops_per_token_6n': float(6 * count_params(cfg)['non_embedding']),
-        'attention_flops_per_token': float(attention),
+        "flops_per_token": float(6 * matmul_params + attention),
+        "flops_per_token_6n": float(6 * count_params(cfg)["non_embedding"]),
+        "attention_flops_per_token": float(attention),
     }

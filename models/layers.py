@@ -24,8 +24,9 @@ Array = jax.Array
 NEG_INF = -1e30  # finite, so a fully masked row gives a uniform softmax instead of NaN
 
 
-def param(key: Array, shape: Sequence[int], axes: Sequence[str | None], init: Callable,
-          dtype=jnp.float32) -> nn.LogicallyPartitioned:
+def param(
+    key: Array, shape: Sequence[int], axes: Sequence[str | None], init: Callable, dtype=jnp.float32
+) -> nn.LogicallyPartitioned:
     """Creates one parameter boxed with its logical axes."""
     assert len(shape) == len(axes), (shape, axes)
     return nn.LogicallyPartitioned(init(key, tuple(shape), dtype), names=tuple(axes))
@@ -41,7 +42,7 @@ def constrain(x: Array, axes: Sequence[str | None]) -> Array:
 
 
 def _bcast(w_D: Array, x: Array) -> Array:
-    """Explicitly broadcasts a [D] weight against x[..., D] (rank promotion is an error in tests)."""
+    """Broadcasts a [D] weight against x[..., D] explicitly (tests make rank promotion an error)."""
     return w_D.reshape((1,) * (x.ndim - 1) + w_D.shape)
 
 
@@ -74,8 +75,9 @@ def rotary(x_BTNH: Array, positions_BT: Array, theta: float = 10000.0) -> Array:
     return (x_BTNH * cos_BT1H + rotated * sin_BT1H).astype(x_BTNH.dtype)
 
 
-def attention_bias(segment_ids_BT: Array, causal: bool,
-                   kv_segment_ids_BS: Array | None = None) -> Array:
+def attention_bias(
+    segment_ids_BT: Array, causal: bool, kv_segment_ids_BS: Array | None = None
+) -> Array:
     """Additive f32 bias [B, 1, T, S]: 0 within the same packed document (and, if causal, at or
     before the query), NEG_INF elsewhere. Built once per forward pass and shared by all layers.
 
@@ -96,7 +98,7 @@ def dense(x: Array, w: Array, n_in: int = 1) -> Array:
     first: XLA:CPU fuses the backward pass of 2-D dots with neighbouring elementwise ops (GELU)
     far better than of 3-D einsums (measured: MLP fwd+bwd 171 ms -> 91 ms at B*T=4096, D=256).
     """
-    lead, inner = x.shape[: x.ndim - n_in], x.shape[x.ndim - n_in:]
+    lead, inner = x.shape[: x.ndim - n_in], x.shape[x.ndim - n_in :]
     assert inner == w.shape[:n_in], (x.shape, w.shape)
     out = w.shape[n_in:]
     y = x.reshape(-1, math.prod(inner)) @ w.reshape(math.prod(inner), -1).astype(x.dtype)
@@ -109,10 +111,9 @@ def _softmax_attention(q_BKXH, k_BKSH, v_BKSH, bias_B1XS):
 
 
 def _softmax_attention_fwd(q_BKXH, k_BKSH, v_BKSH, bias_B1XS):
-    logits_BKXS = jnp.einsum('BKXH,BKSH->BKXS', q_BKXH, k_BKSH,
-                             preferred_element_type=jnp.float32)
+    logits_BKXS = jnp.einsum("BKXH,BKSH->BKXS", q_BKXH, k_BKSH, preferred_element_type=jnp.float32)
     probs_BKXS = jax.nn.softmax(logits_BKXS + bias_B1XS, axis=-1).astype(v_BKSH.dtype)
-    out_BKXH = jnp.einsum('BKXS,BKSH->BKXH', probs_BKXS, v_BKSH)
+    out_BKXH = jnp.einsum("BKXS,BKSH->BKXH", probs_BKXS, v_BKSH)
     return out_BKXH, (q_BKXH, k_BKSH, v_BKSH, probs_BKXS, out_BKXH)
 
 
@@ -120,13 +121,14 @@ def _softmax_attention_bwd(res, dout_BKXH):
     # The softmax backward written with the saved output (FlashAttention's D = rowsum(dO * O)):
     # autodiff's version makes more passes over the [X, S] tensors, which dominate on CPU.
     q_BKXH, k_BKSH, v_BKSH, probs_BKXS, out_BKXH = res
-    dv_BKSH = jnp.einsum('BKXS,BKXH->BKSH', probs_BKXS, dout_BKXH)
-    dprobs_BKXS = jnp.einsum('BKXH,BKSH->BKXS', dout_BKXH, v_BKSH,
-                             preferred_element_type=jnp.float32)
+    dv_BKSH = jnp.einsum("BKXS,BKXH->BKSH", probs_BKXS, dout_BKXH)
+    dprobs_BKXS = jnp.einsum(
+        "BKXH,BKSH->BKXS", dout_BKXH, v_BKSH, preferred_element_type=jnp.float32
+    )
     rowsum_BKX1 = (dout_BKXH * out_BKXH).astype(jnp.float32).sum(-1, keepdims=True)
     dlogits_BKXS = (probs_BKXS * (dprobs_BKXS - rowsum_BKX1)).astype(q_BKXH.dtype)
-    dq_BKXH = jnp.einsum('BKXS,BKSH->BKXH', dlogits_BKXS, k_BKSH)
-    dk_BKSH = jnp.einsum('BKXS,BKXH->BKSH', dlogits_BKXS, q_BKXH)
+    dq_BKXH = jnp.einsum("BKXS,BKSH->BKXH", dlogits_BKXS, k_BKSH)
+    dk_BKSH = jnp.einsum("BKXS,BKXH->BKSH", dlogits_BKXS, q_BKXH)
     return dq_BKXH, dk_BKSH, dv_BKSH, None  # the mask bias gets no gradient
 
 
@@ -144,9 +146,9 @@ def dot_attention(q_BTNH: Array, k_BSKH: Array, v_BSKH: Array, bias_B1TS: Array)
     dtype of `v`. The bias is not differentiated.
     """
     B, T, N, H = q_BTNH.shape
-    S, K = k_BSKH.shape[1], k_BSKH.shape[2]
+    K = k_BSKH.shape[2]
     G = N // K
-    q_BTNH = q_BTNH * jnp.asarray(H ** -0.5, q_BTNH.dtype)
+    q_BTNH = q_BTNH * jnp.asarray(H**-0.5, q_BTNH.dtype)
     q_BKXH = q_BTNH.reshape(B, T, K, G, H).transpose(0, 2, 3, 1, 4).reshape(B, K, G * T, H)
     k_BKSH = k_BSKH.transpose(0, 2, 1, 3)
     v_BKSH = v_BSKH.transpose(0, 2, 1, 3)
@@ -156,8 +158,8 @@ def dot_attention(q_BTNH: Array, k_BSKH: Array, v_BSKH: Array, bias_B1TS: Array)
 
 
 ACTIVATIONS = {
-    'gelu': lambda x: jax.nn.gelu(x, approximate=True),
-    'gelu_exact': lambda x: jax.nn.gelu(x, approximate=False),
-    'relu': jax.nn.relu,
-    'silu': jax.nn.silu,
+    "gelu": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu_exact": lambda x: jax.nn.gelu(x, approximate=False),
+    "relu": jax.nn.relu,
+    "silu": jax.nn.silu,
 }

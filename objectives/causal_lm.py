@@ -16,11 +16,11 @@ import numpy as np
 
 def next_token_targets(batch: dict) -> tuple[jax.Array, jax.Array]:
     """(targets [B, T-1], loss mask [B, T-1] as f32) for predicting tokens[:, 1:]."""
-    tokens_BT = batch['tokens']
-    seg_BT = batch.get('segment_ids', jnp.ones_like(tokens_BT))
+    tokens_BT = batch["tokens"]
+    seg_BT = batch.get("segment_ids", jnp.ones_like(tokens_BT))
     mask_BT = (seg_BT[:, 1:] == seg_BT[:, :-1]) & (seg_BT[:, 1:] != 0)
-    if 'loss_mask' in batch:  # e.g. response-only losses; applies to the predicted token
-        mask_BT = mask_BT & (batch['loss_mask'][:, 1:] != 0)
+    if "loss_mask" in batch:  # e.g. response-only losses; applies to the predicted token
+        mask_BT = mask_BT & (batch["loss_mask"][:, 1:] != 0)
     return tokens_BT[:, 1:], mask_BT.astype(jnp.float32)
 
 
@@ -55,11 +55,10 @@ def make_loss_fn(cfg, apply_fn: Callable, *, bytes_per_token: np.ndarray | None 
         nll_BT = token_nll(logits_BTV[:, :-1], targets_BT) * mask_BT
         tokens = mask_BT.sum()
         aux = {
-            'nll_sum': nll_BT.sum(),
-            'tokens': tokens,
-            'bytes': (jnp.take(table_V, targets_BT) * mask_BT).sum(),
+            "nll_sum": nll_BT.sum(),
+            "tokens": tokens,
+            "bytes": (jnp.take(table_V, targets_BT) * mask_BT).sum(),
         }
         return nll_BT.sum() / jnp.maximum(tokens, 1.0), aux
 
     return loss_fn
-

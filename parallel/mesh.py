@@ -10,25 +10,31 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh
 
-AXES = ('data', 'stage', 'fsdp', 'tensor')
+AXES = ("data", "stage", "fsdp", "tensor")
 
 
 def mesh_shape(mesh_cfg, n_devices: int) -> tuple[int, ...]:
     """Resolves the -1 entry of `parallel.mesh` and checks the product equals the device count."""
     sizes = [int(mesh_cfg[a]) for a in AXES]
     if sizes.count(-1) > 1:
-        raise ValueError('parallel.mesh: at most one axis may be -1')
+        raise ValueError("parallel.mesh: at most one axis may be -1")
     if any(s == 0 or s < -1 for s in sizes):
-        raise ValueError(f'parallel.mesh sizes must be positive or -1, got {dict(zip(AXES, sizes))}')
+        raise ValueError(
+            f"parallel.mesh sizes must be positive or -1, got {dict(zip(AXES, sizes, strict=True))}"
+        )
     known = math.prod(s for s in sizes if s != -1)
     if -1 in sizes:
         if n_devices % known:
-            raise ValueError(f'parallel.mesh: {n_devices} devices do not divide by the fixed axes '
-                             f'(product {known}); change parallel.mesh')
+            raise ValueError(
+                f"parallel.mesh: {n_devices} devices do not divide by the fixed axes "
+                f"(product {known}); change parallel.mesh"
+            )
         sizes[sizes.index(-1)] = n_devices // known
     if math.prod(sizes) != n_devices:
-        raise ValueError(f'parallel.mesh {dict(zip(AXES, sizes))} has {math.prod(sizes)} devices '
-                         f'but {n_devices} are available; set one axis to -1')
+        raise ValueError(
+            f"parallel.mesh {dict(zip(AXES, sizes, strict=True))} has {math.prod(sizes)} devices "
+            f"but {n_devices} are available; set one axis to -1"
+        )
     return tuple(sizes)
 
 

@@ -12,8 +12,9 @@ def logical_to_mesh_specs(logical_tree, rules) -> object:
 
 
 def named_shardings(mesh_specs, mesh: Mesh):
-    return jax.tree.map(lambda s: NamedSharding(mesh, s), mesh_specs,
-                        is_leaf=lambda x: isinstance(x, P))
+    return jax.tree.map(
+        lambda s: NamedSharding(mesh, s), mesh_specs, is_leaf=lambda x: isinstance(x, P)
+    )
 
 
 def check_divisible(shapes, mesh_specs, mesh: Mesh) -> None:
@@ -30,13 +31,15 @@ def check_divisible(shapes, mesh_specs, mesh: Mesh) -> None:
                 n *= mesh.shape[a]
             if size % n:
                 name = jax.tree_util.keystr(path)
-                raise ValueError(f'{name} dim {dim} has size {size}, not divisible by mesh axes '
-                                 f'{axes} of size {n}; change the model size or parallel.mesh')
+                raise ValueError(
+                    f"{name} dim {dim} has size {size}, not divisible by mesh axes "
+                    f"{axes} of size {n}; change the model size or parallel.mesh"
+                )
 
 
 def batch_spec(rules) -> P:
     """Mesh spec of a [B, T] batch array under `rules`."""
-    return nn.logical_to_mesh_axes(('batch', 'length'), rules)
+    return nn.logical_to_mesh_axes(("batch", "length"), rules)
 
 
 def batch_shardings(batch_shapes: dict, mesh: Mesh, rules) -> dict:
@@ -51,5 +54,7 @@ def check_batch(batch_size: int, mesh: Mesh, rules) -> None:
     for a in axes:
         n *= mesh.shape[a]
     if batch_size % n:
-        raise ValueError(f'data.batch_size={batch_size} is not divisible by the batch mesh axes '
-                         f'{axes} (size {n}); change data.batch_size or parallel.mesh')
+        raise ValueError(
+            f"data.batch_size={batch_size} is not divisible by the batch mesh axes "
+            f"{axes} (size {n}); change data.batch_size or parallel.mesh"
+        )

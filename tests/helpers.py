@@ -8,21 +8,23 @@ from experiments.gpt import get_config
 
 def make_corpus(root: str, n_files: int = 40) -> str:
     """Copies `n_files` stdlib modules into `root`; returns a glob over them."""
-    stdlib = sysconfig.get_paths()['stdlib']
-    names = sorted(f for f in os.listdir(stdlib) if f.endswith('.py'))[:n_files]
+    stdlib = sysconfig.get_paths()["stdlib"]
+    names = sorted(f for f in os.listdir(stdlib) if f.endswith(".py"))[:n_files]
     os.makedirs(root, exist_ok=True)
     for name in names:
-        with open(os.path.join(stdlib, name), 'rb') as src, \
-                open(os.path.join(root, name), 'wb') as dst:
+        with (
+            open(os.path.join(stdlib, name), "rb") as src,
+            open(os.path.join(root, name), "wb") as dst,
+        ):
             dst.write(src.read())
-    return os.path.join(root, '*.py')
+    return os.path.join(root, "*.py")
 
 
 def small_config(tmp_path, steps: int = 20):
     """The real `experiments/gpt.py` tiny config shrunk to seconds of work on a local corpus."""
-    config = get_config('size=tiny,runlocal')
-    config.data.glob = make_corpus(str(tmp_path / 'corpus'))
-    config.data.data_dir = str(tmp_path / 'tfds')
+    config = get_config("size=tiny,runlocal")
+    config.data.glob = make_corpus(str(tmp_path / "corpus"))
+    config.data.data_dir = str(tmp_path / "tfds")
     config.data.val_fraction = 0.1
     config.data.seq_len = 64
     config.data.batch_size = 8

@@ -32,22 +32,21 @@ def test_loss_masks_and_bits_per_byte():
     tokens = rng.integers(0, V, (B, T)).astype(np.int32)
     seg = np.array([[1] * 4 + [2] * 6, [1] * 7 + [0] * 3, [0] * 10], np.int32)
     bytes_per_token = np.array([0, 0, 1, 1, 1, 2, 3, 1])  # specials 0 bytes, multi-byte pieces
-    loss_fn = make_loss_fn(_Cfg, lambda p, b, c, rngs=None: logits,
-                           bytes_per_token=bytes_per_token)
-    loss, aux = loss_fn(None, {'tokens': tokens, 'segment_ids': seg}, None)
+    loss_fn = make_loss_fn(_Cfg, lambda p, b, c, rngs=None: logits, bytes_per_token=bytes_per_token)
+    loss, aux = loss_fn(None, {"tokens": tokens, "segment_ids": seg}, None)
     nll, n, n_bytes = _numpy_reference(logits, tokens, seg, bytes_per_token)
-    assert aux['tokens'] == n == 3 + 5 + 6
-    np.testing.assert_allclose(aux['nll_sum'], nll, rtol=1e-5)
+    assert aux["tokens"] == n == 3 + 5 + 6
+    np.testing.assert_allclose(aux["nll_sum"], nll, rtol=1e-5)
     np.testing.assert_allclose(loss, nll / n, rtol=1e-5)
-    assert aux['bytes'] == n_bytes
+    assert aux["bytes"] == n_bytes
     summary = objectives.summarize(aux)
-    np.testing.assert_allclose(summary['bits_per_byte'], nll / np.log(2) / n_bytes, rtol=1e-5)
+    np.testing.assert_allclose(summary["bits_per_byte"], nll / np.log(2) / n_bytes, rtol=1e-5)
 
 
 def test_uniform_logits_give_log_vocab():
     B, T, V = 2, 6, 8
     tokens = np.ones((B, T), np.int32) * 3
     loss_fn = make_loss_fn(_Cfg, lambda p, b, c, rngs=None: np.zeros((B, T, V), np.float32))
-    loss, aux = loss_fn(None, {'tokens': tokens}, None)
+    loss, aux = loss_fn(None, {"tokens": tokens}, None)
     np.testing.assert_allclose(loss, np.log(V), rtol=1e-6)
-    assert aux['bytes'] == B * (T - 1)  # no table: one byte per token
+    assert aux["bytes"] == B * (T - 1)  # no table: one byte per token

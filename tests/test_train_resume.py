@@ -1,4 +1,4 @@
-"""Resume is exact: 20 steps straight == 10 steps, stop, resume, 10 steps (bitwise, same batches)."""
+"""Resume is exact: 20 steps == 10 steps, stop, resume, 10 steps (bitwise, same batches)."""
 
 import json
 
@@ -39,19 +39,20 @@ class _Recording:
 def test_resume_is_bitwise_exact(tmp_path, monkeypatch):
     seen: list = []
     make = train.loop.make_train_iterator
-    monkeypatch.setattr(train.loop, 'make_train_iterator',
-                        lambda *a, **k: _Recording(make(*a, **k), seen))
+    monkeypatch.setattr(
+        train.loop, "make_train_iterator", lambda *a, **k: _Recording(make(*a, **k), seen)
+    )
     config = small_config(tmp_path, steps=20)
 
-    straight = str(tmp_path / 'straight')
+    straight = str(tmp_path / "straight")
     train.loop.train_and_evaluate(config, straight)
     batches_straight, seen[:] = list(seen), []
 
-    resumed = str(tmp_path / 'resumed')
+    resumed = str(tmp_path / "resumed")
     first = train.loop.train_and_evaluate(config, resumed, stop_at=10)
-    assert first['step'] == 10
+    assert first["step"] == 10
     second = train.loop.train_and_evaluate(config, resumed)
-    assert second['resumed_from'] == 10
+    assert second["resumed_from"] == 10
     batches_resumed = list(seen)
 
     assert len(batches_straight) == len(batches_resumed) == 20
@@ -59,8 +60,8 @@ def test_resume_is_bitwise_exact(tmp_path, monkeypatch):
         for k in a:
             np.testing.assert_array_equal(a[k], b[k])
 
-    s1 = load_state(f'{straight}/checkpoints', 20)
-    s2 = load_state(f'{resumed}/checkpoints', 20)
+    s1 = load_state(f"{straight}/checkpoints", 20)
+    s2 = load_state(f"{resumed}/checkpoints", 20)
     leaves1, leaves2 = jax.tree.leaves(s1), jax.tree.leaves(s2)
     assert len(leaves1) == len(leaves2) > 10
     for x, y in zip(leaves1, leaves2, strict=True):
@@ -68,8 +69,8 @@ def test_resume_is_bitwise_exact(tmp_path, monkeypatch):
 
     # Metrics: every step once, identical losses.
     def losses(workdir):
-        rows = [r for r in read_metrics(f'{workdir}/metrics.jsonl') if 'train/loss' in r]
-        return [r['step'] for r in rows], [r['train/loss'] for r in rows]
+        rows = [r for r in read_metrics(f"{workdir}/metrics.jsonl") if "train/loss" in r]
+        return [r["step"] for r in rows], [r["train/loss"] for r in rows]
 
     steps1, loss1 = losses(straight)
     steps2, loss2 = losses(resumed)

@@ -19,8 +19,10 @@ class Checkpointer:
         self.every = every
         self.manager = ocp.CheckpointManager(
             directory,
-            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
-                                                 enable_async_checkpointing=async_save))
+            options=ocp.CheckpointManagerOptions(
+                max_to_keep=keep, create=True, enable_async_checkpointing=async_save
+            ),
+        )
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
@@ -30,15 +32,18 @@ class Checkpointer:
 
     def save(self, step: int, state, data_iter, *, force: bool = False) -> bool:
         """Starts an async save of `state` and the iterator position after `step` updates."""
-        args = ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                  data=grain.checkpoint.CheckpointSave(data_iter))
+        args = ocp.args.Composite(
+            state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(data_iter)
+        )
         return self.manager.save(step, args=args, force=force)
 
     def restore(self, step: int, abstract_state, data_iter):
         """Restores `state` into the shardings of `abstract_state` and rewinds `data_iter`."""
-        args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
-                                  data=grain.checkpoint.CheckpointRestore(data_iter))
-        return self.manager.restore(step, args=args)['state']
+        args = ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state),
+            data=grain.checkpoint.CheckpointRestore(data_iter),
+        )
+        return self.manager.restore(step, args=args)["state"]
 
     def wait(self) -> None:
         self.manager.wait_until_finished()
@@ -53,12 +58,18 @@ def load_state(directory: str, step: int | None = None):
     with ocp.CheckpointManager(directory) as manager:
         step = manager.latest_step() if step is None else step
         if step is None:
-            raise FileNotFoundError(f'no checkpoint in {directory}')
+            raise FileNotFoundError(f"no checkpoint in {directory}")
         restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
-    return restored['state']
+    return restored["state"]
 
 
 def fetch(tree):
     """Host copy of a (possibly sharded, multi-process) tree, for tests and reports."""
-    return jax.tree.map(lambda x: jax.device_get(x) if x.is_fully_addressable else
-                        jax.experimental.multihost_utils.process_allgather(x), tree)
+    return jax.tree.map(
+        lambda x: (
+            jax.device_get(x)
+            if x.is_fully_addressable
+            else jax.experimental.multihost_utils.process_allgather(x)
+        ),
+        tree,
+    )

@@ -1,4 +1,4 @@
-"""The training loop: config -> data -> model -> loss -> sharded jitted step -> checkpoints, metrics.
+"""The training loop: config -> data -> model -> loss -> jitted sharded step -> checkpoints.
 
 `train_and_evaluate(config, workdir)` is the one function `launch/run.py` calls for a single run.
 It resumes automatically from the newest checkpoint in `workdir/checkpoints`.
@@ -31,9 +31,13 @@ from train.state import abstract_with_shardings, create_train_state
 from train.step import make_eval_step, make_train_step
 
 
+class ConfigError(ValueError):
+    """Bad input found before anything compiled or was written; `launch/run.py` exits 2."""
+
+
 def write_json_atomic(path: str, obj) -> None:
-    tmp = f'{path}.tmp.{os.getpid()}'
-    with open(tmp, 'w') as f:
+    tmp = f"{path}.tmp.{os.getpid()}"
+    with open(tmp, "w") as f:
         json.dump(obj, f, indent=2, sort_keys=True)
         f.flush()
         os.fsync(f.fileno())
@@ -43,14 +47,17 @@ def write_json_atomic(path: str, obj) -> None:
 def validate(config) -> None:
     """Cheap config checks that must fail before anything compiles or writes."""
     m, d, t = config.model, config.data, config.train
-    if m.positions == 'learned' and d.seq_len > m.max_len:
-        raise ValueError(f'data.seq_len={d.seq_len} exceeds model.max_len={m.max_len} (learned '
-                         'position table); raise model.max_len or lower data.seq_len')
+    if m.positions == "learned" and d.seq_len > m.max_len:
+        raise ValueError(
+            f"data.seq_len={d.seq_len} exceeds model.max_len={m.max_len} (learned "
+            "position table); raise model.max_len or lower data.seq_len"
+        )
     if t.grad_accum < 1 or d.batch_size % t.grad_accum:
-        raise ValueError(f'data.batch_size={d.batch_size} is not divisible by '
-                         f'train.grad_accum={t.grad_accum}')
+        raise ValueError(
+            f"data.batch_size={d.batch_size} is not divisible by train.grad_accum={t.grad_accum}"
+        )
     if t.steps < 1:
-        raise ValueError(f'train.steps={t.steps} must be at least 1')
+        raise ValueError(f"train.steps={t.steps} must be at least 1")
 
 
 class Run:
@@ -66,36 +73,49 @@ class Run:
         validate(config)
         self.config = config
         self.mesh = make_mesh(config.parallel.mesh)
-        self.rules = get_rules(config.parallel.rules, pipeline=self.mesh.shape['stage'] > 1)
-        if self.mesh.shape['stage'] > 1:
-            raise ValueError('parallel.mesh.stage > 1 needs the pipeline schedule, which this '
-                             'build does not have yet; set parallel.mesh.stage=1')
-        self.tokenizer = get_tokenizer(config.data.tokenizer,
-                                       num_sentinels=config.data.num_sentinels)
+        self.rules = get_rules(config.parallel.rules, pipeline=self.mesh.shape["stage"] > 1)
+        if self.mesh.shape["stage"] > 1:
+            raise ValueError(
+                "parallel.mesh.stage > 1 needs the pipeline schedule, which this "
+                "build does not have yet; set parallel.mesh.stage=1"
+            )
+        self.tokenizer = get_tokenizer(
+            config.data.tokenizer, num_sentinels=config.data.num_sentinels
+        )
         if self.tokenizer.vocab_size > config.model.vocab_size and not synthetic_data:
-            raise ValueError(f'model.vocab_size={config.model.vocab_size} is smaller than the '
-                             f'tokenizer vocabulary ({self.tokenizer.vocab_size}); raise it')
+            raise ValueError(
+                f"model.vocab_size={config.model.vocab_size} is smaller than the "
+                f"tokenizer vocabulary ({self.tokenizer.vocab_size}); raise it"
+            )
         self.model = get_model(config.model.family)
         self.counts = count_params(config.model)
         self.flops = flops_per_token(config.model, config.data.seq_len)
         self.schedule = make_schedule(config.train)
         self.optimizer = make_optimizer(config.train)
         self.loss_fn = objectives.get_loss_fn(config.objective)(
-            config.model, self.model.apply, bytes_per_token=self.tokenizer.bytes_per_token)
+            config.model, self.model.apply, bytes_per_token=self.tokenizer.bytes_per_token
+        )
         with self.activate():
             check_batch(config.data.batch_size // config.train.grad_accum, self.mesh, self.rules)
             self.state, self.state_shardings, self.logical_specs = create_train_state(
-                self.model, config.model, self.optimizer, self.mesh, self.rules, config.seed)
-            names = ('tokens', 'segment_ids', 'positions')
+                self.model, config.model, self.optimizer, self.mesh, self.rules, config.seed
+            )
+            names = ("tokens", "segment_ids", "positions")
             self.batch_shardings = batch_shardings(names, self.mesh, self.rules)
             replicated = NamedSharding(self.mesh, P())
             self.train_step = jax.jit(
-                make_train_step(self.loss_fn, self.optimizer, self.schedule, config.train.grad_accum),
+                make_train_step(
+                    self.loss_fn, self.optimizer, self.schedule, config.train.grad_accum
+                ),
                 in_shardings=(self.state_shardings, self.batch_shardings),
-                out_shardings=(self.state_shardings, replicated), donate_argnums=(0,))
-            self.eval_step = jax.jit(make_eval_step(self.loss_fn),
-                                     in_shardings=(self.state_shardings.params, self.batch_shardings),
-                                     out_shardings=replicated)
+                out_shardings=(self.state_shardings, replicated),
+                donate_argnums=(0,),
+            )
+            self.eval_step = jax.jit(
+                make_eval_step(self.loss_fn),
+                in_shardings=(self.state_shardings.params, self.batch_shardings),
+                out_shardings=replicated,
+            )
 
     def activate(self):
         """Context in which logical constraints resolve against this run's mesh and rules."""
@@ -103,11 +123,14 @@ class Run:
 
     def global_batch(self, local: dict) -> dict:
         """Builds global arrays from this process's slice of the batch (multi-host safe)."""
-        return {k: jax.make_array_from_process_local_data(self.batch_shardings[k], np.asarray(v))
-                for k, v in local.items() if k in self.batch_shardings}
+        return {
+            k: jax.make_array_from_process_local_data(self.batch_shardings[k], np.asarray(v))
+            for k, v in local.items()
+            if k in self.batch_shardings
+        }
 
     def evaluate(self, params, eval_batches: list) -> dict[str, float]:
-        sums = {'nll_sum': 0.0, 'tokens': 0.0, 'bytes': 0.0}
+        sums = {"nll_sum": 0.0, "tokens": 0.0, "bytes": 0.0}
         with self.activate():
             outs = [self.eval_step(params, self.global_batch(b)) for b in eval_batches]
         for aux in jax.device_get(outs):
@@ -139,25 +162,43 @@ def train_and_evaluate(config, workdir: str, *, stop_at: int | None = None) -> d
         `train.steps`). The schedule still follows `train.steps`, so a later call resumes exactly.
     """
     is_main = jax.process_index() == 0
+    try:
+        run = Run(config)
+        train_iter = make_train_iterator(
+            config.data,
+            seed=config.seed,
+            process_index=jax.process_index(),
+            process_count=jax.process_count(),
+        )
+        eval_batches = make_eval_batches(
+            config.data,
+            num_batches=config.train.eval_batches,
+            process_index=jax.process_index(),
+            process_count=jax.process_count(),
+        )
+    except ValueError as e:  # every setup check raises ValueError naming the field and the fix
+        raise ConfigError(str(e)) from e
+    config_path = os.path.join(workdir, "config.json")
+    if os.path.exists(config_path):
+        with open(config_path) as f:
+            if json.load(f) != json.loads(json.dumps(config.to_dict())):
+                raise ConfigError(
+                    f"{workdir} holds a run of a different config; pass another "
+                    "--workdir (or delete it to start over)"
+                )
     os.makedirs(workdir, exist_ok=True)
-    run = Run(config)
     if is_main:
-        write_json_atomic(os.path.join(workdir, 'config.json'), config.to_dict())
+        write_json_atomic(config_path, config.to_dict())
     tcfg = config.train
     writer = MetricWriter(workdir, enabled=is_main)
-    ckpt = Checkpointer(os.path.join(workdir, 'checkpoints'), keep=tcfg.keep_ckpts,
-                        every=tcfg.ckpt_every)
-    train_iter = make_train_iterator(config.data, seed=config.seed,
-                                     process_index=jax.process_index(),
-                                     process_count=jax.process_count())
-    eval_batches = make_eval_batches(config.data, num_batches=tcfg.eval_batches,
-                                     process_index=jax.process_index(),
-                                     process_count=jax.process_count())
+    ckpt = Checkpointer(
+        os.path.join(workdir, "checkpoints"), keep=tcfg.keep_ckpts, every=tcfg.ckpt_every
+    )
     state = run.state
     start = ckpt.latest_step() or 0
-    summary_path = os.path.join(workdir, 'summary.json')
+    summary_path = os.path.join(workdir, "summary.json")
     if start >= tcfg.steps and os.path.exists(summary_path):
-        print(f'{workdir} already holds a finished run (step {start}); nothing to do')
+        print(f"{workdir} already holds a finished run (step {start}); nothing to do")
         with open(summary_path) as f:
             return json.load(f)
     if start:
@@ -167,20 +208,25 @@ def train_and_evaluate(config, workdir: str, *, stop_at: int | None = None) -> d
         writer.truncate_after(start)
     else:
         del run.state
-        writer.write(0, {'model/params_total': run.counts['total'],
-                         'model/params_non_embedding': run.counts['non_embedding'],
-                         'model/flops_per_token': run.flops['flops_per_token'],
-                         'model/flops_per_token_6n': run.flops['flops_per_token_6n']})
+        writer.write(
+            0,
+            {
+                "model/params_total": run.counts["total"],
+                "model/params_non_embedding": run.counts["non_embedding"],
+                "model/flops_per_token": run.flops["flops_per_token"],
+                "model/flops_per_token_6n": run.flops["flops_per_token_6n"],
+            },
+        )
     peak = tcfg.peak_flops or measure_peak_flops()
     progress = Progress(tcfg.steps, start_step=start, enabled=is_main)
     if start:
-        progress.write(f'Resumed from step {start} in {workdir}')
+        progress.write(f"Resumed from step {start} in {workdir}")
     tokens_per_step = config.data.batch_size * config.data.seq_len
 
     t_start = time.perf_counter()
     compile_s = 0.0
     pending = None  # (step, device metrics): fetched one step late so the device never waits
-    clock = {'t': time.perf_counter(), 'step': start}  # last point the host saw the device idle
+    clock = {"t": time.perf_counter(), "step": start}  # last point the host saw the device idle
     summary: dict = {}
     with run.activate():
         last = tcfg.steps if stop_at is None else min(stop_at, tcfg.steps)
@@ -190,8 +236,8 @@ def train_and_evaluate(config, workdir: str, *, stop_at: int | None = None) -> d
                 t = time.perf_counter()
                 compiled = run.train_step.lower(state, batch).compile()
                 compile_s = time.perf_counter() - t
-                writer.write(step, {'perf/compile_s': compile_s})
-                clock = {'t': time.perf_counter(), 'step': start}
+                writer.write(step, {"perf/compile_s": compile_s})
+                clock = {"t": time.perf_counter(), "step": start}
             state, metrics = compiled(state, batch)
             if pending is not None:
                 _log_train(*pending, writer, progress, run, peak, tokens_per_step, clock)
@@ -203,11 +249,13 @@ def train_and_evaluate(config, workdir: str, *, stop_at: int | None = None) -> d
                     _log_train(*pending, writer, progress, run, peak, tokens_per_step, clock)
                     pending = None
                 ev = run.evaluate(state.params, eval_batches)
-                writer.write(step, {f'eval/{k}': v for k, v in ev.items()})
-                progress.write(f'step {step}: eval loss {ev["loss"]:.4f} nats/token, '
-                               f'{ev["bits_per_byte"]:.4f} bits/byte')
-                summary.update({f'eval/{k}': v for k, v in ev.items()})
-                clock = {'t': time.perf_counter(), 'step': step}
+                writer.write(step, {f"eval/{k}": v for k, v in ev.items()})
+                progress.write(
+                    f"step {step}: eval loss {ev['loss']:.4f} nats/token, "
+                    f"{ev['bits_per_byte']:.4f} bits/byte"
+                )
+                summary.update({f"eval/{k}": v for k, v in ev.items()})
+                clock = {"t": time.perf_counter(), "step": step}
             if ckpt.should_save(step, tcfg.steps) or step == last:
                 ckpt.save(step, state, train_iter)
         if pending is not None:
@@ -215,12 +263,18 @@ def train_and_evaluate(config, workdir: str, *, stop_at: int | None = None) -> d
     ckpt.close()
     progress.close()
     wall = time.perf_counter() - t_start
-    summary.update({'step': last, 'wall_s': wall, 'compile_s': compile_s,
-                    'tokens': last * tokens_per_step,
-                    'params_total': run.counts['total'],
-                    'params_non_embedding': run.counts['non_embedding'],
-                    'flops_per_token': run.flops['flops_per_token'],
-                    'resumed_from': start})
+    summary.update(
+        {
+            "step": last,
+            "wall_s": wall,
+            "compile_s": compile_s,
+            "tokens": last * tokens_per_step,
+            "params_total": run.counts["total"],
+            "params_non_embedding": run.counts["non_embedding"],
+            "flops_per_token": run.flops["flops_per_token"],
+            "resumed_from": start,
+        }
+    )
     if is_main and last == tcfg.steps:
         write_json_atomic(summary_path, summary)
     writer.close()
@@ -231,19 +285,21 @@ def _log_train(step, metrics, writer, progress, run, peak, tokens_per_step, cloc
     """Writes a finished step's metrics; blocks only on that step, not on the one queued after."""
     m = jax.device_get(metrics)
     now = time.perf_counter()
-    loss = float(m['loss'])
+    loss = float(m["loss"])
     if not np.isfinite(loss):
-        raise FloatingPointError(f'train/loss is {loss} at step {step}; lower train.lr or check '
-                                 'the data; the last checkpoint is in the workdir')
-    tok_s = tokens_per_step * max(step - clock['step'], 1) / max(now - clock['t'], 1e-9)
+        raise FloatingPointError(
+            f"train/loss is {loss} at step {step}; lower train.lr or check "
+            "the data; the last checkpoint is in the workdir"
+        )
+    tok_s = tokens_per_step * max(step - clock["step"], 1) / max(now - clock["t"], 1e-9)
     clock.update(t=now, step=step)
     out = {
-        'train/loss': loss,
-        'train/bits_per_byte': float(m['nll_sum']) / np.log(2.0) / max(float(m['bytes']), 1.0),
-        'train/grad_norm': float(m['grad_norm']),
-        'train/lr': float(m['lr']),
-        'perf/tokens_per_s': tok_s,
-        'perf/mfu': mfu(tok_s, run.flops['flops_per_token'], peak, jax.device_count()),
+        "train/loss": loss,
+        "train/bits_per_byte": float(m["nll_sum"]) / np.log(2.0) / max(float(m["bytes"]), 1.0),
+        "train/grad_norm": float(m["grad_norm"]),
+        "train/lr": float(m["lr"]),
+        "perf/tokens_per_s": tok_s,
+        "perf/mfu": mfu(tok_s, run.flops["flops_per_token"], peak, jax.device_count()),
     }
     writer.write(step, out)
     progress.update(step, out)

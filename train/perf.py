@@ -16,7 +16,7 @@ def measure_peak_flops(n: int = 2048, repeats: int = 5, dtype=jnp.float32) -> fl
     a = jax.device_put(jnp.ones((n, n), dtype), device)
     f = jax.jit(lambda x: x @ x)
     f(a).block_until_ready()
-    best = float('inf')
+    best = float("inf")
     for _ in range(repeats):
         t = time.perf_counter()
         f(a).block_until_ready()
@@ -24,7 +24,8 @@ def measure_peak_flops(n: int = 2048, repeats: int = 5, dtype=jnp.float32) -> fl
     return 2 * n**3 / best
 
 
-def mfu(tokens_per_s: float, flops_per_token: float, peak_flops_per_device: float,
-        n_devices: int) -> float:
+def mfu(
+    tokens_per_s: float, flops_per_token: float, peak_flops_per_device: float, n_devices: int
+) -> float:
     """Model FLOPs utilisation: achieved model FLOP/s over the devices' peak."""
     return tokens_per_s * flops_per_token / (peak_flops_per_device * n_devices)

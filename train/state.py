@@ -30,8 +30,9 @@ def _is_spec(x) -> bool:
     return isinstance(x, P)
 
 
-def create_train_state(model, model_cfg, optimizer: optax.GradientTransformation, mesh: Mesh,
-                       rules, seed: int) -> tuple[TrainState, TrainState, dict]:
+def create_train_state(
+    model, model_cfg, optimizer: optax.GradientTransformation, mesh: Mesh, rules, seed: int
+) -> tuple[TrainState, TrainState, dict]:
     """Builds the sharded initial state.
 
     Returns:
@@ -39,13 +40,17 @@ def create_train_state(model, model_cfg, optimizer: optax.GradientTransformation
       NamedShardings for jit in/out shardings and checkpoint restore; `param_logical_specs` are the
       parameters' logical PartitionSpecs.
     """
+
     def init_fn(key_data):
         key = jax.random.wrap_key_data(key_data)
         params_key, train_key = jax.random.split(key)
         params = nn.unbox(model.init(params_key, model_cfg))
-        return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                          opt_state=optimizer.init(params),
-                          rng=jax.random.key_data(train_key))
+        return TrainState(
+            step=jnp.zeros((), jnp.int32),
+            params=params,
+            opt_state=optimizer.init(params),
+            rng=jax.random.key_data(train_key),
+        )
 
     key_data = jax.random.key_data(jax.random.key(seed))
     boxed = jax.eval_shape(lambda k: model.init(jax.random.wrap_key_data(k), model_cfg), key_data)
@@ -54,8 +59,13 @@ def create_train_state(model, model_cfg, optimizer: optax.GradientTransformation
     abstract = jax.eval_shape(init_fn, key_data)
     check_divisible(abstract.params, param_specs, mesh)
     opt_specs = optax.tree_utils.tree_map_params(
-        optimizer, lambda _, spec: spec, abstract.opt_state, param_specs,
-        transform_non_params=lambda _: P(), is_leaf=_is_spec)
+        optimizer,
+        lambda _, spec: spec,
+        abstract.opt_state,
+        param_specs,
+        transform_non_params=lambda _: P(),
+        is_leaf=_is_spec,
+    )
     specs = TrainState(step=P(), params=param_specs, opt_state=opt_specs, rng=P())
     shardings = named_shardings(specs, mesh)
     state = jax.jit(init_fn, out_shardings=shardings)(key_data)
@@ -64,6 +74,9 @@ def create_train_state(model, model_cfg, optimizer: optax.GradientTransformation
 
 def abstract_with_shardings(state_shardings: TrainState, abstract_state: TrainState) -> TrainState:
     """ShapeDtypeStructs carrying shardings: the restore target for checkpoints."""
-    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                        abstract_state, state_shardings,
-                        is_leaf=lambda x: isinstance(x, NamedSharding))
+    return jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+        abstract_state,
+        state_shardings,
+        is_leaf=lambda x: isinstance(x, NamedSharding),
+    )

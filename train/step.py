@@ -18,15 +18,19 @@ def _split_microbatches(batch: dict, k: int) -> dict:
     return jax.tree.map(lambda x: x.reshape(k, x.shape[0] // k, *x.shape[1:]), batch)
 
 
-def make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation,
-                    schedule: Callable, grad_accum: int = 1) -> Callable:
+def make_train_step(
+    loss_fn: Callable,
+    optimizer: optax.GradientTransformation,
+    schedule: Callable,
+    grad_accum: int = 1,
+) -> Callable:
     """Builds `train_step(state, batch) -> (state, metrics)` (pure; jit it with shardings)."""
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
     def micro_step(params, batch, rng):
         (loss, aux), grads = grad_fn(params, batch, rng)
         # grads of the token-mean loss times the token count = grads of the NLL sum.
-        grads = jax.tree.map(lambda g: g * aux['tokens'], grads)
+        grads = jax.tree.map(lambda g: g * aux["tokens"], grads)
         return grads, aux
 
     def train_step(state: TrainState, batch: dict):
@@ -38,29 +42,29 @@ def make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation,
             micro = _split_microbatches(batch, grad_accum)
             keys = jax.random.split(step_key, grad_accum)
             zeros = jax.tree.map(jnp.zeros_like, state.params)
-            zero_aux = {'nll_sum': 0.0, 'tokens': 0.0, 'bytes': 0.0}
+            zero_aux = {"nll_sum": 0.0, "tokens": 0.0, "bytes": 0.0}
 
             def body(carry, xs):
                 g_acc, a_acc = carry
                 g, a = micro_step(state.params, xs[0], xs[1])
-                return (jax.tree.map(jnp.add, g_acc, g),
-                        {k: a_acc[k] + a[k] for k in a_acc}), None
+                return (jax.tree.map(jnp.add, g_acc, g), {k: a_acc[k] + a[k] for k in a_acc}), None
 
             (grads, aux), _ = jax.lax.scan(body, (zeros, zero_aux), (micro, keys))
-        tokens = jnp.maximum(aux['tokens'], 1.0)
+        tokens = jnp.maximum(aux["tokens"], 1.0)
         grads = jax.tree.map(lambda g: g / tokens, grads)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics = {
-            'loss': aux['nll_sum'] / tokens,
-            'nll_sum': aux['nll_sum'],
-            'tokens': aux['tokens'],
-            'bytes': aux['bytes'],
-            'grad_norm': optax.global_norm(grads),
-            'lr': schedule(state.step),
+            "loss": aux["nll_sum"] / tokens,
+            "nll_sum": aux["nll_sum"],
+            "tokens": aux["tokens"],
+            "bytes": aux["bytes"],
+            "grad_norm": optax.global_norm(grads),
+            "lr": schedule(state.step),
         }
-        new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
-                                  rng=jax.random.key_data(key))
+        new_state = state.replace(
+            step=state.step + 1, params=params, opt_state=opt_state, rng=jax.random.key_data(key)
+        )
         return new_state, metrics
 
     return train_step
@@ -68,6 +72,7 @@ def make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation,
 
 def make_eval_step(loss_fn: Callable) -> Callable:
     """Builds `eval_step(params, batch) -> aux sums` (nll_sum, tokens, bytes)."""
+
     def eval_step(params, batch: dict):
         _, aux = loss_fn(params, batch, None)
         return aux
