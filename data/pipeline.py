@@ -42,6 +42,7 @@ __all__ = [
 ]
 
 BATCH_KEYS = ("tokens", "segment_ids", "positions")
+EVAL_SEED = 0  # the evaluation sample is the same for every run
 
 
 def tokenizer_from_config(data_cfg: ml_collections.ConfigDict) -> Tokenizer:
@@ -214,7 +215,11 @@ def make_eval_batches(
     process_index: int = 0,
     process_count: int = 1,
 ) -> list[dict[str, np.ndarray]]:
-    """Returns a fixed evaluation set: the first batches of the unshuffled validation split.
+    """Returns a fixed evaluation set: a uniform sample of the validation split's pieces.
+
+    The pieces are shuffled with a constant seed (`EVAL_SEED`, not the run seed), so every run,
+    whatever its seed, evaluates on the same rows, and those rows come from across the whole
+    split rather than from its first few files (which need not be typical of it).
 
     Every process packs the same global batches and keeps its own block of B_local rows, so all
     processes get the same number of batches (a multi-host eval step must not wait for a
@@ -231,7 +236,7 @@ def make_eval_batches(
     """
     rows = local_batch_size(data_cfg, process_count)
     pieces = _piece_dataset(
-        data_cfg, "validation", seed=None, num_epochs=1, process_index=0, process_count=1
+        data_cfg, "validation", seed=EVAL_SEED, num_epochs=1, process_index=0, process_count=1
     )
     global_batches = _pack_and_batch(pieces, data_cfg.seq_len, data_cfg.batch_size)
     lo = process_index * rows

@@ -161,6 +161,7 @@ def train_and_evaluate(config, workdir: str, *, stop_at: int | None = None) -> d
       stop_at: stop after this step with a checkpoint, as a preempted run would (None: run to
         `train.steps`). The schedule still follows `train.steps`, so a later call resumes exactly.
     """
+    t_start = time.perf_counter()
     is_main = jax.process_index() == 0
     try:
         run = Run(config)
@@ -223,7 +224,6 @@ def train_and_evaluate(config, workdir: str, *, stop_at: int | None = None) -> d
         progress.write(f"Resumed from step {start} in {workdir}")
     tokens_per_step = config.data.batch_size * config.data.seq_len
 
-    t_start = time.perf_counter()
     compile_s = 0.0
     pending = None  # (step, device metrics): fetched one step late so the device never waits
     clock = {"t": time.perf_counter(), "step": start}  # last point the host saw the device idle
