@@ -57,12 +57,6 @@ def layer_norm(x_BTD: Array, scale_D: Array, bias_D: Array | None, eps: float = 
     return y.astype(x_BTD.dtype)
 
 
-def rms_norm(x_BTD: Array, scale_D: Array, eps: float = 1e-6) -> Array:
-    x = x_BTD.astype(jnp.float32)
-    y = x * jax.lax.rsqrt(jnp.square(x).mean(-1, keepdims=True) + eps) * _bcast(scale_D, x)
-    return y.astype(x_BTD.dtype)
-
-
 def rotary(x_BTNH: Array, positions_BT: Array, theta: float = 10000.0) -> Array:
     """Rotary position embedding, 'rotate half' convention over the full head dim."""
     H = x_BTNH.shape[-1]

@@ -6,11 +6,6 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 
-def logical_to_mesh_specs(logical_tree, rules) -> object:
-    """Maps a tree of logical PartitionSpecs (from `nn.get_partition_spec`) to mesh specs."""
-    return nn.logical_to_mesh(logical_tree, rules)
-
-
 def named_shardings(mesh_specs, mesh: Mesh):
     return jax.tree.map(
         lambda s: NamedSharding(mesh, s), mesh_specs, is_leaf=lambda x: isinstance(x, P)

@@ -8,7 +8,6 @@ a step only when it is complete (temporary directory + rename).
 """
 
 import grain
-import jax
 import orbax.checkpoint as ocp
 
 
@@ -61,15 +60,3 @@ def load_state(directory: str, step: int | None = None):
             raise FileNotFoundError(f"no checkpoint in {directory}")
         restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
     return restored["state"]
-
-
-def fetch(tree):
-    """Host copy of a (possibly sharded, multi-process) tree, for tests and reports."""
-    return jax.tree.map(
-        lambda x: (
-            jax.device_get(x)
-            if x.is_fully_addressable
-            else jax.experimental.multihost_utils.process_allgather(x)
-        ),
-        tree,
-    )
