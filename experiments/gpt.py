@@ -6,31 +6,36 @@ Arguments (comma-separated): size=tiny|mini|small|medium|large|base|xl, runlocal
 for a smoke test), steps=N (override the preset's step count).
 
 Presets and measured cost on a 2-core CPU (see README results):
-  size=tiny:  2 x 128,  600 steps of 16 x 256 tokens (2.5M tokens), about 3 minutes.
-  size=small: 4 x 256, 1800 steps of 16 x 256 tokens (7.4M tokens), about 27 minutes.
+  size=tiny:  2 x 128,  600 steps of 16 x 256 tokens (2.5M tokens), about 2 minutes.
+  size=small: 4 x 256, 1800 steps of 16 x 256 tokens (7.4M tokens), under 27 minutes.
 Larger sizes default to 10,000 steps and are meant for accelerators.
+
+The CPU presets run each batch of 16 rows as 4 microbatches of 4 (`train.grad_accum=4`): the
+update is identical (tests/test_train_step.py), and on XLA:CPU the smaller working set is faster
+(measured here: tiny 22.8k -> 30.0k tokens/s, small ~4.9k -> ~5.9k tokens/s).
 """
 
 from experiments.common import base_config, parse_arg
 
-# size: (steps, peak lr, warmup)
+# size: (steps, peak lr, warmup, microbatches per step)
 PRESETS = {
-    "tiny": (600, 3e-3, 50),
-    "mini": (1500, 3e-3, 100),
-    "small": (1800, 2.5e-3, 100),
+    "tiny": (600, 3e-3, 50, 4),
+    "mini": (1500, 3e-3, 100, 4),
+    "small": (1800, 2.5e-3, 100, 4),
 }
 
 
 def get_config(arg: str = ""):
     args = parse_arg(arg, size="small", runlocal=False, steps=0)
     config = base_config(args.size)
-    steps, lr, warmup = PRESETS.get(args.size, (10_000, 1e-3, 500))
+    steps, lr, warmup, grad_accum = PRESETS.get(args.size, (10_000, 1e-3, 500, 1))
     config.train.steps = args.steps or steps
     config.train.lr = lr
     config.train.warmup_steps = min(warmup, config.train.steps // 10)
     config.train.eval_every = max(config.train.steps // 5, 1)
     config.train.ckpt_every = max(config.train.steps // 5, 1)
     config.train.log_every = 10
+    config.train.grad_accum = grad_accum
     if args.runlocal:
         config.train.steps = 20
         config.train.warmup_steps = 2

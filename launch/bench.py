@@ -70,6 +70,7 @@ def bench(config, steps: int) -> dict:
         "seq": T,
         "batch": B,
         "vocab": config.model.vocab_size,
+        "grad_accum": config.train.grad_accum,
         "devices": jax.device_count(),
         "params": run.counts["total"],
         "flops_per_token": run.flops["flops_per_token"],
@@ -93,7 +94,8 @@ def main(argv):
         return
     print(
         f"model {r['size']}: {r['layers']} layers x d_model {r['d_model']}, {r['heads']} heads, "
-        f"seq {r['seq']}, batch {r['batch']}, vocab {r['vocab']}, {r['params']:,} params, "
+        f"seq {r['seq']}, batch {r['batch']} as {r['grad_accum']} microbatch(es), "
+        f"vocab {r['vocab']}, {r['params']:,} params, "
         f"{r['devices']} device(s)"
     )
     print(f"compile      {r['compile_s']:8.2f} s")

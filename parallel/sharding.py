@@ -42,14 +42,21 @@ def batch_shardings(batch_shapes: dict, mesh: Mesh, rules) -> dict:
     return {k: NamedSharding(mesh, spec) for k in batch_shapes}
 
 
-def check_batch(batch_size: int, mesh: Mesh, rules) -> None:
+def check_batch(batch_size: int, mesh: Mesh, rules, grad_accum: int = 1) -> None:
+    """Each microbatch (batch_size / grad_accum rows) must split evenly over the batch axes."""
+    rows = batch_size // grad_accum
     axes = batch_spec(rules)[0]
     axes = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
     n = 1
     for a in axes:
         n *= mesh.shape[a]
-    if batch_size % n:
+    if rows % n:
+        what = f"data.batch_size={batch_size}" + (
+            f" / train.grad_accum={grad_accum} = {rows} rows per microbatch"
+            if grad_accum > 1
+            else ""
+        )
         raise ValueError(
-            f"data.batch_size={batch_size} is not divisible by the batch mesh axes "
-            f"{axes} (size {n}); change data.batch_size or parallel.mesh"
+            f"{what} is not divisible by the batch mesh axes {axes} (size {n}); change "
+            "data.batch_size, train.grad_accum or parallel.mesh"
         )

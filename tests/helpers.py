@@ -33,6 +33,7 @@ def small_config(tmp_path, steps: int = 20):
     config.model.n_heads = 2
     config.model.d_ff = 256
     config.train.steps = steps
+    config.train.grad_accum = 1  # 8 rows over 8 simulated devices
     config.train.log_every = 1
     config.train.eval_every = 10
     config.train.ckpt_every = 10

@@ -35,7 +35,7 @@ def _batch(B=8, T=32):
     return {"tokens": tokens, "segment_ids": seg, "positions": pos}
 
 
-def _one_step(mesh_cfg, rules_name, devices=None):
+def _one_step(mesh_cfg, rules_name, devices=None, grad_accum=1):
     cfg = _model_cfg()
     mesh = make_mesh(mesh_cfg, devices)
     rules = get_rules(rules_name)
@@ -50,7 +50,7 @@ def _one_step(mesh_cfg, rules_name, devices=None):
         state, shardings, _ = create_train_state(decoder, cfg, opt, mesh, rules, seed=0)
         bs = batch_shardings(("tokens", "segment_ids", "positions"), mesh, rules)
         step = jax.jit(
-            make_train_step(loss_fn, opt, sched),
+            make_train_step(loss_fn, opt, sched, grad_accum),
             in_shardings=(shardings, bs),
             out_shardings=(shardings, NamedSharding(mesh, P())),
             donate_argnums=(0,),
@@ -181,3 +181,13 @@ def test_batch_sharding_spec():
     assert _normalize(bs["tokens"].spec, 2) == (("data", "fsdp"), None)
     x = jax.device_put(jnp.zeros((8, 4), jnp.int32), bs["tokens"])
     assert x.addressable_shards[0].data.shape == (2, 4)
+
+
+def test_sharded_gradient_accumulation_matches_single_device(reference):
+    """2 microbatches of 4 rows on a 2x2x2 mesh give the single-device full-batch update."""
+    ref_state, ref_metrics, _ = reference
+    state, metrics, _ = _one_step(MESHES["fsdp_tp"], "fsdp_tp", grad_accum=2)
+    np.testing.assert_allclose(metrics["loss"], ref_metrics["loss"], rtol=1e-5)
+    ref_params = _flat(jax.device_get(ref_state.params))
+    for name, p in _flat(state.params).items():
+        np.testing.assert_allclose(np.asarray(p), ref_params[name], rtol=1e-5, atol=1e-7)

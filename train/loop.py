@@ -96,7 +96,7 @@ class Run:
             config.model, self.model.apply, bytes_per_token=self.tokenizer.bytes_per_token
         )
         with self.activate():
-            check_batch(config.data.batch_size // config.train.grad_accum, self.mesh, self.rules)
+            check_batch(config.data.batch_size, self.mesh, self.rules, config.train.grad_accum)
             self.state, self.state_shardings, self.logical_specs = create_train_state(
                 self.model, config.model, self.optimizer, self.mesh, self.rules, config.seed
             )

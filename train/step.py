@@ -15,7 +15,9 @@ from train.state import TrainState
 
 
 def _split_microbatches(batch: dict, k: int) -> dict:
-    return jax.tree.map(lambda x: x.reshape(k, x.shape[0] // k, *x.shape[1:]), batch)
+    """[B, ...] -> [k, B / k, ...], microbatch j taking rows j, j + k, ...: with B split into
+    contiguous blocks over devices, every device keeps its own rows (no resharding)."""
+    return jax.tree.map(lambda x: x.reshape(x.shape[0] // k, k, *x.shape[1:]).swapaxes(0, 1), batch)
 
 
 def make_train_step(
