@@ -47,7 +47,7 @@ def _one_step(mesh_cfg, rules_name, devices=None, grad_accum=1):
     opt, sched = make_optimizer(tcfg), make_schedule(tcfg)
     loss_fn = make_loss_fn(cfg, decoder.apply)
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-        state, shardings, _ = create_train_state(decoder, cfg, opt, mesh, rules, seed=0)
+        state, shardings = create_train_state(decoder, cfg, opt, mesh, rules, seed=0)
         bs = batch_shardings(("tokens", "segment_ids", "positions"), mesh, rules)
         step = jax.jit(
             make_train_step(loss_fn, opt, sched, grad_accum),

@@ -44,9 +44,6 @@ class Checkpointer:
         )
         return self.manager.restore(step, args=args)["state"]
 
-    def wait(self) -> None:
-        self.manager.wait_until_finished()
-
     def close(self) -> None:
         self.manager.wait_until_finished()
         self.manager.close()

@@ -4,6 +4,7 @@
 It resumes automatically from the newest checkpoint in `workdir/checkpoints`.
 """
 
+import contextlib
 import json
 import os
 import time
@@ -15,8 +16,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import objectives
-from data.pipeline import make_eval_batches, make_train_iterator
-from data.tokenizer import get_tokenizer
+from data.pipeline import BATCH_KEYS, make_eval_batches, make_train_iterator, tokenizer_from_config
 from models import get_model
 from models.counting import count_params, flops_per_token
 from parallel.mesh import make_mesh
@@ -79,9 +79,7 @@ class Run:
                 "parallel.mesh.stage > 1 needs the pipeline schedule, which this "
                 "build does not have yet; set parallel.mesh.stage=1"
             )
-        self.tokenizer = get_tokenizer(
-            config.data.tokenizer, num_sentinels=config.data.num_sentinels
-        )
+        self.tokenizer = tokenizer_from_config(config.data)
         if self.tokenizer.vocab_size > config.model.vocab_size and not synthetic_data:
             raise ValueError(
                 f"model.vocab_size={config.model.vocab_size} is smaller than the "
@@ -97,11 +95,10 @@ class Run:
         )
         with self.activate():
             check_batch(config.data.batch_size, self.mesh, self.rules, config.train.grad_accum)
-            self.state, self.state_shardings, self.logical_specs = create_train_state(
+            self.state, self.state_shardings = create_train_state(
                 self.model, config.model, self.optimizer, self.mesh, self.rules, config.seed
             )
-            names = ("tokens", "segment_ids", "positions")
-            self.batch_shardings = batch_shardings(names, self.mesh, self.rules)
+            self.batch_shardings = batch_shardings(BATCH_KEYS, self.mesh, self.rules)
             replicated = NamedSharding(self.mesh, P())
             self.train_step = jax.jit(
                 make_train_step(
@@ -117,9 +114,11 @@ class Run:
                 out_shardings=replicated,
             )
 
+    @contextlib.contextmanager
     def activate(self):
         """Context in which logical constraints resolve against this run's mesh and rules."""
-        return _Both(jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules))
+        with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
+            yield
 
     def global_batch(self, local: dict) -> dict:
         """Builds global arrays from this process's slice of the batch (multi-host safe)."""
@@ -130,26 +129,14 @@ class Run:
         }
 
     def evaluate(self, params, eval_batches: list) -> dict[str, float]:
+        """Loss and bits/byte over `eval_batches` (global arrays from `global_batch`)."""
         sums = {"nll_sum": 0.0, "tokens": 0.0, "bytes": 0.0}
         with self.activate():
-            outs = [self.eval_step(params, self.global_batch(b)) for b in eval_batches]
+            outs = [self.eval_step(params, b) for b in eval_batches]
         for aux in jax.device_get(outs):
             for k in sums:
                 sums[k] += float(aux[k])
         return objectives.summarize(sums)
-
-
-class _Both:
-    def __init__(self, *ctxs):
-        self.ctxs = ctxs
-
-    def __enter__(self):
-        for c in self.ctxs:
-            c.__enter__()
-
-    def __exit__(self, *exc):
-        for c in reversed(self.ctxs):
-            c.__exit__(*exc)
 
 
 def train_and_evaluate(config, workdir: str, *, stop_at: int | None = None) -> dict:
@@ -171,7 +158,7 @@ def train_and_evaluate(config, workdir: str, *, stop_at: int | None = None) -> d
             process_index=jax.process_index(),
             process_count=jax.process_count(),
         )
-        eval_batches = make_eval_batches(
+        eval_local = make_eval_batches(
             config.data,
             num_batches=config.train.eval_batches,
             process_index=jax.process_index(),
@@ -179,6 +166,7 @@ def train_and_evaluate(config, workdir: str, *, stop_at: int | None = None) -> d
         )
     except ValueError as e:  # every setup check raises ValueError naming the field and the fix
         raise ConfigError(str(e)) from e
+    eval_batches = [run.global_batch(b) for b in eval_local]  # on device once, not every eval
     config_path = os.path.join(workdir, "config.json")
     if os.path.exists(config_path):
         with open(config_path) as f:
@@ -295,7 +283,7 @@ def _log_train(step, metrics, writer, progress, run, peak, tokens_per_step, cloc
     clock.update(t=now, step=step)
     out = {
         "train/loss": loss,
-        "train/bits_per_byte": float(m["nll_sum"]) / np.log(2.0) / max(float(m["bytes"]), 1.0),
+        "train/bits_per_byte": objectives.summarize(m)["bits_per_byte"],
         "train/grad_norm": float(m["grad_norm"]),
         "train/lr": float(m["lr"]),
         "perf/tokens_per_s": tok_s,

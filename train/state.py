@@ -32,13 +32,12 @@ def _is_spec(x) -> bool:
 
 def create_train_state(
     model, model_cfg, optimizer: optax.GradientTransformation, mesh: Mesh, rules, seed: int
-) -> tuple[TrainState, TrainState, dict]:
+) -> tuple[TrainState, TrainState]:
     """Builds the sharded initial state.
 
     Returns:
-      (state, state_shardings, param_logical_specs): `state_shardings` is a TrainState of
-      NamedShardings for jit in/out shardings and checkpoint restore; `param_logical_specs` are the
-      parameters' logical PartitionSpecs.
+      (state, state_shardings): `state_shardings` is a TrainState of NamedShardings for jit
+      in/out shardings and checkpoint restore.
     """
 
     def init_fn(key_data):
@@ -54,8 +53,7 @@ def create_train_state(
 
     key_data = jax.random.key_data(jax.random.key(seed))
     boxed = jax.eval_shape(lambda k: model.init(jax.random.wrap_key_data(k), model_cfg), key_data)
-    logical_specs = nn.get_partition_spec(boxed)
-    param_specs = nn.logical_to_mesh(logical_specs, rules)
+    param_specs = nn.logical_to_mesh(nn.get_partition_spec(boxed), rules)
     abstract = jax.eval_shape(init_fn, key_data)
     check_divisible(abstract.params, param_specs, mesh)
     opt_specs = optax.tree_utils.tree_map_params(
@@ -69,7 +67,7 @@ def create_train_state(
     specs = TrainState(step=P(), params=param_specs, opt_state=opt_specs, rng=P())
     shardings = named_shardings(specs, mesh)
     state = jax.jit(init_fn, out_shardings=shardings)(key_data)
-    return state, shardings, logical_specs
+    return state, shardings
 
 
 def abstract_with_shardings(state_shardings: TrainState, abstract_state: TrainState) -> TrainState:
