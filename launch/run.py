@@ -21,11 +21,26 @@ _WORKDIR = flags.DEFINE_string(
     "Run directory (checkpoints, metrics); default "
     "runs/<experiment>. Rerunning with the same workdir resumes.",
 )
+_DRY_RUN = flags.DEFINE_bool(
+    "dry_run", False, "Sweeps: print the grid and its estimated cost, train nothing."
+)
 _CACHE = flags.DEFINE_string(
     "compile_cache",
     os.path.expanduser("~/.cache/scalelab/jax"),
     "JAX persistent compilation cache directory ('' disables it).",
 )
+
+
+# Warnings that every sweep point would repeat and that say nothing wrong.
+_EXPECTED = (
+    "Using custom data configuration",  # TFDS, for every user glob or stdlib corpus
+    "read_only=True",  # Orbax, opening a WSD trunk to branch from
+    "Given directory is read only",
+)
+
+
+def _drop_expected_warnings(record) -> bool:
+    return not any(s in str(record.msg) for s in _EXPECTED)
 
 
 def main(argv):
@@ -34,6 +49,7 @@ def main(argv):
 
     # Orbax and TFDS log every file operation at INFO; keep the console for progress and results.
     logging.set_verbosity(logging.WARNING)
+    logging.get_absl_logger().addFilter(_drop_expected_warnings)
 
     if _CACHE.value:
         jax.config.update("jax_compilation_cache_dir", _CACHE.value)
@@ -42,11 +58,20 @@ def main(argv):
     from train.loop import ConfigError, train_and_evaluate
 
     config = _CONFIG.value
-    stem = os.path.splitext(
-        os.path.basename(config_flags.get_config_filename(flags.FLAGS["config"]))
-    )[0]
+    # 'experiments/x.py:args' -> 'experiments/x.py'
+    experiment = config_flags.get_config_filename(flags.FLAGS["config"]).partition(".py:")[0]
+    experiment += "" if experiment.endswith(".py") else ".py"
+    stem = os.path.splitext(os.path.basename(experiment))[0]
     workdir = _WORKDIR.value or os.path.join("runs", stem)
     try:
+        if "sweep" in config:
+            from launch.sweep import run_sweep
+
+            run_sweep(config, experiment, workdir, dry_run=_DRY_RUN.value)
+            return
+        if _DRY_RUN.value:
+            print(config)
+            return
         summary = train_and_evaluate(config, workdir)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)

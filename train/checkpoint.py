@@ -7,19 +7,49 @@ returns (so the next step may donate them), files are written in the background,
 a step only when it is complete (temporary directory + rename).
 """
 
+import os
+
 import grain
 import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers
 
 
 class Checkpointer:
     """Saves every `every` steps and at the end; restores the newest step on start."""
 
-    def __init__(self, directory: str, *, keep: int = 2, every: int = 500, async_save: bool = True):
+    def __init__(
+        self,
+        directory: str,
+        *,
+        keep: int = 2,
+        every: int = 500,
+        keep_steps: tuple[int, ...] = (),
+        async_save: bool = True,
+        read_only: bool = False,
+    ):
+        """Opens (or creates) the checkpoint directory.
+
+        Args:
+          directory: the Orbax CheckpointManager directory.
+          keep: how many of the newest checkpoints to keep.
+          every: save period in steps (0: only when `should_save` says the run ends).
+          keep_steps: steps kept besides the newest `keep` (a WSD trunk's branch points).
+          async_save: write files in the background.
+          read_only: open another run's checkpoints to restore from, never writing or deleting.
+        """
         self.every = every
+        policy = checkpoint_managers.LatestN(keep)
+        if keep_steps:
+            policy = checkpoint_managers.AnyPreservationPolicy(
+                [policy, checkpoint_managers.CustomSteps(list(keep_steps))]
+            )
         self.manager = ocp.CheckpointManager(
             directory,
             options=ocp.CheckpointManagerOptions(
-                max_to_keep=keep, create=True, enable_async_checkpointing=async_save
+                preservation_policy=None if read_only else policy,
+                create=not read_only,
+                read_only=read_only,
+                enable_async_checkpointing=async_save,
             ),
         )
 
@@ -57,3 +87,10 @@ def load_state(directory: str, step: int | None = None):
             raise FileNotFoundError(f"no checkpoint in {directory}")
         restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
     return restored["state"]
+
+
+def latest_step(directory: str) -> int | None:
+    """Newest checkpoint step in `directory` (None if there is none), without creating anything."""
+    if not os.path.isdir(directory):
+        return None
+    return Checkpointer(directory, read_only=True).latest_step()

@@ -139,7 +139,15 @@ class Run:
         return objectives.summarize(sums)
 
 
-def train_and_evaluate(config, workdir: str, *, stop_at: int | None = None) -> dict:
+def train_and_evaluate(
+    config,
+    workdir: str,
+    *,
+    stop_at: int | None = None,
+    init_from: tuple[str, int] | None = None,
+    keep_steps: tuple[int, ...] = (),
+    desc: str = "train",
+) -> dict:
     """Trains `config` in `workdir` (resuming if it holds checkpoints); returns the final summary.
 
     Args:
@@ -147,6 +155,12 @@ def train_and_evaluate(config, workdir: str, *, stop_at: int | None = None) -> d
       workdir: run directory; reused runs resume from their newest checkpoint.
       stop_at: stop after this step with a checkpoint, as a preempted run would (None: run to
         `train.steps`). The schedule still follows `train.steps`, so a later call resumes exactly.
+      init_from: `(checkpoint_dir, step)` of another run to continue from when `workdir` has no
+        checkpoint yet: its train state (step, parameters, optimizer, RNG) and data position, so
+        the new run is that run's continuation under this config's schedule (a WSD cooldown
+        branch). Ignored once `workdir` holds checkpoints of its own.
+      keep_steps: checkpoints never deleted (a WSD trunk keeps its branch points).
+      desc: label of the progress bar and lines (a sweep names its point here).
     """
     t_start = time.perf_counter()
     is_main = jax.process_index() == 0
@@ -181,10 +195,21 @@ def train_and_evaluate(config, workdir: str, *, stop_at: int | None = None) -> d
     tcfg = config.train
     writer = MetricWriter(workdir, enabled=is_main)
     ckpt = Checkpointer(
-        os.path.join(workdir, "checkpoints"), keep=tcfg.keep_ckpts, every=tcfg.ckpt_every
+        os.path.join(workdir, "checkpoints"),
+        keep=tcfg.keep_ckpts,
+        every=tcfg.ckpt_every,
+        keep_steps=tuple(keep_steps),
     )
     state = run.state
     start = ckpt.latest_step() or 0
+    source = ckpt
+    if not start and init_from is not None:
+        source = Checkpointer(init_from[0], read_only=True)
+        start = init_from[1]
+        if start not in source.manager.all_steps():
+            raise FileNotFoundError(f"{init_from[0]} holds no checkpoint of step {start}")
+        if start >= tcfg.steps:
+            raise ValueError(f"init_from step {start} is not before train.steps={tcfg.steps}")
     summary_path = os.path.join(workdir, "summary.json")
     if start >= tcfg.steps and os.path.exists(summary_path):
         print(f"{workdir} already holds a finished run (step {start}); nothing to do")
@@ -193,10 +218,13 @@ def train_and_evaluate(config, workdir: str, *, stop_at: int | None = None) -> d
     if start:
         abstract = abstract_with_shardings(run.state_shardings, jax.eval_shape(lambda: state))
         del run.state, state  # free the fresh state before restoring into the same shardings
-        state = ckpt.restore(start, abstract, train_iter)
+        state = source.restore(start, abstract, train_iter)
         writer.truncate_after(start)
     else:
         del run.state
+    if source is not ckpt:
+        source.close()
+    if not ckpt.latest_step():  # a fresh run or a fresh branch: the counts, once, at step 0
         writer.write(
             0,
             {
@@ -207,9 +235,10 @@ def train_and_evaluate(config, workdir: str, *, stop_at: int | None = None) -> d
             },
         )
     peak = tcfg.peak_flops or measure_peak_flops()
-    progress = Progress(tcfg.steps, start_step=start, enabled=is_main)
+    progress = Progress(tcfg.steps, start_step=start, enabled=is_main, desc=desc)
     if start:
-        progress.write(f"Resumed from step {start} in {workdir}")
+        origin = workdir if source is ckpt else init_from[0]
+        progress.write(f"{desc}: continuing from step {start} of {origin}")
     tokens_per_step = config.data.batch_size * config.data.seq_len
 
     compile_s = 0.0

@@ -1,13 +1,17 @@
 """Throughput accounting: peak FLOP/s (given or measured) and model FLOPs utilisation."""
 
+import functools
 import time
 
 import jax
 import jax.numpy as jnp
 
 
+@functools.cache
 def measure_peak_flops(n: int = 2048, repeats: int = 5, dtype=jnp.float32) -> float:
     """Measured FLOP/s of one device on an n x n matmul, best of `repeats` (the MFU denominator).
+
+    Measured once per process (a sweep runs many points in one process).
 
     On an accelerator, prefer the vendor peak (`train.peak_flops`): a single matmul of this size
     does not saturate a TPU/GPU.

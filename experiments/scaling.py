@@ -1,0 +1,205 @@
+r"""Scaling-law sweep: a ladder of model sizes x token budgets (+ IsoFLOP profiles), fitted.
+
+  python launch/run.py --config experiments/scaling.py              # the 2-core CPU default
+  python launch/run.py --config experiments/scaling.py --dry_run    # the grid and its cost only
+  python launch/run.py --config experiments/scaling.py:preset=smoke,schedule=cosine
+
+Arguments (comma-separated): preset=smoke|cpu|accel, schedule=wsd|cosine, mode=grid|isoflop|both,
+family=decoder, bootstrap=N (resamples for the confidence intervals).
+
+The model ladder has a fixed aspect ratio: a model of k layers is `aspect * k` wide with heads of
+`head_dim`, so non-embedding parameters grow as 12 * aspect^2 * k^3. Token budgets D form a
+geometric grid. IsoFLOP points: for each FLOP budget C and each size, D = C / (FLOPs per token of
+that size, attention and unembedding included; models/counting.py), kept when D lies within the
+preset's bounds.
+
+schedule=wsd (the default) trains one warmup-stable run per size and branches a cooldown off it at
+each token budget, the last `cooldown_fraction` of that budget's steps (Hägele et al. 2024,
+1-sqrt shape, to zero); schedule=cosine trains every (N, D) point from scratch with its own cosine
+schedule (the Chinchilla approach-1 standard). The sweep runner is launch/sweep.py; the fits,
+plots and report are scaling/.
+"""
+
+import copy
+
+import ml_collections
+import numpy as np
+
+from experiments.common import base_config, parse_arg
+from models.counting import count_params, flops_per_token
+
+# name: (ladder of k, aspect (d_model per layer), head_dim, seq_len, batch, microbatches,
+#        token budgets D, FLOP budgets C, max IsoFLOP tokens, warmup steps, peak lr at width 128)
+PRESETS = {
+    # Seconds on 8 simulated CPU devices; exercises every code path in the test suite.
+    "smoke": dict(
+        ladder=(1, 2, 3),
+        aspect=32,
+        head_dim=16,
+        seq_len=64,
+        batch_size=8,
+        grad_accum=1,
+        tokens=(10_240, 20_480, 40_960),
+        budgets=(),
+        max_isoflop_tokens=0,
+        warmup_steps=4,
+        lr=3e-3,
+        eval_batches=2,
+    ),
+    # The default: 4 sizes (0.05M-3.2M non-embedding parameters, 1.8 decades) x 4 token budgets
+    # (0.2M-2M, 1 decade) plus 3 IsoFLOP budgets, on a 2-core CPU.
+    "cpu": dict(
+        ladder=(1, 2, 3, 4),
+        aspect=64,
+        head_dim=64,
+        seq_len=256,
+        batch_size=16,
+        grad_accum=4,
+        tokens=(204_800, 442_368, 933_888, 2_002_944),
+        budgets=(2e12, 5e12, 1.2e13),
+        max_isoflop_tokens=8_000_000,
+        warmup_steps=25,
+        lr=3e-3,
+        eval_batches=16,
+    ),
+    # For an accelerator slice (untested here): 6 sizes, 10M-400M non-embedding parameters,
+    # 0.5B-20B tokens of a catalog dataset such as c4 (set data.dataset and data.tokenizer).
+    "accel": dict(
+        ladder=(4, 6, 8, 10, 12, 16),
+        aspect=64,
+        head_dim=64,
+        seq_len=1024,
+        batch_size=256,
+        grad_accum=1,
+        tokens=(500_000_000, 1_500_000_000, 5_000_000_000, 20_000_000_000),
+        budgets=(1e18, 3e18, 1e19),
+        max_isoflop_tokens=40_000_000_000,
+        warmup_steps=1000,
+        lr=3e-3,
+        eval_batches=100,
+    ),
+}
+
+
+def get_config(arg: str = ""):
+    args = parse_arg(
+        arg, preset="cpu", schedule="wsd", mode="both", family="decoder", bootstrap=200
+    )
+    if args.preset not in PRESETS:
+        raise ValueError(f"preset={args.preset!r} is unknown; choose one of {sorted(PRESETS)}")
+    if args.schedule not in ("wsd", "cosine"):
+        raise ValueError(f"schedule={args.schedule!r} is unknown; choose wsd or cosine")
+    if args.mode not in ("grid", "isoflop", "both"):
+        raise ValueError(f"mode={args.mode!r} is unknown; choose grid, isoflop or both")
+    p = PRESETS[args.preset]
+    config = base_config("tiny")
+    config.model.family = args.family
+    config.data.seq_len = p["seq_len"]
+    config.data.batch_size = p["batch_size"]
+    config.train.grad_accum = p["grad_accum"]
+    config.train.warmup_steps = p["warmup_steps"]
+    config.train.eval_batches = p["eval_batches"]
+    config.train.log_every = 10
+    config.train.schedule = "cosine" if args.schedule == "cosine" else "wsd"
+    config.train.decay_shape = "1-sqrt"
+    config.train.min_lr_ratio = 0.1 if args.schedule == "cosine" else 0.0
+    config.train.decay_fraction = 0.2  # wsd: each branch cools down over the last 20% of steps
+    config.sweep = ml_collections.ConfigDict(
+        dict(
+            preset=args.preset,
+            schedule=args.schedule,
+            mode=args.mode,
+            ladder=p["ladder"],
+            aspect=p["aspect"],
+            head_dim=p["head_dim"],
+            tokens=p["tokens"],
+            budgets=p["budgets"],
+            max_isoflop_tokens=p["max_isoflop_tokens"],
+            lr=p["lr"],  # peak lr at d_model = lr_base_width, scaled by (base / d_model)^exponent
+            lr_base_width=128,
+            lr_width_exponent=0.5,
+            bootstrap=args.bootstrap,
+            seed=0,  # bootstrap resampling seed
+        )
+    )
+    return config
+
+
+def model_shape(sweep, k: int) -> dict:
+    """The ladder's k-th model: k layers, `aspect * k` wide, heads of `head_dim`."""
+    d_model = sweep.aspect * k
+    return dict(n_layers=k, d_model=d_model, n_heads=max(1, d_model // sweep.head_dim))
+
+
+def point_config(config, point: dict):
+    """The single-run config of one sweep point (no `sweep` block; steps from its token budget)."""
+    d = config.to_dict()
+    d.pop("sweep")
+    c = ml_collections.ConfigDict(copy.deepcopy(d))
+    for key in ("n_layers", "d_model", "n_heads"):
+        c.model[key] = point[key]
+    c.model.d_ff = 4 * point["d_model"]
+    c.model.size = f"L{point['n_layers']}xD{point['d_model']}"
+    c.train.steps = point["steps"]
+    c.train.lr = point["lr"]
+    c.train.eval_every = point["steps"]
+    c.train.ckpt_every = max(point["steps"] // 4, 1)
+    return c
+
+
+def _tokens_label(tokens: int) -> str:
+    return f"{tokens / 1e6:.3g}M" if tokens < 1e9 else f"{tokens / 1e9:.3g}B"
+
+
+def get_sweep(config) -> list[dict]:
+    """Expands `config.sweep` into points sorted by size, then tokens.
+
+    Each point: id, n_layers, d_model, n_heads, steps, tokens, lr, params (non-embedding),
+    params_total, flops_per_token, flops, budget (the IsoFLOP budget C, or None for grid points).
+    A point that is both a grid and an IsoFLOP point (same size and steps) appears once.
+    """
+    sweep = config.sweep
+    tokens_per_step = config.data.batch_size * config.data.seq_len
+    # The shortest run must warm up and still have a stable phase before its cooldown.
+    min_steps = int(np.ceil(config.train.warmup_steps / (1 - config.train.decay_fraction))) + 1
+    points: dict[tuple[int, int], dict] = {}
+
+    def add(k: int, steps: int, budget: float | None):
+        shape = model_shape(sweep, k)
+        key = (k, steps)
+        if key in points:
+            points[key]["budget"] = points[key]["budget"] or budget
+            return
+        m = ml_collections.ConfigDict(config.model.to_dict())
+        m.update(shape, d_ff=4 * shape["d_model"])
+        counts = count_params(m)
+        fpt = flops_per_token(m, config.data.seq_len)["flops_per_token"]
+        tokens = steps * tokens_per_step
+        lr = sweep.lr * (sweep.lr_base_width / shape["d_model"]) ** sweep.lr_width_exponent
+        points[key] = dict(
+            shape,
+            id=f"L{k}xD{shape['d_model']}@{_tokens_label(tokens)}",
+            steps=steps,
+            tokens=tokens,
+            lr=float(lr),
+            params=counts["non_embedding"],
+            params_total=counts["total"],
+            flops_per_token=fpt,
+            flops=fpt * tokens,
+            budget=budget,
+        )
+
+    for k in sweep.ladder:
+        if sweep.mode in ("grid", "both"):
+            for tokens in sweep.tokens:
+                add(k, max(round(tokens / tokens_per_step), min_steps), None)
+        if sweep.mode in ("isoflop", "both"):
+            m = ml_collections.ConfigDict(config.model.to_dict())
+            shape = model_shape(sweep, k)
+            m.update(shape, d_ff=4 * shape["d_model"])
+            fpt = flops_per_token(m, config.data.seq_len)["flops_per_token"]
+            for budget in sweep.budgets:
+                steps = round(budget / fpt / tokens_per_step)
+                if min_steps <= steps and steps * tokens_per_step <= sweep.max_isoflop_tokens:
+                    add(k, steps, float(budget))
+    return [points[key] for key in sorted(points)]
