@@ -55,7 +55,7 @@ PRESETS = {
         seq_len=256,
         batch_size=16,
         grad_accum=4,
-        tokens=(204_800, 442_368, 933_888, 2_002_944),
+        tokens=(196_608, 430_080, 933_888, 2_002_944),  # 48, 105, 228, 489 steps
         budgets=(2e12, 5e12, 1.2e13),
         max_isoflop_tokens=8_000_000,
         warmup_steps=25,
@@ -155,7 +155,8 @@ def get_sweep(config) -> list[dict]:
     """Expands `config.sweep` into points sorted by size, then tokens.
 
     Each point: id, n_layers, d_model, n_heads, steps, tokens, lr, params (non-embedding),
-    params_total, flops_per_token, flops, budget (the IsoFLOP budget C, or None for grid points).
+    params_total, flops_per_token, flops, budget (the IsoFLOP budget C the point belongs to, or
+    None), grid (whether it is a point of the N x D grid).
     A point that is both a grid and an IsoFLOP point (same size and steps) appears once.
     """
     sweep = config.sweep
@@ -169,6 +170,7 @@ def get_sweep(config) -> list[dict]:
         key = (k, steps)
         if key in points:
             points[key]["budget"] = points[key]["budget"] or budget
+            points[key]["grid"] = points[key]["grid"] or budget is None
             return
         m = ml_collections.ConfigDict(config.model.to_dict())
         m.update(shape, d_ff=4 * shape["d_model"])
@@ -187,6 +189,7 @@ def get_sweep(config) -> list[dict]:
             flops_per_token=fpt,
             flops=fpt * tokens,
             budget=budget,
+            grid=budget is None,
         )
 
     for k in sweep.ladder:

@@ -157,6 +157,7 @@ def _row(config, point: dict, status: str, **extra) -> dict:
         flops=point["flops"],
         flops_per_token=point["flops_per_token"],
         budget=point["budget"],
+        grid=point["grid"],
         schedule=config.sweep.schedule,
         lr=point["lr"],
         seed=config.seed,

@@ -1,0 +1,183 @@
+"""The scaling sweep: grid expansion, the WSD plan, the dry run, and a killed sweep that resumes."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from experiments import scaling
+from launch.sweep import plan, read_results
+from tests.helpers import make_corpus
+from train.optim import make_schedule
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_default_grid_spans_the_decades_the_fits_need():
+    config = scaling.get_config("")
+    points = scaling.get_sweep(config)
+    grid = [p for p in points if p["grid"]]
+    sizes = sorted({p["params"] for p in grid})
+    tokens = sorted({p["tokens"] for p in grid})
+    assert len(sizes) >= 4 and len(tokens) >= 4
+    assert len(grid) == len(sizes) * len(tokens)
+    assert np.log10(sizes[-1] / sizes[0]) >= 1.5
+    assert np.log10(tokens[-1] / tokens[0]) >= 1.0
+    # Fixed aspect ratio: d_model / n_layers is the same on every rung.
+    assert len({p["d_model"] // p["n_layers"] for p in points}) == 1
+    # IsoFLOP points spend their budget, up to the rounding to whole steps.
+    tokens_per_step = config.data.batch_size * config.data.seq_len
+    iso = [p for p in points if p["budget"] is not None]
+    assert len({p["budget"] for p in iso}) >= 3
+    for p in iso:
+        assert abs(p["flops"] - p["budget"]) <= p["flops_per_token"] * tokens_per_step / 2 + 1
+        assert p["flops"] == pytest.approx(p["flops_per_token"] * p["tokens"])
+    assert len({p["id"] for p in points}) == len(points)
+
+
+def test_wsd_plan_branches_cool_down_from_the_trunk():
+    config = scaling.get_config("preset=smoke")
+    points = scaling.get_sweep(config)
+    pieces = plan(config, points, scaling.point_config, "/w")
+    branches = [pc for pc in pieces if pc.kind == "branch"]
+    trunks = [pc for pc in pieces if pc.kind == "trunk"]
+    assert sorted(pc.point["id"] for pc in branches) == sorted(p["id"] for p in points)
+    assert len({pc.workdir for pc in trunks}) == len(config.sweep.ladder)
+    trunk_stops: dict = {}
+    for pc in trunks:
+        trunk_stops.setdefault(pc.workdir, set()).add(pc.stop_at)
+    for pc in pieces:
+        if pc.kind == "trunk":
+            trunk = pc.config.train
+            continue
+        b = pc.config.train
+        fork = pc.init_from[1]
+        assert fork == round(b.steps * (1 - b.decay_fraction)) == b.decay_start
+        # The trunk just before this branch stopped exactly at the branch point.
+        assert pc.init_from[0] == os.path.join(pc.trunk, "checkpoints")
+        assert fork in trunk_stops[pc.trunk]
+        trunk_lr, branch_lr = make_schedule(trunk), make_schedule(b)
+        steps = np.arange(b.steps + 1)
+        # Identical up to the branch point, then a cooldown to zero at the point's last step.
+        np.testing.assert_array_equal(trunk_lr(steps[: fork + 1]), branch_lr(steps[: fork + 1]))
+        assert np.all(np.diff(np.asarray(branch_lr(steps[fork:]))) < 0)
+        assert float(branch_lr(b.steps)) == 0.0
+        assert trunk.schedule == "constant" and trunk.steps == max(trunk_stops[pc.trunk])
+
+
+def test_cosine_plan_trains_every_point_from_scratch():
+    config = scaling.get_config("preset=smoke,schedule=cosine")
+    pieces = plan(config, scaling.get_sweep(config), scaling.point_config, "/w")
+    assert {pc.kind for pc in pieces} == {"run"}
+    for pc in pieces:
+        assert pc.config.train.schedule == "cosine" and pc.init_from is None
+        assert pc.config.train.steps == pc.point["steps"] == pc.steps
+
+
+def _sweep_cmd(tmp_path, workdir, *extra):
+    glob = make_corpus(str(tmp_path / "corpus"), n_files=20)
+    return [
+        sys.executable,
+        "launch/run.py",
+        "--config",
+        "experiments/scaling.py:preset=smoke,bootstrap=50",
+        f"--config.data.glob={glob}",
+        f"--config.data.data_dir={tmp_path}/tfds",
+        "--config.data.val_fraction=0.1",
+        f"--workdir={workdir}",
+        f"--compile_cache={tmp_path}/cache",
+        *extra,
+    ]
+
+
+_ENV = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
+
+
+def test_dry_run_prints_the_grid_and_trains_nothing(tmp_path):
+    workdir = tmp_path / "sweep"
+    out = subprocess.run(
+        _sweep_cmd(tmp_path, workdir, "--dry_run"),
+        cwd=ROOT,
+        env=_ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr
+    for p in scaling.get_sweep(scaling.get_config("preset=smoke")):
+        assert p["id"] in out.stdout
+    assert "estimated" in out.stdout and "FLOPs" in out.stdout
+    assert not workdir.exists()
+
+
+def test_empty_sweep_exits_2_and_writes_nothing(tmp_path):
+    args = ("--config.sweep.mode=grid", "--config.sweep.tokens=()")
+    out = subprocess.run(
+        _sweep_cmd(tmp_path, tmp_path / "w", *args),
+        cwd=ROOT,
+        env=_ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.strip().splitlines()[-1].startswith("error: the sweep has no points")
+    assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.slow
+def test_sweep_killed_mid_point_resumes_to_the_same_results(tmp_path):
+    """One uninterrupted smoke sweep; one SIGKILLed inside a point and rerun: same numbers."""
+    straight = tmp_path / "straight"
+    out = subprocess.run(
+        _sweep_cmd(tmp_path, straight), cwd=ROOT, env=_ENV, capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    for name in ("results.jsonl", "fit.json", "report.md", "loss_vs_params.png"):
+        assert (straight / name).exists(), name
+    expected = read_results(str(straight / "results.jsonl"))
+    assert len(expected) == 9 and all(r["status"] == "ok" for r in expected.values())
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(
+        _sweep_cmd(tmp_path, killed),
+        cwd=ROOT,
+        env=_ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    # Kill as soon as some point has a checkpoint of its own before its last step: mid-point.
+    victim = None
+    deadline = time.time() + 300
+    while victim is None and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+        for p in scaling.get_sweep(scaling.get_config("preset=smoke")):
+            ckpts = killed / "points" / p["id"] / "checkpoints"
+            if ckpts.is_dir() and any(
+                d.isdigit() and int(d) < p["steps"] for d in os.listdir(ckpts)
+            ):
+                victim = p["id"]
+                proc.send_signal(signal.SIGKILL)
+                break
+    proc.wait()
+    assert victim is not None, "the sweep finished before it could be killed mid-point"
+    partial = read_results(str(killed / "results.jsonl"))
+    assert victim not in partial and len(partial) < 9
+
+    out = subprocess.run(
+        _sweep_cmd(tmp_path, killed), cwd=ROOT, env=_ENV, capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    with open(killed / "results.jsonl") as f:
+        ids = [json.loads(line)["id"] for line in f]
+    assert sorted(ids) == sorted(expected)  # exactly one line per point
+    resumed = read_results(str(killed / "results.jsonl"))
+    for i, row in expected.items():
+        assert resumed[i]["status"] == "ok"
+        assert resumed[i]["loss"] == row["loss"], i  # bitwise: same batches, same updates
+        assert resumed[i]["bits_per_byte"] == row["bits_per_byte"], i
