@@ -1,0 +1,117 @@
+"""Kaplan et al. (2020) single-variable laws: L(N) = (N_c / N)^alpha_N and L(D) = (D_c / D)^alpha_D.
+
+L(N) is fitted on the slice of points at the largest D, L(D) on the slice at the largest N. A slice
+is the points whose D (or N) agree within 1%; the largest one with at least 3 distinct values of the
+other variable is used, so an IsoFLOP design (every D different) still gets a fit where it can.
+
+Both forms are fitted by linear least squares in log-log space. The variant with an irreducible
+term, L = E + (X_c / X)^alpha, is fitted by nonlinear least squares on log L and needs 4 points.
+"""
+
+import dataclasses
+
+import numpy as np
+from scipy import optimize
+
+from scaling.groups import log_clusters
+from scaling.rows import Points
+
+SLICE_TOL = 0.01
+MIN_SLICE = 3
+
+
+@dataclasses.dataclass(frozen=True)
+class PowerLaw:
+    """L(X) = E + (scale / X)^exponent, E = 0 for Kaplan's pure form."""
+
+    exponent: float
+    scale: float
+    E: float = 0.0
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """Predicted loss at X = `x`."""
+        return self.E + np.power(self.scale / x, self.exponent)
+
+
+def fit_power_law(x: np.ndarray, loss: np.ndarray) -> PowerLaw:
+    """Fits L = (X_c / X)^alpha: log L = alpha log X_c - alpha log X, a straight line."""
+    slope, intercept = np.polyfit(np.log(x), np.log(loss), 1)
+    alpha = -slope
+    return PowerLaw(exponent=float(alpha), scale=float(np.exp(intercept / alpha)))
+
+
+def fit_power_law_offset(x: np.ndarray, loss: np.ndarray) -> PowerLaw:
+    """Fits L = E + (X_c / X)^alpha with E >= 0, least squares on log L, from a few E guesses."""
+    logx, logl = np.log(x), np.log(loss)
+
+    def residuals(theta):
+        log_e, alpha, log_xc = theta
+        return np.logaddexp(log_e, alpha * (log_xc - logx)) - logl
+
+    best = None
+    for frac in (0.1, 0.5, 0.9):
+        e0 = frac * loss.min()
+        pure = fit_power_law(x, loss - e0)
+        theta0 = [np.log(e0), pure.exponent, np.log(pure.scale)]
+        res = optimize.least_squares(residuals, theta0, method="lm", xtol=1e-14, ftol=1e-14)
+        if best is None or res.cost < best.cost:
+            best = res
+    log_e, alpha, log_xc = best.x
+    return PowerLaw(exponent=float(alpha), scale=float(np.exp(log_xc)), E=float(np.exp(log_e)))
+
+
+def select_slice(fixed: np.ndarray, varied: np.ndarray) -> tuple[np.ndarray, float] | None:
+    """Indices of the points at the largest `fixed` value having >= MIN_SLICE distinct `varied`.
+
+    Args:
+      fixed: The variable held constant (D for L(N)).
+      varied: The variable the law is a function of (N for L(N)).
+
+    Returns:
+      (indices, the slice's fixed value as a geometric mean), or None if no slice qualifies.
+    """
+    labels = log_clusters(fixed, SLICE_TOL)
+    for label in range(labels.max(), -1, -1):
+        index = np.flatnonzero(labels == label)
+        if len(np.unique(log_clusters(varied[index], SLICE_TOL))) >= MIN_SLICE:
+            return index, float(np.exp(np.log(fixed[index]).mean()))
+    return None
+
+
+def _law_dict(law: PowerLaw | None, exponent: str, scale: str) -> dict | None:
+    if law is None:
+        return None
+    return {exponent: law.exponent, scale: law.scale, "E": law.E}
+
+
+def fit_slice(points: Points, variable: str) -> dict:
+    """Kaplan's L(N) (`variable="N"`, at the largest D) or L(D) (`variable="D"`, largest N).
+
+    Returns:
+      A dict with the pure fit's exponent and scale under Kaplan's names (alpha_N, N_c or alpha_D,
+      D_c), the slice (`at_D` or `at_N`), `n_points`, `index` (into `points`), `with_E` (the fit
+      with an irreducible term, or None below 4 points); or exponent None with a `reason`.
+    """
+    varied, fixed = (
+        (points.params, points.tokens) if variable == "N" else (points.tokens, points.params)
+    )
+    other = "D" if variable == "N" else "N"
+    exponent, scale = f"alpha_{variable}", f"{variable}_c"
+    picked = select_slice(fixed, varied)
+    if picked is None:
+        return {
+            exponent: None,
+            scale: None,
+            "reason": f"no {other} value shared by {MIN_SLICE}+ distinct {variable} values",
+        }
+    index, at = picked
+    law = fit_power_law(varied[index], points.loss[index])
+    with_e = fit_power_law_offset(varied[index], points.loss[index]) if len(index) >= 4 else None
+    return {
+        exponent: law.exponent,
+        scale: law.scale,
+        f"at_{other}": at,
+        "n_points": len(index),
+        "index": index.tolist(),
+        "with_E": _law_dict(with_e, exponent, scale),
+    }
