@@ -106,8 +106,12 @@ def analyze_points(
     seed: int,
     levels: tuple[float, float],
     budgets: np.ndarray | None,
-) -> dict:
-    """Runs every fit and check on `points`; see `scaling.fit.analyze` for the result's keys."""
+) -> tuple[dict, ParametricFit]:
+    """Runs every fit and check on `points`.
+
+    Returns:
+      The JSON-ready result (see `scaling.fit.analyze` for its keys) and the approach-3 law.
+    """
     rng_a3, rng_a2, rng_k = np.random.default_rng(seed).spawn(3)
     a3 = approach3(points, n_bootstrap, rng_a3, levels)
     a2 = approach2(points, n_bootstrap, rng_a2, levels)
@@ -120,7 +124,7 @@ def analyze_points(
         ci |= {k: kap[f"L_{variable}"]["ci"].get(k) for k in (f"alpha_{variable}", f"{variable}_c")}
     budgets = allocation.default_budgets(points.compute) if budgets is None else budgets
     sweep_max = float(points.compute.max())
-    return {
+    result = {
         **fit.values(),
         "a": a2["a"] if from_a2 else a3["implied_a"],
         "b": a2["b"] if from_a2 else a3["implied_b"],
@@ -140,3 +144,4 @@ def analyze_points(
             "D_range": [float(points.tokens.min()), float(points.tokens.max())],
         },
     }
+    return result, fit
