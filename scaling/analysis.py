@@ -10,10 +10,10 @@ approach 3's implied beta / (alpha + beta) and alpha / (alpha + beta).
 import numpy as np
 
 from scaling import allocation, bootstrap, extrapolation, isoflop, kaplan
-from scaling.parametric import ParametricFit, fit_least_squares, fit_parametric
+from scaling.parametric import ParametricFit, fit_parametric
 from scaling.rows import Points
 
-BOOTSTRAP_STARTS = 2
+BOOTSTRAP_STARTS = 1
 LAW_KEYS = ("E", "A", "B", "alpha", "beta")
 
 
@@ -25,7 +25,7 @@ def _approach3_values(fit: ParametricFit) -> dict[str, float]:
 def approach3(points: Points, n_bootstrap: int, rng: np.random.Generator, levels) -> dict:
     """The Huber fit, its least-squares twin, implied a/b, and bootstrap intervals."""
     fit = fit_parametric(points.params, points.tokens, points.loss)
-    warm = [fit.theta()]
+    warm = [np.array(fit.theta)]
 
     def refit(index):
         sample = points.take(index)
@@ -39,7 +39,7 @@ def approach3(points: Points, n_bootstrap: int, rng: np.random.Generator, levels
         return _approach3_values(refitted)
 
     samples = bootstrap.bootstrap(refit, len(points), n_bootstrap, rng)
-    lsq = fit_least_squares(points.params, points.tokens, points.loss)
+    lsq = fit_parametric(points.params, points.tokens, points.loss, delta=None, warm_starts=warm)
     implied_a, implied_b = allocation.implied_exponents(fit)
     return {
         "fit": fit,

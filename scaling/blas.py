@@ -10,6 +10,7 @@ entry points that `threadpoolctl` uses, found in the process's loaded libraries 
 
 import contextlib
 import ctypes
+import functools
 from collections.abc import Iterator
 
 _SETTERS = (
@@ -29,8 +30,9 @@ def _openblas_paths() -> list[str]:
     return sorted({p[-1] for p in fields if p[-1].startswith("/") and "openblas" in p[-1].lower()})
 
 
+@functools.cache
 def _controls() -> list[tuple]:
-    """(setter, getter) pairs, one per loaded OpenBLAS."""
+    """(setter, getter) pairs, one per loaded OpenBLAS (found once: fits load numpy and scipy)."""
     found = []
     for path in _openblas_paths():
         lib = ctypes.CDLL(path)

@@ -1,7 +1,8 @@
 """Extrapolation check: fit approach 3 without the highest-compute points, then predict them.
 
-Held out: the top `fraction` of points by C (at least one), plus every point within 5% of the
-largest C (the IsoFLOP grouping tolerance, so a whole top budget is held out together). The check
+Held out: the top `fraction` of points by C (at least one; points tied with the last one go too),
+plus every point within 5% of the largest C (the IsoFLOP grouping tolerance, so a whole top budget
+is held out together). The check
 passes when every held-out loss is predicted within 3% (relative).
 """
 

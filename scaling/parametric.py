@@ -18,13 +18,16 @@ tighter (the early stop is one reason Besiroglu et al. 2024 could not reproduce 
 """
 
 import dataclasses
+import functools
 import itertools
 
 import numpy as np
 from scipy import optimize
 
+from scaling import blas
+
 HUBER_DELTA = 1e-3
-N_STARTS = 64
+N_STARTS = 32
 _LBFGS_OPTIONS = {"ftol": 1e-15, "gtol": 1e-12, "maxiter": 2000}
 
 
@@ -39,6 +42,8 @@ class ParametricFit:
       alpha: Parameter exponent.
       beta: Data exponent.
       objective: Value of the fit objective at the optimum (Huber or squared, summed).
+      theta: The optimiser's coordinates (log A, log B, log E, alpha, beta), kept as found because
+        exp() may underflow (E = 0 when the data do not bound it) and not invert.
     """
 
     E: float
@@ -47,26 +52,26 @@ class ParametricFit:
     alpha: float
     beta: float
     objective: float
+    theta: tuple[float, ...]
 
     def predict(self, params: np.ndarray, tokens: np.ndarray) -> np.ndarray:
         """Predicted loss at `params` (N) and `tokens` (D)."""
         return self.E + self.A / np.power(params, self.alpha) + self.B / np.power(tokens, self.beta)
-
-    def theta(self) -> np.ndarray:
-        """The optimiser's coordinates (a, b, e, alpha, beta) = (log A, log B, log E, ...)."""
-        return np.array([np.log(self.A), np.log(self.B), np.log(self.E), self.alpha, self.beta])
 
     def values(self) -> dict[str, float]:
         """The five law parameters by name."""
         return {"E": self.E, "A": self.A, "B": self.B, "alpha": self.alpha, "beta": self.beta}
 
 
+@functools.cache
 def init_grid() -> np.ndarray:
-    """The paper's 4,500 initialisations as rows (a, b, e, alpha, beta)."""
+    """The paper's 4,500 initialisations as rows (a, b, e, alpha, beta); read-only."""
     exps = np.arange(0.0, 2.01, 0.5)
     es = np.arange(-1.0, 1.01, 0.5)
     abs_ = np.arange(0.0, 25.1, 5.0)
-    return np.array(list(itertools.product(abs_, abs_, es, exps, exps)))
+    grid = np.array(list(itertools.product(abs_, abs_, es, exps, exps)))
+    grid.flags.writeable = False
+    return grid
 
 
 def _terms(theta_K5: np.ndarray, logn: np.ndarray, logd: np.ndarray) -> np.ndarray:
@@ -119,7 +124,15 @@ def _objective_and_grad(theta, logn, logd, logl, delta):
 
 def _from_theta(theta: np.ndarray, objective: float) -> ParametricFit:
     a, b, e, alpha, beta = (float(v) for v in theta)
-    return ParametricFit(np.exp(e), np.exp(a), np.exp(b), alpha, beta, float(objective))
+    return ParametricFit(
+        float(np.exp(e)),
+        float(np.exp(a)),
+        float(np.exp(b)),
+        alpha,
+        beta,
+        float(objective),
+        (a, b, e, alpha, beta),
+    )
 
 
 def fit_parametric(
@@ -148,19 +161,26 @@ def fit_parametric(
     grid = init_grid()
     order = np.argsort(grid_objective(grid, logn, logd, logl, delta), kind="stable")
     starts = list(warm_starts or []) + list(grid[order[:n_starts]])
+    with blas.single_threaded():
+        best = _best_of(starts, (logn, logd, logl, delta))
+    return _from_theta(best.x, best.fun)
+
+
+def _best_of(starts: list[np.ndarray], args: tuple) -> optimize.OptimizeResult:
+    """Runs L-BFGS from every start; returns the optimum with the lowest objective."""
     best = None
     for theta0 in starts:
         res = optimize.minimize(
             _objective_and_grad,
             theta0,
-            args=(logn, logd, logl, delta),
+            args=args,
             jac=True,
             method="L-BFGS-B",
             options=_LBFGS_OPTIONS,
         )
         if np.all(np.isfinite(res.x)) and (best is None or res.fun < best.fun):
             best = res
-    return _from_theta(best.x, best.fun)
+    return best
 
 
 def fit_least_squares(params: np.ndarray, tokens: np.ndarray, loss: np.ndarray) -> ParametricFit:
