@@ -22,11 +22,16 @@ def implied_exponents(fit: ParametricFit) -> tuple[float, float]:
 def compute_optimal(
     fit: ParametricFit, compute: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """N_opt, D_opt and the predicted loss at budgets `compute` (FLOPs, C = 6 N D)."""
-    g = (fit.alpha * fit.A / (fit.beta * fit.B)) ** (1.0 / (fit.alpha + fit.beta))
+    """N_opt, D_opt and the predicted loss at budgets `compute` (FLOPs, C = 6 N D).
+
+    Needs a proper fit (alpha, beta > 0; see `ParametricFit.is_proper`).
+    """
+    log_a, log_b, _, alpha, beta = fit.theta
+    # log G from the log coefficients, as A or B alone may overflow a float.
+    log_g = (np.log(alpha) + log_a - np.log(beta) - log_b) / (alpha + beta)
     a, b = implied_exponents(fit)
-    n_opt = g * np.power(compute / 6.0, a)
-    d_opt = np.power(compute / 6.0, b) / g
+    log_c6 = np.log(np.asarray(compute, dtype=float) / 6.0)
+    n_opt, d_opt = np.exp(log_g + a * log_c6), np.exp(b * log_c6 - log_g)
     return n_opt, d_opt, fit.predict(n_opt, d_opt)
 
 
@@ -38,7 +43,12 @@ def default_budgets(compute: np.ndarray) -> np.ndarray:
 
 
 def allocation_table(fit: ParametricFit, budgets: np.ndarray, sweep_max: float) -> list[dict]:
-    """One row per budget: C, N_opt, D_opt, tokens per parameter, predicted loss, beyond sweep."""
+    """One row per budget: C, N_opt, D_opt, tokens per parameter, predicted loss, beyond sweep.
+
+    Empty when the fit is not proper (no compute-optimal allocation exists).
+    """
+    if not fit.is_proper():
+        return []
     n_opt, d_opt, loss = compute_optimal(fit, budgets)
     return [
         {

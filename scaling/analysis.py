@@ -17,9 +17,14 @@ BOOTSTRAP_STARTS = 1
 LAW_KEYS = ("E", "A", "B", "alpha", "beta")
 
 
+def _implied(fit: ParametricFit) -> tuple[float | None, float | None]:
+    """Approach 3's a, b; None for an improper fit, whose allocation does not exist."""
+    return allocation.implied_exponents(fit) if fit.is_proper() else (None, None)
+
+
 def _approach3_values(fit: ParametricFit) -> dict[str, float]:
-    a, b = allocation.implied_exponents(fit)
-    return fit.values() | {"a": a, "b": b}
+    a, b = _implied(fit)
+    return fit.values() | {"a": np.nan if a is None else a, "b": np.nan if b is None else b}
 
 
 def approach3(points: Points, n_bootstrap: int, rng: np.random.Generator, levels) -> dict:
@@ -40,7 +45,13 @@ def approach3(points: Points, n_bootstrap: int, rng: np.random.Generator, levels
 
     samples = bootstrap.bootstrap(refit, len(points), n_bootstrap, rng)
     lsq = fit_parametric(points.params, points.tokens, points.loss, delta=None, warm_starts=warm)
-    implied_a, implied_b = allocation.implied_exponents(fit)
+    implied_a, implied_b = _implied(fit)
+    warning = None
+    if not fit.is_proper():
+        warning = (
+            "the fitted law does not decrease in both N and D (alpha or beta <= 0, or an "
+            "infinite coefficient): the sweep does not determine it; no allocation is derived"
+        )
     return {
         "fit": fit,
         **fit.values(),
@@ -51,6 +62,8 @@ def approach3(points: Points, n_bootstrap: int, rng: np.random.Generator, levels
         "least_squares": lsq.values(),
         "ci": bootstrap.intervals(samples, levels),
         "bootstrap_ok": len(next(iter(samples.values()), [])),
+        "bootstrap_improper": int(np.isnan(samples["a"]).sum()) if samples else 0,
+        "warning": warning,
     }
 
 

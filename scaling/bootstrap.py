@@ -54,9 +54,14 @@ def bootstrap(
 def intervals(
     samples: dict[str, np.ndarray], levels: tuple[float, float] = LEVELS
 ) -> dict[str, list[float]]:
-    """Percentile intervals [low, high] of each named sample (empty samples are left out)."""
+    """Percentile intervals [low, high] of each named sample, over its finite values.
+
+    Non-finite values (a refit without that quantity, e.g. no allocation from an improper law)
+    are left out; a name with none left gets no interval.
+    """
+    finite = {key: values[np.isfinite(values)] for key, values in samples.items()}
     return {
         key: [float(v) for v in np.percentile(values, levels)]
-        for key, values in samples.items()
+        for key, values in finite.items()
         if len(values)
     }

@@ -55,8 +55,20 @@ class ParametricFit:
     theta: tuple[float, ...]
 
     def predict(self, params: np.ndarray, tokens: np.ndarray) -> np.ndarray:
-        """Predicted loss at `params` (N) and `tokens` (D)."""
-        return self.E + self.A / np.power(params, self.alpha) + self.B / np.power(tokens, self.beta)
+        """Predicted loss at `params` (N) and `tokens` (D), computed as the fit sees it (LSE)."""
+        a, b, e, alpha, beta = self.theta
+        logn, logd = np.log(params), np.log(tokens)
+        terms = np.broadcast_arrays(a - alpha * logn, b - beta * logd, e)
+        return np.exp(np.logaddexp.reduce(terms, axis=0))
+
+    def is_proper(self) -> bool:
+        """Whether the law decreases in N and D (alpha, beta > 0) with finite coordinates.
+
+        A sweep that does not determine the law (too few or too noisy points) can drive L-BFGS
+        to a negative exponent or an infinite coefficient; such a fit has no compute-optimal
+        allocation.
+        """
+        return bool(np.all(np.isfinite(self.theta)) and self.alpha > 0 and self.beta > 0)
 
     def values(self) -> dict[str, float]:
         """The five law parameters by name."""
@@ -124,15 +136,9 @@ def _objective_and_grad(theta, logn, logd, logl, delta):
 
 def _from_theta(theta: np.ndarray, objective: float) -> ParametricFit:
     a, b, e, alpha, beta = (float(v) for v in theta)
-    return ParametricFit(
-        float(np.exp(e)),
-        float(np.exp(a)),
-        float(np.exp(b)),
-        alpha,
-        beta,
-        float(objective),
-        (a, b, e, alpha, beta),
-    )
+    with np.errstate(over="ignore"):  # A degenerate fit may have an infinite coefficient.
+        coefs = float(np.exp(e)), float(np.exp(a)), float(np.exp(b))
+    return ParametricFit(*coefs, alpha, beta, float(objective), (a, b, e, alpha, beta))
 
 
 def fit_parametric(

@@ -85,7 +85,7 @@ def plot_frontier(points: Points, fit: ParametricFit, approach2: dict) -> Figure
     """N_opt and D_opt against C: approach-2 minima and fit, approach-3 law, beyond the sweep."""
     c_max = points.compute.max()
     c = np.geomspace(points.compute.min(), c_max * allocation.EXTEND, 200)
-    n3, d3, _ = allocation.compute_optimal(fit, c)
+    n3, d3 = (allocation.compute_optimal(fit, c)[:2]) if fit.is_proper() else (None, None)
     minima = [p for p in approach2["profiles"] if p["N_opt"] is not None]
     fig = Figure(figsize=(11, 4.5))
     axes = fig.subplots(1, 2)
@@ -94,7 +94,8 @@ def plot_frontier(points: Points, fit: ParametricFit, approach2: dict) -> Figure
         (axes[1], "D", d3, points.tokens, "D_opt", approach2["k_D"], approach2["b"]),
     ):
         ax.scatter(points.compute, y_pts, color="0.75", s=12, label="sweep points")
-        ax.plot(c, y3, color="C0", label="approach 3 (fitted law)")
+        if y3 is not None:
+            ax.plot(c, y3, color="C0", label="approach 3 (fitted law)")
         if minima:
             ax.scatter(
                 [p["C"] for p in minima],

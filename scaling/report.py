@@ -103,10 +103,16 @@ def _approach3(result: dict, level: str) -> list[str]:
         "## Approach 3: L(N, D) = E + A / N^α + B / D^β",
         "",
         f"Huber loss (δ = {a3['huber_delta']:g}) on log loss, L-BFGS from the best grid "
-        f"initialisations; {result['n_points']} points, {a3['bootstrap_ok']} bootstrap refits.",
+        f"initialisations; {result['n_points']} points, {a3['bootstrap_ok']} bootstrap refits"
+        + (
+            f" ({a3['bootstrap_improper']} improper, left out of the a, b intervals)."
+            if a3["bootstrap_improper"]
+            else "."
+        ),
         "",
         *_table(header, rows),
         "",
+        *([f"**Warning**: {a3['warning']}.", ""] if a3.get("warning") else []),
         "Absolute E, A and B are not comparable across tokenizers and data (ours are nats per "
         "byte-level token on Python source; theirs are per subword token on web text), but the "
         "exponents α, β and the allocation exponents a, b are.",
@@ -199,6 +205,8 @@ def _allocation(result: dict) -> list[str]:
         for r in result["allocation"]
     ]
     header = ["C (FLOPs)", "N_opt", "D_opt", "D / N", "predicted loss", "beyond sweep"]
+    if not rows:
+        return ["## Compute-optimal allocation (approach 3)", "", "Not derived: improper fit."]
     return [
         "## Compute-optimal allocation (approach 3)",
         "",

@@ -122,3 +122,18 @@ def test_scaling_does_not_import_jax():
     code = "import sys, scaling.fit; assert 'jax' not in sys.modules, 'scaling imported jax'"
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_a_law_that_does_not_decrease_gets_no_allocation(tmp_path):
+    # Loss grows with N and D: no decreasing power law fits, so no allocation can be derived.
+    rows = [
+        {"params": n, "tokens": d, "loss": 1.0 + 1e-7 * n + 1e-8 * d}
+        for n in np.geomspace(1e5, 1e7, 3)
+        for d in np.geomspace(1e6, 1e8, 3)
+    ]
+    result = analyze(rows, str(tmp_path), n_bootstrap=5)
+    assert min(result["alpha"], result["beta"]) <= 0
+    assert result["a"] is None and result["allocation"] == []
+    report = (tmp_path / "report.md").read_text()
+    assert "**Warning**: the fitted law does not decrease" in report
+    assert "Not derived: improper fit." in report
