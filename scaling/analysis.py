@@ -10,7 +10,7 @@ approach 3's implied beta / (alpha + beta) and alpha / (alpha + beta).
 import numpy as np
 
 from scaling import allocation, bootstrap, extrapolation, isoflop, kaplan
-from scaling.parametric import ParametricFit, fit_parametric
+from scaling.parametric import HUBER_DELTA, ParametricFit, fit_parametric
 from scaling.rows import Points
 
 BOOTSTRAP_STARTS = 1
@@ -27,8 +27,10 @@ def _approach3_values(fit: ParametricFit) -> dict[str, float]:
     return fit.values() | {"a": np.nan if a is None else a, "b": np.nan if b is None else b}
 
 
-def approach3(points: Points, n_bootstrap: int, rng: np.random.Generator, levels) -> dict:
-    """The Huber fit, its least-squares twin, implied a/b, and bootstrap intervals."""
+def approach3(
+    points: Points, n_bootstrap: int, rng: np.random.Generator, levels
+) -> tuple[ParametricFit, dict]:
+    """The Huber fit, and its block: least-squares twin, implied a/b, bootstrap intervals."""
     fit = fit_parametric(points.params, points.tokens, points.loss)
     warm = [np.array(fit.theta)]
 
@@ -52,11 +54,10 @@ def approach3(points: Points, n_bootstrap: int, rng: np.random.Generator, levels
             "the fitted law does not decrease in both N and D (alpha or beta <= 0, or an "
             "infinite coefficient): the sweep does not determine it; no allocation is derived"
         )
-    return {
-        "fit": fit,
+    return fit, {
         **fit.values(),
         "objective": fit.objective,
-        "huber_delta": 1e-3,
+        "huber_delta": HUBER_DELTA,
         "implied_a": implied_a,
         "implied_b": implied_b,
         "least_squares": lsq.values(),
@@ -89,24 +90,29 @@ def approach2(points: Points, n_bootstrap: int, rng: np.random.Generator, levels
     }
 
 
+def _slice_samples(x: np.ndarray, loss: np.ndarray, names, n_bootstrap, rng) -> dict:
+    """Bootstrap of Kaplan's pure power law on one slice; `names` = (exponent, scale)."""
+
+    def refit(index):
+        if len(np.unique(x[index])) < 2:
+            return None
+        law = kaplan.fit_power_law(x[index], loss[index])
+        return {names[0]: law.exponent, names[1]: law.scale}
+
+    return bootstrap.bootstrap(refit, len(x), n_bootstrap, rng)
+
+
 def kaplan_fits(points: Points, n_bootstrap: int, rng: np.random.Generator, levels) -> dict:
     """Kaplan's L(N) and L(D), each with intervals from resampling its slice."""
     out = {}
     for variable in ("N", "D"):
         result = kaplan.fit_slice(points, variable)
         index = np.array(result.pop("index", []), dtype=int)
-        x = points.params if variable == "N" else points.tokens
-        names = (f"alpha_{variable}", f"{variable}_c")
-
-        def refit(ix, index=index, x=x, names=names):
-            if len(np.unique(x[index[ix]])) < 2:
-                return None
-            law = kaplan.fit_power_law(x[index[ix]], points.loss[index[ix]])
-            return {names[0]: law.exponent, names[1]: law.scale}
-
         samples = {}
         if len(index):
-            samples = bootstrap.bootstrap(refit, len(index), n_bootstrap, rng)
+            x = (points.params if variable == "N" else points.tokens)[index]
+            names = (f"alpha_{variable}", f"{variable}_c")
+            samples = _slice_samples(x, points.loss[index], names, n_bootstrap, rng)
             result["ids"] = [points.ids[i] for i in index]
         out[f"L_{variable}"] = result | {"ci": bootstrap.intervals(samples, levels)}
     return out
@@ -126,10 +132,9 @@ def analyze_points(
       The JSON-ready result (see `scaling.fit.analyze` for its keys) and the approach-3 law.
     """
     rng_a3, rng_a2, rng_k = np.random.default_rng(seed).spawn(3)
-    a3 = approach3(points, n_bootstrap, rng_a3, levels)
+    fit, a3 = approach3(points, n_bootstrap, rng_a3, levels)
     a2 = approach2(points, n_bootstrap, rng_a2, levels)
     kap = kaplan_fits(points, n_bootstrap, rng_k, levels)
-    fit = a3.pop("fit")
     from_a2 = a2["a"] is not None
     a_b_ci = a2["ci"] if from_a2 else a3["ci"]
     ci = {k: a3["ci"].get(k) for k in LAW_KEYS} | {k: a_b_ci.get(k) for k in ("a", "b")}

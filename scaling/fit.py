@@ -40,7 +40,9 @@ def _json_safe(obj: Any) -> Any:
     return obj
 
 
-def _check_options(n_bootstrap: int, levels: tuple[float, float], budgets) -> None:
+def _check_options(out_dir, n_bootstrap: int, levels: tuple[float, float], budgets) -> None:
+    if out_dir is not None and os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise InputError(f"--out {out_dir} is a file; pass a directory (it is created if needed)")
     if n_bootstrap < 0:
         raise InputError(f"--bootstrap {n_bootstrap} is negative; pass 0 (no intervals) or more")
     lo, hi = levels
@@ -84,7 +86,7 @@ def analyze(
     Raises:
       InputError: Missing columns, bad values or fewer than 5 usable points; nothing is written.
     """
-    _check_options(n_bootstrap, levels, budgets)
+    _check_options(out_dir, n_bootstrap, levels, budgets)
     points = to_points(rows)
     with blas.single_threaded():
         result, fit = analysis.analyze_points(

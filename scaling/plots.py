@@ -9,7 +9,7 @@ import os
 import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
-from matplotlib.ticker import FormatStrFormatter
+from matplotlib.ticker import FormatStrFormatter, NullFormatter
 
 from scaling import allocation, atomic, isoflop
 from scaling.groups import log_clusters
@@ -30,6 +30,12 @@ def _groups(values: np.ndarray) -> list[np.ndarray]:
     return [g for g in groups if len(g)]
 
 
+def _log_x(ax) -> None:
+    """Log x axis labelled at decades only (minor labels collide on short ranges)."""
+    ax.set_xscale("log")
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
 def _loss_vs(points: Points, fit: ParametricFit, along: str) -> Figure:
     """Loss against N (one curve per D) or against D (one curve per N), with the fitted law."""
     x, other = (points.params, points.tokens) if along == "N" else (points.tokens, points.params)
@@ -43,7 +49,7 @@ def _loss_vs(points: Points, fit: ParametricFit, along: str) -> Figure:
         ax.scatter(x[g], points.loss[g], color=color, zorder=3, label=f"{other_name} ≈ {at:.3g}")
         n, d = (grid, np.full_like(grid, at)) if along == "N" else (np.full_like(grid, at), grid)
         ax.plot(grid, fit.predict(n, d), color=color, lw=1.2)
-    ax.set_xscale("log")
+    _log_x(ax)
     ax.set_yscale("log")
     # A loss range spans less than a decade: label the minor ticks with plain numbers.
     ax.yaxis.set_major_formatter(FormatStrFormatter("%.2g"))
@@ -66,13 +72,17 @@ def plot_isoflop(points: Points, approach2: dict) -> Figure | str:
     ax = fig.subplots()
     colors = matplotlib.colormaps["plasma"](np.linspace(0, 0.85, len(groups)))
     for color, (c, g), prof in zip(colors, groups, approach2["profiles"], strict=True):
-        ax.scatter(points.params[g], points.loss[g], color=color, zorder=3, label=f"C = {c:.3g}")
-        if prof["coef"] is not None:
+        label = f"C = {c:.3g}" + ("" if prof["coef"] is not None else " (skipped, see report)")
+        ax.scatter(points.params[g], points.loss[g], color=color, zorder=3, label=label)
+        if prof["coef"] is None:
+            order = g[np.argsort(points.params[g])]
+            ax.plot(points.params[order], points.loss[order], color=color, lw=0.8, ls=":")
+        else:
             n = np.geomspace(points.params[g].min(), points.params[g].max(), 100)
             ax.plot(n, np.polyval(prof["coef"], np.log(n)), color=color, lw=1.2)
             ax.scatter([prof["N_opt"]], [prof["loss_opt"]], color=color, marker="*", s=180)
             ax.scatter([prof["N_opt"]], [prof["loss_opt"]], color="k", marker="*", s=30, zorder=4)
-    ax.set_xscale("log")
+    _log_x(ax)
     ax.set_xlabel("non-embedding parameters N")
     ax.set_ylabel("held-out loss (nats/token)")
     ax.set_title("IsoFLOP profiles (parabola in log N; stars: minima)")
@@ -109,7 +119,7 @@ def plot_frontier(points: Points, fit: ParametricFit, approach2: dict) -> Figure
         if e is not None:
             ax.plot(c, k * c**e, color="C3", ls="--", label=f"approach 2: ∝ C^{e:.3f}")
         ax.axvspan(c_max, c[-1], color="0.9", zorder=0, label="beyond the sweep")
-        ax.set_xscale("log")
+        _log_x(ax)
         ax.set_yscale("log")
         ax.set_xlabel("training compute C (FLOPs)")
         ax.set_ylabel(f"compute-optimal {name}")
@@ -132,7 +142,7 @@ def plot_residuals(points: Points, fit: ParametricFit) -> Figure:
     ):
         ax.scatter(x, resid, s=16)
         ax.axhline(0.0, color="k", lw=0.8)
-        ax.set_xscale("log")
+        _log_x(ax)
         ax.set_xlabel(label)
         ax.grid(True, which="both", alpha=0.3)
     axes[0].set_ylabel("(observed − fitted) / fitted loss (%)")
