@@ -3,7 +3,10 @@
 import json
 from typing import Any
 
+import numpy as np
+
 from scaling import published
+from scaling.groups import log_clusters
 from scaling.rows import compute_of, is_ok
 
 PLOTS = {
@@ -50,13 +53,38 @@ def _meta(meta: dict) -> list[str]:
         label = _META_LABELS.get(key, key.replace("_", " ").capitalize())
         text = f"`{value}`" if key == "command" else fmt(value)
         lines.append(f"- **{label}**: {text}")
+    return lines
+
+
+def _values(values: list[float]) -> str:
+    """Distinct values (within 1%): all of them if few, else their count and range."""
+    distinct = sorted(
+        values[i] for i in np.unique(log_clusters(np.array(values), 0.01), return_index=True)[1]
+    )
+    if len(distinct) <= 8:
+        return f"{len(distinct)}: " + ", ".join(fmt(v, 3) for v in distinct)
+    return f"{len(distinct)}, from {fmt(distinct[0], 3)} to {fmt(distinct[-1], 3)}"
+
+
+def _grid(rows: list[dict], meta: dict) -> list[str]:
+    """The grid as the sweep describes it (meta["grid"]) and as the usable points show it."""
+    lines = ["## The grid", ""]
     grid = meta.get("grid")
     if isinstance(grid, dict) and grid:
-        lines += ["", "## The grid", ""]
-        lines += _table(["setting", "value"], [[k, json.dumps(v)] for k, v in grid.items()])
+        rows_ = [[k, json.dumps(v, default=str)] for k, v in grid.items()]
+        lines += _table(["setting", "value"], rows_) + [""]
     elif grid:
-        lines += ["", "## The grid", "", fmt(grid)]
-    return lines
+        lines += [fmt(grid), ""]
+    ok = [r for r in rows if is_ok(r)]
+    budgets = [float(r["budget"]) for r in ok if r.get("budget") is not None]
+    observed = [
+        ["points", f"{len(ok)} fitted, {len(rows) - len(ok)} failed"],
+        ["N (non-embedding parameters)", _values([float(r["params"]) for r in ok])],
+        ["D (tokens)", _values([float(r["tokens"]) for r in ok])],
+        ["IsoFLOP budgets C", _values(budgets) if budgets else "none"],
+        ["C range", f"{fmt(min(map(compute_of, ok)), 3)} to {fmt(max(map(compute_of, ok)), 3)}"],
+    ]
+    return lines + _table(["in the results", ""], observed)
 
 
 def _runs(rows: list[dict]) -> list[str]:
@@ -264,6 +292,7 @@ def render(rows: list[dict], result: dict, meta: dict | None, plot_status: dict)
     level = f"{hi - lo:g}%"
     sections = [
         [f"# {meta.get('title', 'Scaling-law fit')}", "", *_meta(meta)],
+        _grid(rows, meta),
         _runs(rows),
         _approach3(result, level),
         _kaplan(result, level),
