@@ -11,6 +11,12 @@ range; otherwise the budget is skipped and the reason recorded. At the minimum, 
 N_opt) with C the profile's budget: the 6ND convention, as in Hoffmann et al., even though a run's
 recorded `flops` also count attention. With at least 2 usable minima, log N_opt and log D_opt are
 fitted as straight lines in log C.
+
+Bias: with alpha != beta a profile is asymmetric in log N, so the parabola's vertex sits off the
+true minimum. At fixed C the profile is L - E = K(C) (e^(-alpha u) / alpha + e^(beta u) / beta) with
+u = log(N / N_opt), the same shape at every budget, so the offset is the same factor of N_opt at
+every budget and `a` is unbiased when every budget samples the same range around its optimum; a
+design whose N range drifts relative to N_opt across budgets biases `a`.
 """
 
 import numpy as np
