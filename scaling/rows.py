@@ -133,10 +133,15 @@ def load_rows(path: str) -> list[dict[str, Any]]:
     Raises:
       InputError: The file is missing or unreadable, or a CSV lacks a required column.
     """
+    if os.path.isdir(path):
+        raise InputError(f"{path} is a directory; pass the results.jsonl file (or a CSV)")
     if not os.path.isfile(path):
         raise InputError(f"{path}: no such file; pass the sweep's results.jsonl (or a CSV)")
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(f"{path}: cannot read it as UTF-8 text ({e}); pass results.jsonl") from e
     if text.lstrip().startswith("{"):
         return _read_jsonl(path, text)
     return _read_csv(path)
