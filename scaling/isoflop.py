@@ -7,9 +7,12 @@ single point are plain grid points, not profiles.
 
 For each profile a parabola in log N is fitted to the loss. It is used only if the profile has at
 least 3 distinct N, the parabola opens upwards and its minimum lies strictly inside the profile's N
-range; otherwise the budget is skipped and the reason recorded. At the minimum, D_opt = C / (6
-N_opt) with C the profile's budget: the 6ND convention, as in Hoffmann et al., even though a run's
-recorded `flops` also count attention. With at least 2 usable minima, log N_opt and log D_opt are
+range; otherwise the budget is skipped and the reason recorded. D_opt is read off the profile's
+own (log N, log D) relation (interpolated between its points) at N_opt: for C = 6ND this is
+exactly C / (6 N_opt), and it stays right when a run's recorded `flops` also count attention and
+the unembedding (D = C / FLOPs-per-token, as experiments/scaling.py designs IsoFLOP points), where
+C / (6 N_opt) with non-embedding N would overstate D_opt by up to 2x for small models. With at
+least 2 usable minima, log N_opt and log D_opt are
 fitted as straight lines in log C.
 
 Bias: with alpha != beta a profile is asymmetric in log N, so the parabola's vertex sits off the
@@ -42,13 +45,16 @@ def profiles(points: Points) -> list[tuple[float, np.ndarray]]:
     return [(float(np.exp(np.log(points.compute[g]).mean())), g) for g in groups if len(g) > 1]
 
 
-def fit_profile(budget: float, params: np.ndarray, loss: np.ndarray) -> dict:
+def fit_profile(
+    budget: float, params: np.ndarray, loss: np.ndarray, tokens: np.ndarray | None = None
+) -> dict:
     """Fits loss = p2 x^2 + p1 x + p0, x = log N, on one profile and locates its minimum.
 
     Args:
       budget: The profile's compute C.
       params: N of the profile's points.
       loss: Their losses.
+      tokens: D of the profile's points (None: D_opt = C / (6 N_opt)).
 
     Returns:
       {"C", "n_points", "N_opt", "D_opt", "loss_opt", "coef" (p2, p1, p0 in log N), "reason"}:
@@ -71,9 +77,14 @@ def fit_profile(budget: float, params: np.ndarray, loss: np.ndarray) -> dict:
             f"[{params.min():.3g}, {params.max():.3g}]; add {side} models at this budget"
         }
     n_opt = float(np.exp(x_opt))
+    if tokens is None:
+        d_opt = budget / (6.0 * n_opt)
+    else:
+        order = np.argsort(x)
+        d_opt = float(np.exp(np.interp(x_opt, x[order], np.log(tokens)[order])))
     return out | {
         "N_opt": n_opt,
-        "D_opt": budget / (6.0 * n_opt),
+        "D_opt": d_opt,
         "loss_opt": float(p0 - p1 * p1 / (4 * p2)),
         "coef": [float(p2), float(p1), float(p0)],
     }
@@ -98,7 +109,7 @@ def fit_isoflop(points: Points, groups: list[tuple[float, np.ndarray]] | None = 
       `reason` when fewer than 2 budgets are usable.
     """
     groups = profiles(points) if groups is None else groups
-    fits = [fit_profile(c, points.params[g], points.loss[g]) for c, g in groups]
+    fits = [fit_profile(c, points.params[g], points.loss[g], points.tokens[g]) for c, g in groups]
     for fit, (_, g) in zip(fits, groups, strict=True):
         fit["ids"] = [points.ids[i] for i in g]
     usable = [f for f in fits if f["N_opt"] is not None]

@@ -25,9 +25,25 @@ def test_recovers_a_and_b_from_noisy_profiles():
     result = isoflop.fit_isoflop(to_points(rows))
     assert result["a"] == pytest.approx(A_TRUE, abs=0.03)
     assert result["b"] == pytest.approx(1 - A_TRUE, abs=0.03)
-    # D_opt is C / (6 N_opt) at each minimum.
+    # These points have C = 6ND, so D_opt read off each profile's (log N, log D) line is
+    # C / (6 N_opt) (up to tokens being whole numbers).
     for p in result["profiles"]:
-        assert p["D_opt"] == pytest.approx(p["C"] / (6 * p["N_opt"]), rel=1e-12)
+        assert p["D_opt"] == pytest.approx(p["C"] / (6 * p["N_opt"]), rel=1e-5)
+
+
+def test_d_opt_follows_the_profiles_own_flops_per_token():
+    """When C counts more than 6N per token (attention, unembedding): D_opt = C / FLOPs/token."""
+    rows = synthetic.isoflop_rows(LAW, np.geomspace(1e13, 1e16, 4), n_per_budget=9, noise=0.0)
+    fpt = lambda n: 6 * n + 3e4 * n**0.75  # an attention-like term, larger for small models
+    for r in rows:
+        r["tokens"] = int(round(r["budget"] / fpt(r["params"])))
+        r["loss"] = float(synthetic.law_loss(r["params"], r["tokens"], LAW))
+    result = isoflop.fit_isoflop(to_points(rows))
+    usable = [p for p in result["profiles"] if p["N_opt"] is not None]
+    assert len(usable) >= 2
+    for p in usable:
+        assert p["D_opt"] == pytest.approx(p["C"] / fpt(p["N_opt"]), rel=0.01)
+        assert p["D_opt"] < 0.95 * p["C"] / (6 * p["N_opt"])
 
 
 def test_minimum_at_the_edge_is_skipped_with_a_reason():
