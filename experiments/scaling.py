@@ -46,21 +46,24 @@ PRESETS = {
         lr=3e-3,
         eval_batches=2,
     ),
-    # The default: 4 sizes (0.05M-3.2M non-embedding parameters, 1.8 decades) x 4 token budgets
-    # (0.2M-2M, 1 decade) plus 3 IsoFLOP budgets, on a 2-core CPU.
+    # The default: 4 sizes (12k-0.79M non-embedding parameters, 1.8 decades) x 4 token budgets
+    # (0.4M-4.1M, 1 decade) on a 2-core CPU. Batches of 8 x 256 tokens: at these sizes the loss
+    # per token improves with more, smaller steps, and runs of a few hundred steps are still in
+    # the fast early phase that no power law describes. mode=both adds two IsoFLOP budgets whose
+    # minima fall inside the ladder (about 8 more minutes, mostly the smallest model's long runs).
     "cpu": dict(
         ladder=(1, 2, 3, 4),
-        aspect=64,
-        head_dim=64,
+        aspect=32,
+        head_dim=32,
         seq_len=256,
-        batch_size=16,
-        grad_accum=4,
-        tokens=(196_608, 430_080, 933_888, 2_002_944),  # 48, 105, 228, 489 steps
-        budgets=(2e12, 5e12, 1.2e13),
-        max_isoflop_tokens=8_000_000,
+        batch_size=8,
+        grad_accum=2,
+        tokens=(399_360, 901_120, 1_900_544, 4_096_000),  # 195, 440, 928, 2000 steps
+        budgets=(3e12, 6e12),
+        max_isoflop_tokens=25_000_000,
         warmup_steps=25,
         lr=3e-3,
-        eval_batches=16,
+        eval_batches=32,
     ),
     # For an accelerator slice (untested here): 6 sizes, 10M-400M non-embedding parameters,
     # 0.5B-20B tokens of a catalog dataset such as c4 (set data.dataset and data.tokenizer).
@@ -83,7 +86,7 @@ PRESETS = {
 
 def get_config(arg: str = ""):
     args = parse_arg(
-        arg, preset="cpu", schedule="wsd", mode="both", family="decoder", bootstrap=200
+        arg, preset="cpu", schedule="wsd", mode="grid", family="decoder", bootstrap=200
     )
     if args.preset not in PRESETS:
         raise ValueError(f"preset={args.preset!r} is unknown; choose one of {sorted(PRESETS)}")

@@ -125,7 +125,7 @@ def plot_frontier(points: Points, fit: ParametricFit, approach2: dict) -> Figure
         ax.set_ylabel(f"compute-optimal {name}")
         ax.legend(fontsize=8)
         ax.grid(True, which="both", alpha=0.3)
-    fig.suptitle("Compute-optimal frontier (D_opt = C / 6 N_opt)")
+    fig.suptitle("Compute-optimal frontier (approach 3: D_opt = C / 6 N_opt)")
     return fig
 
 

@@ -180,7 +180,7 @@ def _approach2(result: dict) -> list[str]:
         for p in a2["profiles"]
     ]
     if rows:
-        header = ["C (FLOPs)", "points", "N_opt", "D_opt = C / 6N_opt", "loss at min", "note"]
+        header = ["C (FLOPs)", "points", "N_opt", "D_opt (on the profile)", "loss at min", "note"]
         lines += _table(header, rows) + [""]
     if a2["a"] is None:
         lines.append(f"No approach-2 exponents: {a2['reason']}.")
