@@ -82,7 +82,7 @@ def test_cosine_plan_trains_every_point_from_scratch():
 
 
 def _sweep_cmd(tmp_path, workdir, *extra):
-    glob = make_corpus(str(tmp_path / "corpus"), n_files=20)
+    glob = make_corpus(str(tmp_path / "corpus"))
     return [
         sys.executable,
         "launch/run.py",
@@ -132,19 +132,44 @@ def test_empty_sweep_exits_2_and_writes_nothing(tmp_path):
     assert not (tmp_path / "w").exists()
 
 
-@pytest.mark.slow
-def test_sweep_killed_mid_point_resumes_to_the_same_results(tmp_path):
-    """One uninterrupted smoke sweep; one SIGKILLed inside a point and rerun: same numbers."""
+@pytest.fixture(scope="module")
+def straight_sweep(tmp_path_factory):
+    """The smoke sweep run once, uninterrupted: (tmp dir, workdir, stdout)."""
+    tmp_path = tmp_path_factory.mktemp("sweep")
     straight = tmp_path / "straight"
     out = subprocess.run(
         _sweep_cmd(tmp_path, straight), cwd=ROOT, env=_ENV, capture_output=True, text=True
     )
     assert out.returncode == 0, out.stderr[-3000:]
-    for name in ("results.jsonl", "fit.json", "report.md", "loss_vs_params.png"):
-        assert (straight / name).exists(), name
-    expected = read_results(str(straight / "results.jsonl"))
-    assert len(expected) == 9 and all(r["status"] == "ok" for r in expected.values())
+    return tmp_path, straight, out.stdout
 
+
+@pytest.mark.slow
+def test_smoke_sweep_trains_fits_and_reports(straight_sweep):
+    _, straight, stdout = straight_sweep
+    rows = read_results(str(straight / "results.jsonl"))
+    points = scaling.get_sweep(scaling.get_config("preset=smoke"))
+    assert sorted(rows) == sorted(p["id"] for p in points)
+    assert all(r["status"] == "ok" and np.isfinite(r["loss"]) for r in rows.values())
+    for name in ("fit.json", "report.md", "loss_vs_params.png", "loss_vs_tokens.png"):
+        assert (straight / name).stat().st_size > 0, name
+    with open(straight / "fit.json") as f:
+        fit = json.load(f)
+    assert fit["n_points"] == len(points)
+    report = (straight / "report.md").read_text()
+    assert "cooldown branches" in report and points[0]["id"] in report
+    # Progress across the sweep: one header per run with the sweep's ETA.
+    assert stdout.count("== sweep") == len(
+        plan(scaling.get_config("preset=smoke"), points, scaling.point_config, "/w")
+    )
+    assert "eta" in stdout
+
+
+@pytest.mark.slow
+def test_sweep_killed_mid_point_resumes_to_the_same_results(straight_sweep):
+    """A sweep SIGKILLed inside a point and rerun ends with the uninterrupted sweep's numbers."""
+    tmp_path, straight, _ = straight_sweep
+    expected = read_results(str(straight / "results.jsonl"))
     killed = tmp_path / "killed"
     proc = subprocess.Popen(
         _sweep_cmd(tmp_path, killed),
