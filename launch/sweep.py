@@ -26,7 +26,7 @@ import jax
 
 from models.sizes import resolved_dims
 from train.checkpoint import latest_step
-from train.loop import ConfigError, train_and_evaluate, validate, write_json_atomic
+from train.loop import ConfigError, claim_workdir, train_and_evaluate, validate
 from train.optim import wsd_decay_start
 from train.perf import measure_peak_flops
 
@@ -263,17 +263,7 @@ def run_sweep(config, experiment: str, workdir: str, *, dry_run: bool = False) -
     if dry_run:
         return {}
 
-    config_path = os.path.join(workdir, "config.json")
-    if os.path.exists(config_path):
-        with open(config_path) as f:
-            if json.load(f) != json.loads(json.dumps(config.to_dict())):
-                raise ConfigError(
-                    f"{workdir} holds a sweep of a different config; pass another --workdir "
-                    "(or delete it to start over)"
-                )
-    os.makedirs(workdir, exist_ok=True)
-    if is_main:
-        write_json_atomic(config_path, config.to_dict())
+    claim_workdir(workdir, config, "sweep", write=is_main)
     results_path = os.path.join(workdir, "results.jsonl")
     results = read_results(results_path)
     done = {i for i, r in results.items() if r.get("status") == "ok"}

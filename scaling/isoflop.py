@@ -1,7 +1,8 @@
 """Chinchilla approach 2: IsoFLOP profiles, their minima, and N_opt ~ C^a, D_opt ~ C^b.
 
 Profiles: points with a `budget` form one profile per budget value (points without a budget are
-then left out). If no point has a budget, points whose C agree within 5% form a profile (greedy
+then left out; a sweep's results, where every row has the key, get no other profiles). If no row
+says anything about budgets (a bare CSV), points whose C agree within 5% form a profile (greedy
 over sorted C, see `groups.log_clusters`), labelled with the geometric mean of their C; groups of a
 single point are plain grid points, not profiles.
 
@@ -40,6 +41,8 @@ def profiles(points: Points) -> list[tuple[float, np.ndarray]]:
         labels = log_clusters(points.budget[where], 1e-9)
         groups = [where[labels == k] for k in range(labels.max() + 1)]
         return [(float(points.budget[g[0]]), g) for g in groups]
+    if points.designed:
+        return []
     labels = log_clusters(points.compute, ISO_TOL)
     groups = [np.flatnonzero(labels == k) for k in range(labels.max() + 1)]
     return [(float(np.exp(np.log(points.compute[g]).mean())), g) for g in groups if len(g) > 1]

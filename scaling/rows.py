@@ -35,6 +35,8 @@ class Points:
       loss: Final held-out loss (nats/token).
       budget: The IsoFLOP budget the point was designed for; NaN for plain grid points.
       ids: Point names for tables and plots.
+      designed: Whether the rows say which points are IsoFLOP points (a `budget` key on every row,
+        null for grid points, as a sweep's results.jsonl has); then no profiles are guessed from C.
     """
 
     params: np.ndarray
@@ -43,6 +45,7 @@ class Points:
     loss: np.ndarray
     budget: np.ndarray
     ids: tuple[str, ...]
+    designed: bool = False
 
     def __len__(self) -> int:
         return len(self.params)
@@ -51,7 +54,7 @@ class Points:
         """The points at `index` (an integer array; repeats allowed, as in a bootstrap)."""
         ids = tuple(self.ids[i] for i in index)
         arrays = (self.params, self.tokens, self.compute, self.loss, self.budget)
-        return Points(*(x[index] for x in arrays), ids=ids)
+        return Points(*(x[index] for x in arrays), ids=ids, designed=self.designed)
 
 
 def is_ok(row: dict[str, Any]) -> bool:
@@ -192,4 +195,5 @@ def to_points(rows: list[dict[str, Any]]) -> Points:
         loss=np.array([float(r["loss"]) for r in usable]),
         budget=np.array([np.nan if b is None else float(b) for b in budget]),
         ids=tuple(ids),
+        designed=all("budget" in r for r in usable),
     )

@@ -71,13 +71,17 @@ def test_without_budgets_points_group_by_compute_within_5_percent():
     rows = synthetic.isoflop_rows(LAW, np.geomspace(1e13, 1e15, 3), noise=0.0)
     rng = np.random.default_rng(0)
     for r in rows:
-        r["budget"] = None
+        del r["budget"]  # a bare CSV of params, tokens, loss, flops
         r["flops"] *= 1 + rng.uniform(0, 0.04)  # C within 4%: still one profile per budget.
     groups = isoflop.profiles(to_points(rows))
     assert [len(g) for _, g in groups] == [7, 7, 7]
     assert [c for c, _ in groups] == pytest.approx([1e13, 1e14, 1e15], rel=0.05)
     result = isoflop.fit_isoflop(to_points(rows))
     assert result["a"] == pytest.approx(A_TRUE, abs=0.02)
+    # A sweep's results say budget=null for grid points: nothing is guessed from C then.
+    for r in rows:
+        r["budget"] = None
+    assert isoflop.profiles(to_points(rows)) == []
 
 
 def test_plain_grid_points_are_not_profiles_when_budgets_exist():

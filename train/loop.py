@@ -44,6 +44,25 @@ def write_json_atomic(path: str, obj) -> None:
     os.replace(tmp, path)
 
 
+def claim_workdir(workdir: str, config, what: str = "run", *, write: bool = True) -> None:
+    """Creates `workdir` with config.json, or checks that it already holds this very config.
+
+    Raises:
+      ConfigError: `workdir` holds a `what` of a different config.
+    """
+    config_path = os.path.join(workdir, "config.json")
+    if os.path.exists(config_path):
+        with open(config_path) as f:
+            if json.load(f) != json.loads(json.dumps(config.to_dict())):
+                raise ConfigError(
+                    f"{workdir} holds a {what} of a different config; pass another "
+                    "--workdir (or delete it to start over)"
+                )
+    os.makedirs(workdir, exist_ok=True)
+    if write:
+        write_json_atomic(config_path, config.to_dict())
+
+
 def validate(config) -> None:
     """Cheap config checks that must fail before anything compiles or writes."""
     m, d, t = config.model, config.data, config.train
@@ -181,17 +200,7 @@ def train_and_evaluate(
     except ValueError as e:  # every setup check raises ValueError naming the field and the fix
         raise ConfigError(str(e)) from e
     eval_batches = [run.global_batch(b) for b in eval_local]  # on device once, not every eval
-    config_path = os.path.join(workdir, "config.json")
-    if os.path.exists(config_path):
-        with open(config_path) as f:
-            if json.load(f) != json.loads(json.dumps(config.to_dict())):
-                raise ConfigError(
-                    f"{workdir} holds a run of a different config; pass another "
-                    "--workdir (or delete it to start over)"
-                )
-    os.makedirs(workdir, exist_ok=True)
-    if is_main:
-        write_json_atomic(config_path, config.to_dict())
+    claim_workdir(workdir, config, "run", write=is_main)
     tcfg = config.train
     writer = MetricWriter(workdir, enabled=is_main)
     ckpt = Checkpointer(
