@@ -208,3 +208,45 @@ def test_sweep_killed_mid_point_resumes_to_the_same_results(straight_sweep):
         assert resumed[i]["status"] == "ok"
         assert resumed[i]["loss"] == row["loss"], i  # bitwise: same batches, same updates
         assert resumed[i]["bits_per_byte"] == row["bits_per_byte"], i
+
+
+def test_failed_point_is_recorded_the_sweep_goes_on_and_a_rerun_retries_it(tmp_path, monkeypatch):
+    """The runner's bookkeeping, with training replaced by a law (no JAX work)."""
+    import launch.sweep
+
+    config = scaling.get_config("preset=smoke,bootstrap=20")
+    points = {p["id"]: p for p in scaling.get_sweep(config)}
+    victim = sorted(points)[4]
+    calls = []
+
+    def fake_train(cfg, workdir, *, stop_at=None, init_from=None, keep_steps=(), desc=""):
+        calls.append(desc)
+        if desc == victim and fail[0]:
+            raise RuntimeError("disk on fire\nsecond line")
+        n = cfg.model.n_layers * cfg.model.d_model**2
+        loss = 1.0 + 30 / n**0.3 + 40 / (cfg.train.steps * 512) ** 0.3
+        return {
+            "eval/loss": loss,
+            "eval/bits_per_byte": loss / 0.69,
+            "compile_s": 0.0,
+            "step": stop_at or cfg.train.steps,
+            "resumed_from": 0,
+        }
+
+    monkeypatch.setattr(launch.sweep, "train_and_evaluate", fake_train)
+    fail = [True]
+    workdir = str(tmp_path / "sweep")
+    launch.sweep.run_sweep(config, "experiments/scaling.py", workdir)
+    rows = read_results(f"{workdir}/results.jsonl")
+    assert sorted(rows) == sorted(points)
+    assert rows[victim]["status"] == "failed"
+    assert rows[victim]["error"] == "RuntimeError: disk on fire"
+    assert all(r["status"] == "ok" for i, r in rows.items() if i != victim)
+    assert os.path.exists(f"{workdir}/report.md")
+    assert "disk on fire" in open(f"{workdir}/report.md").read()
+
+    fail[0], calls[:] = False, []
+    launch.sweep.run_sweep(config, "experiments/scaling.py", workdir)
+    assert calls.count(victim) == 1 and not set(calls) & (set(points) - {victim})
+    rows = read_results(f"{workdir}/results.jsonl")
+    assert all(r["status"] == "ok" for r in rows.values()) and len(rows) == len(points)
