@@ -1,4 +1,8 @@
-"""Extrapolation check: fit approach 3 without the highest-compute points, then predict them.
+"""Extrapolation check: fit without the highest-compute points, then predict them.
+
+Two law forms are checked on the same split: approach 3's additive E + A/N^alpha + B/D^beta (the
+headline) and Kaplan's joint [(N_c/N)^(alpha_N/alpha_D) + D_c/D]^alpha_D, so the report shows
+which form describes the sweep's regime.
 
 Held out: the top `fraction` of points by C (at least one; points tied with the last one go too),
 plus every point within 5% of the largest C (the IsoFLOP grouping tolerance, so a whole top budget
@@ -11,6 +15,7 @@ import math
 import numpy as np
 
 from scaling.isoflop import ISO_TOL
+from scaling.kaplan import fit_joint
 from scaling.parametric import fit_parametric
 from scaling.rows import MIN_POINTS, Points
 
@@ -30,7 +35,8 @@ def check(points: Points, fraction: float = HOLDOUT_FRACTION) -> dict:
 
     Returns:
       {"n_fit", "n_held_out", "fit" (the five parameters), "points" (id, N, D, C, loss,
-      predicted, rel_err), "mean_abs_rel_err", "max_abs_rel_err", "threshold", "pass"}; or
+      predicted, rel_err), "mean_abs_rel_err", "max_abs_rel_err", "threshold", "pass",
+      "kaplan_joint" (the same block for Kaplan's joint form)}; or
       {"n_fit", "n_held_out", "reason"} when too few points remain to fit.
     """
     held = holdout_mask(points.compute, fraction)
@@ -41,6 +47,12 @@ def check(points: Points, fraction: float = HOLDOUT_FRACTION) -> dict:
             "reason": f"only {len(train)} points below the held-out C (needs {MIN_POINTS})"
         }
     fit = fit_parametric(points.params[train], points.tokens[train], points.loss[train])
+    joint = fit_joint(points.params[train], points.tokens[train], points.loss[train])
+    return out | _errors(points, test, fit) | {"kaplan_joint": _errors(points, test, joint)}
+
+
+def _errors(points: Points, test: np.ndarray, fit) -> dict:
+    """Relative errors of `fit` (anything with `predict(N, D)` and `values()`) on `test`."""
     predicted = fit.predict(points.params[test], points.tokens[test])
     rel_err = (predicted - points.loss[test]) / points.loss[test]
     rows = [
@@ -56,7 +68,7 @@ def check(points: Points, fraction: float = HOLDOUT_FRACTION) -> dict:
         for i, p, e in zip(test, predicted, rel_err, strict=True)
     ]
     worst = float(np.abs(rel_err).max())
-    return out | {
+    return {
         "fit": fit.values(),
         "points": rows,
         "mean_abs_rel_err": float(np.abs(rel_err).mean()),

@@ -115,3 +115,62 @@ def fit_slice(points: Points, variable: str) -> dict:
         "index": index.tolist(),
         "with_E": _law_dict(with_e, exponent, scale),
     }
+
+
+@dataclasses.dataclass(frozen=True)
+class JointLaw:
+    """Kaplan et al. (2020) eq. 1.5: L(N, D) = [(N_c / N)^(alpha_N / alpha_D) + D_c / D]^alpha_D.
+
+    Unlike the additive Chinchilla form, the benefit of a larger N grows with D (larger models
+    are more sample-efficient), the shape of early, data-limited training.
+    """
+
+    N_c: float
+    D_c: float
+    alpha_N: float
+    alpha_D: float
+
+    def predict(self, params: np.ndarray, tokens: np.ndarray) -> np.ndarray:
+        """Predicted loss at (N, D)."""
+        return np.exp(_joint_log(self._theta(), np.log(params), np.log(tokens)))
+
+    def _theta(self) -> np.ndarray:
+        return np.array([np.log(self.N_c), np.log(self.D_c), self.alpha_N, self.alpha_D])
+
+    def values(self) -> dict[str, float]:
+        return dataclasses.asdict(self)
+
+
+def _joint_log(theta: np.ndarray, log_n: np.ndarray, log_d: np.ndarray) -> np.ndarray:
+    log_nc, log_dc, alpha_n, alpha_d = theta
+    return alpha_d * np.logaddexp((alpha_n / alpha_d) * (log_nc - log_n), log_dc - log_d)
+
+
+def fit_joint(params: np.ndarray, tokens: np.ndarray, loss: np.ndarray) -> JointLaw:
+    """Fits the joint law on log L with the approach-3 Huber loss (delta 1e-3), multi-start.
+
+    Starts: log N_c, log D_c in {10, 15, 20, 25} and alpha_N, alpha_D in {0.1, 0.3}; the best
+    final objective wins.
+    """
+    log_n, log_d, log_l = np.log(params), np.log(tokens), np.log(loss)
+    best = None
+    for log_nc in (10.0, 15.0, 20.0, 25.0):
+        for log_dc in (10.0, 15.0, 20.0, 25.0):
+            for alpha_n in (0.1, 0.3):
+                for alpha_d in (0.1, 0.3):
+                    result = optimize.least_squares(
+                        lambda t: _joint_log(t, log_n, log_d) - log_l,
+                        [log_nc, log_dc, alpha_n, alpha_d],
+                        bounds=([0.0, 0.0, 1e-3, 1e-3], [100.0, 100.0, 3.0, 3.0]),
+                        loss="huber",
+                        f_scale=1e-3,
+                    )
+                    if best is None or result.cost < best.cost:
+                        best = result
+    log_nc, log_dc, alpha_n, alpha_d = best.x
+    return JointLaw(
+        N_c=float(np.exp(log_nc)),
+        D_c=float(np.exp(log_dc)),
+        alpha_N=float(alpha_n),
+        alpha_D=float(alpha_d),
+    )

@@ -254,7 +254,7 @@ def _extrapolation(result: dict) -> list[str]:
         [p["id"], p["N"], p["D"], p["C"], p["loss"], p["predicted"], f"{100 * p['rel_err']:+.2f}%"]
         for p in x["points"]
     ]
-    return lines + [
+    lines += [
         f"Approach 3 fitted on the {x['n_fit']} lower-compute points, predicting the "
         f"{x['n_held_out']} highest-compute ones: mean |relative error| "
         f"{100 * x['mean_abs_rel_err']:.2f}%, max {100 * x['max_abs_rel_err']:.2f}%: "
@@ -262,6 +262,20 @@ def _extrapolation(result: dict) -> list[str]:
         "",
         *_table(["id", "N", "D", "C", "loss", "predicted", "rel. error"], rows),
     ]
+    j = x.get("kaplan_joint")
+    if j:
+        f = j["fit"]
+        errors = ", ".join(f"{p['id']} {100 * p['rel_err']:+.2f}%" for p in j["points"])
+        lines += [
+            "",
+            "The same split with Kaplan et al.'s joint form L = [(N_c/N)^(α_N/α_D) + D_c/D]^α_D "
+            f"(fitted: N_c = {f['N_c']:.3g}, D_c = {f['D_c']:.3g}, α_N = {f['alpha_N']:.3f}, "
+            f"α_D = {f['alpha_D']:.3f}): mean |relative error| "
+            f"{100 * j['mean_abs_rel_err']:.2f}%, max {100 * j['max_abs_rel_err']:.2f}% "
+            f"(**{'PASS' if j['pass'] else 'FAIL'}**): {errors}. In this form a larger model "
+            "gains more from more data, which the additive form cannot express.",
+        ]
+    return lines
 
 
 def _plots(plot_status: dict) -> list[str]:

@@ -45,3 +45,19 @@ def test_slice_is_the_largest_d_with_three_distinct_n():
     index, at = kaplan.select_slice(d, n)
     assert sorted(index.tolist()) == [0, 1, 2] and at == pytest.approx(1e8)
     assert kaplan.select_slice(np.array([1e8, 1e9, 1e10]), np.array([1e5, 1e6, 1e7])) is None
+
+
+def test_joint_law_recovers_kaplans_parameters():
+    """Kaplan's joint L(N, D) from a known law (0.5% noise) on a 5 x 5 grid."""
+    truth = kaplan.JointLaw(N_c=8.8e6, D_c=5.4e6, alpha_N=0.14, alpha_D=0.24)
+    n, d = np.meshgrid(np.geomspace(1e4, 1e6, 5), np.geomspace(4e5, 4e6, 5))
+    rng = np.random.default_rng(0)
+    loss = truth.predict(n.ravel(), d.ravel()) * np.exp(rng.normal(0, 0.005, n.size))
+    fit = kaplan.fit_joint(n.ravel(), d.ravel(), loss)
+    assert fit.alpha_N == pytest.approx(truth.alpha_N, rel=0.1)
+    assert fit.alpha_D == pytest.approx(truth.alpha_D, rel=0.1)
+    assert np.log(fit.N_c) == pytest.approx(np.log(truth.N_c), abs=0.5)
+    assert np.log(fit.D_c) == pytest.approx(np.log(truth.D_c), abs=0.5)
+    # Off the grid (10x the largest D) the fitted law predicts within 2%.
+    far = truth.predict(np.array([1e6]), np.array([4e7]))
+    assert fit.predict(np.array([1e6]), np.array([4e7])) == pytest.approx(far, rel=0.02)
