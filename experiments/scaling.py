@@ -4,8 +4,8 @@ r"""Scaling-law sweep: a ladder of model sizes x token budgets (+ IsoFLOP profil
   python launch/run.py --config experiments/scaling.py --dry_run    # the grid and its cost only
   python launch/run.py --config experiments/scaling.py:preset=smoke,schedule=cosine
 
-Arguments (comma-separated): preset=smoke|cpu|accel, schedule=wsd|cosine, mode=grid|isoflop|both,
-family=decoder, bootstrap=N (resamples for the confidence intervals).
+Arguments (comma-separated): preset=smoke|cpu|accel, schedule=wsd|cosine, mode=grid (default) |
+isoflop|both, family=decoder, bootstrap=N (resamples for the confidence intervals).
 
 The model ladder has a fixed aspect ratio: a model of k layers is `aspect * k` wide with heads of
 `head_dim`, so non-embedding parameters grow as 12 * aspect^2 * k^3. Token budgets D form a
@@ -14,7 +14,7 @@ that size, attention and unembedding included; models/counting.py), kept when D 
 preset's bounds.
 
 schedule=wsd (the default) trains one warmup-stable run per size and branches a cooldown off it at
-each token budget, the last `cooldown_fraction` of that budget's steps (Hägele et al. 2024,
+each token budget, the last `train.decay_fraction` (20%) of that budget's steps (Hägele et al. 2024,
 1-sqrt shape, to zero); schedule=cosine trains every (N, D) point from scratch with its own cosine
 schedule (the Chinchilla approach-1 standard). The sweep runner is launch/sweep.py; the fits,
 plots and report are scaling/.
