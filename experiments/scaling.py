@@ -47,23 +47,23 @@ PRESETS = {
         eval_batches=2,
     ),
     # The default: 4 sizes (12k-0.79M non-embedding parameters, 1.8 decades) x 4 token budgets
-    # (0.4M-4.1M, 1 decade) on a 2-core CPU. Batches of 8 x 256 tokens: at these sizes the loss
-    # per token improves with more, smaller steps, and runs of a few hundred steps are still in
-    # the fast early phase that no power law describes. mode=both adds two IsoFLOP budgets whose
-    # minima fall inside the ladder (about 8 more minutes, mostly the smallest model's long runs).
+    # (0.5M-5.1M, 1 decade) on a 2-core CPU. Batches of 8 x 128 tokens: at these sizes the loss
+    # per token improves with more, smaller steps (runs of a few hundred steps are still in the
+    # fast early phase that no power law describes), and XLA:CPU runs them faster per token than
+    # 8 x 256. mode=both adds two IsoFLOP budgets whose minima fall inside the ladder.
     "cpu": dict(
         ladder=(1, 2, 3, 4),
         aspect=32,
         head_dim=32,
-        seq_len=256,
+        seq_len=128,
         batch_size=8,
-        grad_accum=2,
-        tokens=(399_360, 901_120, 1_900_544, 4_096_000),  # 195, 440, 928, 2000 steps
+        grad_accum=1,
+        tokens=(499_712, 1_101_824, 2_400_256, 5_120_000),  # 488, 1076, 2344, 5000 steps
         budgets=(3e12, 6e12),
         max_isoflop_tokens=25_000_000,
-        warmup_steps=25,
+        warmup_steps=50,
         lr=3e-3,
-        eval_batches=32,
+        eval_batches=64,
     ),
     # For an accelerator slice (untested here): 6 sizes, 10M-400M non-embedding parameters,
     # 0.5B-20B tokens of a catalog dataset such as c4 (set data.dataset and data.tokenizer).
