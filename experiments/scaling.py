@@ -150,6 +150,14 @@ def point_config(config, point: dict):
     return c
 
 
+def _rung_model(config, k: int):
+    """The model config of the ladder's k-th rung (d_ff = 4 d_model)."""
+    shape = model_shape(config.sweep, k)
+    m = ml_collections.ConfigDict(config.model.to_dict())
+    m.update(shape, d_ff=4 * shape["d_model"])
+    return m
+
+
 def _tokens_label(tokens: int) -> str:
     return f"{tokens / 1e6:.3g}M" if tokens < 1e9 else f"{tokens / 1e9:.3g}B"
 
@@ -175,8 +183,7 @@ def get_sweep(config) -> list[dict]:
             points[key]["budget"] = points[key]["budget"] or budget
             points[key]["grid"] = points[key]["grid"] or budget is None
             return
-        m = ml_collections.ConfigDict(config.model.to_dict())
-        m.update(shape, d_ff=4 * shape["d_model"])
+        m = _rung_model(config, k)
         counts = count_params(m)
         fpt = flops_per_token(m, config.data.seq_len)["flops_per_token"]
         tokens = steps * tokens_per_step
@@ -200,10 +207,7 @@ def get_sweep(config) -> list[dict]:
             for tokens in sweep.tokens:
                 add(k, max(round(tokens / tokens_per_step), min_steps), None)
         if sweep.mode in ("isoflop", "both"):
-            m = ml_collections.ConfigDict(config.model.to_dict())
-            shape = model_shape(sweep, k)
-            m.update(shape, d_ff=4 * shape["d_model"])
-            fpt = flops_per_token(m, config.data.seq_len)["flops_per_token"]
+            fpt = flops_per_token(_rung_model(config, k), config.data.seq_len)["flops_per_token"]
             for budget in sweep.budgets:
                 steps = round(budget / fpt / tokens_per_step)
                 if min_steps <= steps and steps * tokens_per_step <= sweep.max_isoflop_tokens:

@@ -100,16 +100,21 @@ def _sweep_cmd(tmp_path, workdir, *extra):
 _ENV = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
 
 
-def test_dry_run_prints_the_grid_and_trains_nothing(tmp_path):
-    workdir = tmp_path / "sweep"
-    out = subprocess.run(
-        _sweep_cmd(tmp_path, workdir, "--dry_run"),
+def _run_sweep(tmp_path, workdir, *extra, timeout=None):
+    """Runs the smoke sweep as users do (1 CPU device); returns the CompletedProcess."""
+    return subprocess.run(
+        _sweep_cmd(tmp_path, workdir, *extra),
         cwd=ROOT,
         env=_ENV,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=timeout,
     )
+
+
+def test_dry_run_prints_the_grid_and_trains_nothing(tmp_path):
+    workdir = tmp_path / "sweep"
+    out = _run_sweep(tmp_path, workdir, "--dry_run", timeout=300)
     assert out.returncode == 0, out.stderr
     for p in scaling.get_sweep(scaling.get_config("preset=smoke")):
         assert p["id"] in out.stdout
@@ -119,14 +124,7 @@ def test_dry_run_prints_the_grid_and_trains_nothing(tmp_path):
 
 def test_empty_sweep_exits_2_and_writes_nothing(tmp_path):
     args = ("--config.sweep.mode=grid", "--config.sweep.tokens=()")
-    out = subprocess.run(
-        _sweep_cmd(tmp_path, tmp_path / "w", *args),
-        cwd=ROOT,
-        env=_ENV,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    out = _run_sweep(tmp_path, tmp_path / "w", *args, timeout=300)
     assert out.returncode == 2, out.stderr
     assert out.stderr.strip().splitlines()[-1].startswith("error: the sweep has no points")
     assert not (tmp_path / "w").exists()
@@ -137,9 +135,7 @@ def straight_sweep(tmp_path_factory):
     """The smoke sweep run once, uninterrupted: (tmp dir, workdir, stdout)."""
     tmp_path = tmp_path_factory.mktemp("sweep")
     straight = tmp_path / "straight"
-    out = subprocess.run(
-        _sweep_cmd(tmp_path, straight), cwd=ROOT, env=_ENV, capture_output=True, text=True
-    )
+    out = _run_sweep(tmp_path, straight)
     assert out.returncode == 0, out.stderr[-3000:]
     return tmp_path, straight, out.stdout
 
@@ -196,9 +192,7 @@ def test_sweep_killed_mid_point_resumes_to_the_same_results(straight_sweep):
     partial = read_results(str(killed / "results.jsonl"))
     assert victim not in partial and len(partial) < 9
 
-    out = subprocess.run(
-        _sweep_cmd(tmp_path, killed), cwd=ROOT, env=_ENV, capture_output=True, text=True
-    )
+    out = _run_sweep(tmp_path, killed)
     assert out.returncode == 0, out.stderr[-3000:]
     with open(killed / "results.jsonl") as f:
         ids = [json.loads(line)["id"] for line in f]
