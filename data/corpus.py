@@ -210,7 +210,9 @@ def prepare_builder(data_cfg: ml_collections.ConfigDict) -> ScalelabTextFiles:
 
     builder = make()
     if builder.data_path.exists():
-        return builder
+        # A fresh builder: the one just made may have read its (empty) info before another
+        # process renamed the finished build into place.
+        return make()
     with _build_lock(data_dir, f"{builder.name}-{config.name}"):
         builder = make()  # Another process may have finished the build while we waited.
         if not builder.data_path.exists():
