@@ -1,0 +1,336 @@
+"""Tests for data/filters.py: each filter on both sides of its threshold, markup, report, config."""
+
+import dataclasses
+import json
+import os
+
+import ml_collections
+import pytest
+
+from data import filters
+from data.filters import FILTER_NAMES, FilterConfig, FilterReport
+
+STDLIB = os.path.dirname(os.__file__)
+
+
+def only(name, **overrides):
+    """A config with only 'utf8' and one text filter enabled."""
+    return FilterConfig(enabled=("utf8", name), **overrides)
+
+
+def run(raw, path="doc.txt", cfg=None, report=None):
+    report = FilterReport() if report is None else report
+    return filters.clean(raw, path, cfg or FilterConfig(), report), report
+
+
+def charged(report):
+    """The filters charged so far, with their doc counts."""
+    return {name: n for name, n in report.removed_docs.items() if n}
+
+
+# utf8
+
+
+def test_utf8_rejects_invalid_bytes_and_strips_bom():
+    assert filters.utf8_ok("café ü €".encode()) == "café ü €"
+    assert filters.utf8_ok("café".encode("latin-1")) is None
+    assert filters.utf8_ok(b"\xef\xbb\xbfprint(1)\n") == "print(1)\n"
+    assert filters.utf8_ok(b"") == ""
+
+
+def test_invalid_utf8_is_charged_to_utf8_unless_disabled():
+    raw = "caf\xe9 = 1\n".encode("latin-1")
+    text, report = run(raw)
+    assert text is None
+    assert charged(report) == {"utf8": 1}
+    assert report.removed_bytes["utf8"] == len(raw)
+
+    enabled = tuple(n for n in FILTER_NAMES if n != "utf8")
+    text, report = run(raw, cfg=FilterConfig(enabled=enabled))
+    assert text == "caf\ufffd = 1\n"
+    assert report.kept_docs == 1 and not charged(report)
+
+
+# length
+
+
+def test_length_bounds_are_inclusive_and_counted_in_utf8_bytes():
+    cfg = only("length", min_bytes=4, max_bytes=6)
+    assert filters.length_ok("abcd", cfg) and filters.length_ok("éèê", cfg)  # 6 bytes
+    assert not filters.length_ok("abc", cfg)
+    assert not filters.length_ok("éèêa", cfg)  # 4 characters, 7 bytes
+    assert run("éèê".encode(), cfg=cfg)[0] == "éèê"
+    assert run("éèêa".encode(), cfg=cfg)[0] is None
+
+
+def test_empty_file_is_charged_to_length_by_default():
+    text, report = run(b"")
+    assert text is None
+    assert charged(report) == {"length": 1} and report.removed_bytes["length"] == 0
+    assert report.examples["length"] == ["doc.txt"]
+
+
+def test_length_is_measured_after_markup_stripping():
+    raw = b"<html><body><p>" + b'<span class="x">' * 200 + b"hello</p></body></html>"
+    cfg = only("length", max_bytes=100)
+    assert run(raw, "page.html", cfg)[0] == "hello"
+    assert run(raw, "page.txt", cfg)[0] is None
+    assert run(b"<script>x = 1</script>", "page.htm", cfg)[0] is None  # empty once stripped
+
+
+# nonprintable
+
+
+def test_nonprintable_fraction_at_and_just_above_threshold():
+    at = only("nonprintable", max_nonprintable_fraction=0.01)
+    below = only("nonprintable", max_nonprintable_fraction=0.0099)
+    for text in ("\x00" + "a" * 99, "\x1b" + "é" * 99):  # 1 of 100; ASCII and non-ASCII paths
+        assert filters.nonprintable_ok(text, at)
+        assert not filters.nonprintable_ok(text, below)
+
+
+def test_nonprintable_ignores_whitespace_but_counts_control_and_format_characters():
+    strict = only("nonprintable", max_nonprintable_fraction=0.0)
+    assert filters.nonprintable_ok("a\tb\r\nc\n", strict)
+    assert filters.nonprintable_ok("a\xa0b\u3000c\u2028d", strict)  # NBSP, ideographic space
+    for odd in ("\x07", "\x7f", "\x0c", "\u200b", "\ue000"):  # BEL, DEL, form feed, ZWSP, private
+        assert not filters.nonprintable_ok(f"ab{odd}", strict), repr(odd)
+    utf16 = "def f():\n    return 1\n".encode("utf-16-le")  # valid UTF-8, half NULs
+    assert run(utf16)[1].removed_docs["nonprintable"] == 1
+    assert run(b"\xef\xbb\xbfx = 1\n")[0] == "x = 1\n"  # a BOM is not content
+
+
+# repeated_lines
+
+
+def test_repeated_line_fraction_at_and_just_above_threshold():
+    at = "x = 1\n" * 10  # 9 of 10 non-blank lines repeat an earlier one: 0.9
+    above = "x = 1\n" * 11  # 10 of 11: 0.909
+    cfg = only("repeated_lines", max_repeated_line_fraction=0.9)
+    assert filters.repeated_lines_ok(at, cfg)
+    assert not filters.repeated_lines_ok(above, cfg)
+    assert run(above.encode(), cfg=cfg)[1].removed_docs["repeated_lines"] == 1
+
+
+def test_repeated_lines_are_stripped_and_blank_lines_ignored():
+    cfg = only("repeated_lines", max_repeated_line_fraction=0.5)
+    # Non-blank: 'a', 'a' (indented), 'b', 'c': 1 repeat of 4 = 0.25, however many blank lines.
+    assert filters.repeated_lines_ok("a\n\n\n    a\n\t\nb\n  \nc\n", cfg)
+    # 'a', 'a', 'a', 'b': 2 of 4 = 0.5 kept; one more 'a' is 3 of 5 = 0.6.
+    assert filters.repeated_lines_ok("a\n a\n  a\nb\n", cfg)
+    assert not filters.repeated_lines_ok("a\n a\n  a\nb\na\n", cfg)
+    assert filters.repeated_lines_ok("", cfg) and filters.repeated_lines_ok("\n \n", cfg)
+
+
+# boilerplate
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        "# Auto-generated by Tools/scripts/generate_token.py",
+        "# -*- coding: utf-8 -*-\n# Autogenerated by Sphinx on Mon Dec  4 17:55:07 2023",
+        "// Code generated by protoc-gen-go. DO NOT EDIT.",
+        "/* THIS FILE IS GENERATED by mkstringprep.py */",
+        '"""Keywords\n\nThis file is automatically generated; please don\'t muck it up!\n"""',
+        "<!-- DO NOT EDIT: generated -->",
+        '""" Python Character Mapping Codec cp037 generated from \'CP037.TXT\' with gencodec.py.',
+    ],
+)
+def test_boilerplate_markers_that_open_a_line_mark_generated_files(header):
+    cfg = only("boilerplate")
+    assert not filters.boilerplate_ok(f"{header}\nimport os\n", cfg)
+    assert not filters.boilerplate_ok(f"# License\n# text\n\n{header}\nimport os\n", cfg)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '"""Parser engine for the grammar tables generated by pgen."""',  # prose, mid-line
+        "    An abstract syntax tree can be generated by passing a flag",
+        'HEADER = """\\\n# This is a generated file!  Do not edit.\n"""',  # marker mid-line
+        '""" Python Character Mapping Codec for ROT13."""',  # hand-written codec
+        "x = 1\n" + "#" * 2100 + "\n# Auto-generated by a tool\n",  # beyond the first 2 KB
+    ],
+)
+def test_boilerplate_keeps_prose_mentions_and_late_markers(text):
+    assert filters.boilerplate_ok(text, only("boilerplate"))
+
+
+def test_boilerplate_custom_markers_and_wildcard():
+    cfg = only("boilerplate", boilerplate_markers=("*do not edit",))
+    assert not filters.boilerplate_ok('X = """Do NOT edit this"""\n', cfg)
+    assert filters.boilerplate_ok("# Auto-generated by a tool\n", cfg)
+    assert filters.boilerplate_ok("# Auto-generated\n", only("boilerplate", boilerplate_markers=()))
+
+
+# markup
+
+
+HTML = b"""<!DOCTYPE html><html><head><title>Title</title>
+<style>p { color: red; }</style><script>var s = "<p>hidden</p>";</script></head>
+<body><h1>Heading</h1><p>Fish &amp; chips &lt;3 &#39;caf&eacute;&#39;</p>
+<!-- a comment --><p>Second <b>bold</b>
+   paragraph<br>new line</p><ul><li>one</li><li>two</li></ul>
+
+
+<pre>  indented
+    code</pre></body></html>"""
+
+
+def test_strip_markup_drops_tags_scripts_styles_and_keeps_breaks():
+    text = filters.strip_markup(HTML.decode())
+    assert text == (
+        "Title\n\nHeading\n\nFish & chips <3 'café'\n\nSecond bold paragraph\nnew line\n\n"
+        "one\ntwo\n\n  indented\n    code"
+    )
+
+
+def test_markup_is_stripped_only_for_html_paths_and_when_enabled():
+    for path in ("a/page.html", "b/PAGE.HTM", "c/page.xhtml"):
+        assert run(HTML, path)[0].startswith("Title\n\nHeading")
+    assert run(HTML, "page.txt")[0] == HTML.decode()
+    assert run(HTML, "page.html", FilterConfig(strip_html=False))[0] == HTML.decode()
+
+
+# chain and report
+
+
+def test_first_failing_filter_is_charged():
+    # Fails nonprintable (half the characters are NULs) and repeated_lines (19 of 20 lines repeat).
+    raw = b"\x00\n" * 20
+    assert run(raw)[1].removed_docs["nonprintable"] == 1
+    no_nonprintable = tuple(n for n in FILTER_NAMES if n != "nonprintable")
+    _, report = run(raw, cfg=FilterConfig(enabled=no_nonprintable))
+    assert charged(report) == {"repeated_lines": 1}
+    _, report = run(raw, cfg=FilterConfig(enabled=("utf8",)))
+    assert report.kept_docs == 1 and not charged(report)
+
+
+def test_report_counts_docs_and_bytes_per_filter_and_totals_add_up():
+    docs = {
+        "ok1.py": b"def f():\n    return 1\n",
+        "ok2.html": HTML,
+        "latin1.py": "s = 'caf\xe9'\n".encode("latin-1"),
+        "empty.py": b"",
+        "empty2.py": b"",
+        "binary.dat": b"\x00\x01\x02\x03 abc",
+        "repeats.log": "même ligne\n".encode() * 20,  # bytes != characters
+        "gen.py": b"# Generated by a tool. DO NOT EDIT.\nX = 1\n",
+    }
+    report = FilterReport()
+    kept = {p: filters.clean(raw, p, FilterConfig(), report) for p, raw in docs.items()}
+    assert {p for p, text in kept.items() if text is not None} == {"ok1.py", "ok2.html"}
+    assert report.removed_docs == {
+        "utf8": 1,
+        "length": 2,
+        "nonprintable": 1,
+        "repeated_lines": 1,
+        "boilerplate": 1,
+    }
+    assert report.removed_bytes == {
+        "utf8": len(docs["latin1.py"]),
+        "length": 0,
+        "nonprintable": len(docs["binary.dat"]),
+        "repeated_lines": len(docs["repeats.log"]),
+        "boilerplate": len(docs["gen.py"]),
+    }
+    assert report.examples["length"] == ["empty.py", "empty2.py"]
+    assert report.seen_docs == len(docs) == report.kept_docs + sum(report.removed_docs.values())
+    total = sum(map(len, docs.values()))
+    assert report.seen_bytes == total == report.kept_bytes + sum(report.removed_bytes.values())
+    assert report.kept_bytes == len(docs["ok1.py"]) + len(HTML)
+    assert report.kept_text_bytes == sum(len(t.encode()) for t in kept.values() if t)
+
+    meta = report.as_metadata()
+    assert json.loads(json.dumps(meta)) == meta
+    assert meta["filter_length_docs"] == 2 and meta["filter_utf8_bytes"] == len(docs["latin1.py"])
+    assert meta["filter_seen_docs"] == 8 and meta["filter_kept_docs"] == 2
+    assert meta["filter_boilerplate_examples"] == ["gen.py"]
+    table = report.format()
+    for name in FILTER_NAMES:
+        assert name in table
+    assert "latin1.py" in table and "repeats.log" in table
+
+
+def test_report_keeps_only_the_first_examples():
+    report = FilterReport()
+    for i in range(filters.MAX_EXAMPLES + 3):
+        filters.clean(b"", f"empty{i}.py", FilterConfig(), report)
+    assert report.examples["length"] == [f"empty{i}.py" for i in range(filters.MAX_EXAMPLES)]
+    assert "(3 more)" in report.format()
+
+
+# config
+
+
+def test_config_from_dict_accepts_dicts_and_config_dicts():
+    assert filters.config_from_dict({}) == FilterConfig()
+    fields = dataclasses.asdict(FilterConfig())
+    assert filters.config_from_dict(ml_collections.ConfigDict(fields)) == FilterConfig()
+    cfg = filters.config_from_dict({"max_bytes": 10, "enabled": ["utf8", "length"]})
+    assert cfg.max_bytes == 10 and cfg.enabled == ("utf8", "length")
+
+
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        ({"max_byte": 5}, "unknown field 'max_byte' in data.filters"),
+        ({"min_bytes": -1}, "data.filters.min_bytes must be"),
+        (
+            {"min_bytes": 10, "max_bytes": 10},
+            "data.filters.max_bytes must be an integer > min_bytes",
+        ),
+        ({"max_nonprintable_fraction": 1.5}, "data.filters.max_nonprintable_fraction must be"),
+        ({"max_repeated_line_fraction": "0.5"}, "data.filters.max_repeated_line_fraction must"),
+        ({"boilerplate_markers": ("ok", "")}, "data.filters.boilerplate_markers must be"),
+        ({"boilerplate_markers": "do not edit"}, "data.filters.boilerplate_markers must be"),
+        ({"strip_html": "yes"}, "data.filters.strip_html must be True or False"),
+        ({"enabled": ("utf8", "x")}, "unknown filter 'x' in data.filters.enabled; valid: utf8, "),
+    ],
+)
+def test_config_from_dict_errors_name_the_field(fields, message):
+    with pytest.raises(ValueError, match="^" + message.replace("(", r"\(").replace(".", r"\.")):
+        filters.config_from_dict(fields)
+
+
+# defaults on the default corpus
+
+
+def read_stdlib(rel):
+    path = os.path.join(STDLIB, rel)
+    if not os.path.exists(path):
+        pytest.skip(f"{rel} is not in this interpreter's stdlib")
+    with open(path, "rb") as f:
+        return f.read()
+
+
+@pytest.mark.parametrize(
+    "rel",
+    [
+        "os.py",
+        "ast.py",  # 'generated by' in prose in its docstring
+        "http/cookiejar.py",  # 'Do not edit.' in a string literal within the first 2 KB
+        "encodings/rot_13.py",  # hand-written codec, opens like the generated ones
+        "test/test_exception_variations.py",  # most repetitive stdlib test (0.88 repeated lines)
+        "lib2to3/tests/data/bom.py",  # a BOM is not non-printable content
+    ],
+)
+def test_defaults_keep_ordinary_stdlib_code(rel):
+    raw = read_stdlib(rel)
+    text, report = run(raw, rel)
+    assert text is not None, report.format()
+
+
+@pytest.mark.parametrize(
+    "rel, name",
+    [
+        ("pydoc_data/topics.py", "boilerplate"),
+        ("encodings/cp1252.py", "boilerplate"),
+        ("stringprep.py", "boilerplate"),
+        ("test/test_source_encoding.py", "utf8"),
+    ],
+)
+def test_defaults_remove_generated_and_non_utf8_stdlib_files(rel, name):
+    _, report = run(read_stdlib(rel), rel)
+    assert charged(report) == {name: 1}
