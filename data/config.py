@@ -1,6 +1,11 @@
 """Default data configuration (the `data` block of an experiment config)."""
 
+import dataclasses
+
 import ml_collections
+
+from data.cleaning import default_dedup_config
+from data.filters import FilterConfig
 
 
 def default_data_config() -> ml_collections.ConfigDict:
@@ -13,7 +18,13 @@ def default_data_config() -> ml_collections.ConfigDict:
       data_dir: TFDS data dir; '' means `$SCALELAB_DATA_DIR`, else `~/.cache/scalelab/tfds`.
       val_fraction: fraction of local files hashed into the validation split.
       text_key: feature holding the text in catalog datasets.
-      tokenizer: tokenizer name (see `data.tokenizer.get_tokenizer`).
+      filters: quality-filter settings applied when a local corpus is built (data/filters.py).
+      dedup: exact and near-duplicate removal (`enabled`) and train/validation decontamination
+        (`decontaminate`) at Jaccard >= `threshold` over word `shingle_words`-grams, estimated with
+        `num_perm` MinHash permutations (data/dedup.py, data/cleaning.py).
+      tokenizer: 'byte', 'bpe', 'unigram' (trained on the train split on first use) or the path of
+        a SentencePiece .model file (data/vocabulary.py).
+      vocab_size: size of a trained SentencePiece vocabulary, specials included.
       num_sentinels: sentinel ids reserved by the tokenizer (span corruption).
       seq_len: tokens per packed row (T).
       batch_size: global batch size in rows; split evenly over processes.
@@ -24,7 +35,10 @@ def default_data_config() -> ml_collections.ConfigDict:
     cfg.data_dir = ""
     cfg.val_fraction = 0.05
     cfg.text_key = "text"
+    cfg.filters = ml_collections.ConfigDict(dataclasses.asdict(FilterConfig()))
+    cfg.dedup = default_dedup_config()
     cfg.tokenizer = "byte"
+    cfg.vocab_size = 4096
     cfg.num_sentinels = 100
     cfg.seq_len = 256
     cfg.batch_size = 16

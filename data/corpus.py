@@ -26,6 +26,8 @@ from typing import Any
 import ml_collections
 import tensorflow_datasets as tfds
 
+from data import cleaning
+
 DEFAULT_VAL_FRACTION = 0.05
 _EXCLUDED_STDLIB_DIRS = ("site-packages", "dist-packages")
 SPLITS = ("train", "validation")
@@ -63,6 +65,7 @@ class TextFilesConfig(tfds.core.BuilderConfig):
     pattern: str = ""
     exclude_dirs: tuple[str, ...] = ()
     val_fraction: float = DEFAULT_VAL_FRACTION
+    clean: cleaning.Cleaning = cleaning.DEFAULT
 
 
 def _short_sha(*parts: Any) -> str:
@@ -70,21 +73,28 @@ def _short_sha(*parts: Any) -> str:
 
 
 def make_builder_config(
-    glob: str = "", val_fraction: float = DEFAULT_VAL_FRACTION
+    glob: str = "",
+    val_fraction: float = DEFAULT_VAL_FRACTION,
+    clean: cleaning.Cleaning = cleaning.DEFAULT,
 ) -> TextFilesConfig:
-    """Returns the builder config for a user glob, or for the stdlib source if `glob` is empty."""
+    """Returns the builder config for a user glob, or for the stdlib source if `glob` is empty.
+
+    The name carries a hash of every setting that changes the content (source, split fraction,
+    cleaning), so different settings never share a dataset directory; the stdlib with default
+    settings is plainly `stdlib-py<version>`.
+    """
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"data.val_fraction must be in [0, 1), got {val_fraction}.")
     if glob:
         pattern = os.path.abspath(os.path.expanduser(glob))
-        name, exclude = f"glob-{_short_sha(pattern, val_fraction)}", ()
+        name, exclude = f"glob-{_short_sha(pattern, val_fraction, clean)}", ()
         description = f"Text files matching {pattern}"
     else:
         pattern = os.path.join(os.path.dirname(os.__file__), "**", "*.py")
         exclude = _EXCLUDED_STDLIB_DIRS
         name = "stdlib-py{}.{}.{}".format(*sys.version_info[:3])
-        if val_fraction != DEFAULT_VAL_FRACTION:
-            name += f"-{_short_sha(val_fraction)}"
+        if (val_fraction, clean) != (DEFAULT_VAL_FRACTION, cleaning.DEFAULT):
+            name += f"-{_short_sha(val_fraction, clean)}"
         description = f"Python standard-library source under {os.path.dirname(pattern)}"
     return TextFilesConfig(
         name=name,
@@ -92,6 +102,7 @@ def make_builder_config(
         pattern=pattern,
         exclude_dirs=exclude,
         val_fraction=val_fraction,
+        clean=clean,
     )
 
 
@@ -119,8 +130,11 @@ def list_files(config: TextFilesConfig) -> list[tuple[str, str]]:
 class ScalelabTextFiles(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     """Local text files, one example per file; invalid UTF-8 and empty files are skipped."""
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "Initial release."}
+    VERSION = tfds.core.Version("1.1.0")
+    RELEASE_NOTES = {
+        "1.0.0": "Initial release.",
+        "1.1.0": "Quality filters, dedup and decontamination (data/cleaning.py).",
+    }
 
     @tfds.core.utils.classproperty
     @classmethod
@@ -143,39 +157,36 @@ class ScalelabTextFiles(tfds.core.GeneratorBasedBuilder, skip_registration=True)
     def _split_generators(self, dl_manager):
         del dl_manager  # Nothing to download.
         config = self.builder_config
-        by_split = {split: [] for split in SPLITS}
-        stats = {"files_matched": 0, "files": 0, "bytes": 0, "skipped_empty": 0}
-        stats["skipped_non_utf8"] = 0
+        files = []
         for rel, path in list_files(config):
-            stats["files_matched"] += 1
             with open(path, "rb") as f:
-                raw = f.read()
-            if not raw:
-                stats["skipped_empty"] += 1
-                continue
-            try:
-                raw.decode("utf-8")
-            except UnicodeDecodeError:
-                stats["skipped_non_utf8"] += 1
-                continue
-            stats["files"] += 1
-            stats["bytes"] += len(raw)
-            by_split[split_of(rel, config.val_fraction)].append((rel, path))
-        for split, items in by_split.items():
-            stats[f"{split}_files"] = len(items)
+                files.append((rel, f.read()))
+        texts, outcome = cleaning.clean_corpus(
+            files, lambda rel: split_of(rel, config.val_fraction), config.clean
+        )
+        stats = {
+            "files_matched": len(files),
+            "files": sum(len(kept) for kept in outcome.kept.values()),
+            "bytes": sum(outcome.stats[f"{split}_bytes"] for split in SPLITS),
+            **outcome.stats,
+        }
         self.info.metadata.update(stats)
-        logger.info("Building %s/%s from %s: %s", self.name, config.name, config.pattern, stats)
+        print(f"Building {self.name}/{config.name} from {config.pattern}", flush=True)
+        print(outcome.report, flush=True)
         # TFDS refuses to write a split with no examples; `load_split` reports the empty split.
-        return {split: self._generate_examples(items) for split, items in by_split.items() if items}
+        return {
+            split: self._generate_examples([(files[i][0], texts[i]) for i in kept])
+            for split, kept in outcome.kept.items()
+            if kept
+        }
 
     def _generate_examples(self, items: Sequence[tuple[str, str]]) -> Iterator[tuple[str, dict]]:
-        for rel, path in items:
-            with open(path, "rb") as f:
-                yield rel, {"path": rel, "text": f.read().decode("utf-8")}
+        for rel, text in items:
+            yield rel, {"path": rel, "text": text}
 
 
 @contextlib.contextmanager
-def _build_lock(data_dir: str, name: str) -> Iterator[None]:
+def build_lock(data_dir: str, name: str) -> Iterator[None]:
     """An exclusive file lock, so that two processes never build the same dataset at once.
 
     TFDS already writes into a temporary directory and renames it, but when two processes race the
@@ -196,13 +207,15 @@ def _build_lock(data_dir: str, name: str) -> Iterator[None]:
 def prepare_builder(data_cfg: ml_collections.ConfigDict) -> ScalelabTextFiles:
     """Returns the local builder for `data_cfg`, building the dataset first if it is missing.
 
-    Idempotent and safe when several processes call it at once (see `_build_lock`). The stdlib
+    Idempotent and safe when several processes call it at once (see `build_lock`). The stdlib
     corpus (1,790 files, 31.5 MB) builds in about 2.5 s here.
 
     Raises:
       ValueError: if `data.glob` matches no files.
     """
-    config = make_builder_config(data_cfg.glob, data_cfg.val_fraction)
+    config = make_builder_config(
+        data_cfg.glob, data_cfg.val_fraction, cleaning.from_config(data_cfg)
+    )
     data_dir = resolve_data_dir(data_cfg)
 
     def make() -> ScalelabTextFiles:
@@ -213,7 +226,7 @@ def prepare_builder(data_cfg: ml_collections.ConfigDict) -> ScalelabTextFiles:
         # A fresh builder: the one just made may have read its (empty) info before another
         # process renamed the finished build into place.
         return make()
-    with _build_lock(data_dir, f"{builder.name}-{config.name}"):
+    with build_lock(data_dir, f"{builder.name}-{config.name}"):
         builder = make()  # Another process may have finished the build while we waited.
         if not builder.data_path.exists():
             if not list_files(config):

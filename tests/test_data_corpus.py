@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from data import corpus
+from data import cleaning, corpus
 from data.config import default_data_config
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -45,7 +45,7 @@ def test_builds_all_valid_files_and_counts_skipped(tmp_path):
     assert not set(train) & set(val)
     assert {**train, **val} == files
     meta = corpus.prepare_builder(cfg).info.metadata
-    assert (meta["files"], meta["skipped_empty"], meta["skipped_non_utf8"]) == (40, 1, 1)
+    assert (meta["files"], meta["filter_length_docs"], meta["filter_utf8_docs"]) == (40, 1, 1)
     assert meta["bytes"] == sum(len(t.encode()) for t in files.values())
     texts = corpus.load_split(cfg, "validation")
     assert len(texts) == len(val) and sorted(texts[i] for i in range(len(texts))) == sorted(
@@ -63,6 +63,9 @@ def test_split_depends_only_on_relative_path(tmp_path):
     # A narrower glob over the same tree: files it shares must land in the same split.
     cfg_c = make_cfg(tmp_path, tmp_path / "a" / "**" / "file0*.txt", val_fraction=0.3)
     names = {c.glob: corpus.make_builder_config(c.glob, 0.3).name for c in (cfg_a, cfg_b, cfg_c)}
+    assert corpus.make_builder_config(cfg_a.glob, 0.3).name != corpus.make_builder_config(
+        cfg_a.glob, 0.3, cleaning.Cleaning(deduplicate=False)
+    ).name  # Other cleaning settings, other directory.
     assert len(set(names.values())) == 3  # Distinct sources never share a directory.
     for split in corpus.SPLITS:
         in_a, in_b, in_c = (set(read_split(c, split)) for c in (cfg_a, cfg_b, cfg_c))
