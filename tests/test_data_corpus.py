@@ -63,9 +63,10 @@ def test_split_depends_only_on_relative_path(tmp_path):
     # A narrower glob over the same tree: files it shares must land in the same split.
     cfg_c = make_cfg(tmp_path, tmp_path / "a" / "**" / "file0*.txt", val_fraction=0.3)
     names = {c.glob: corpus.make_builder_config(c.glob, 0.3).name for c in (cfg_a, cfg_b, cfg_c)}
-    assert corpus.make_builder_config(cfg_a.glob, 0.3).name != corpus.make_builder_config(
-        cfg_a.glob, 0.3, cleaning.Cleaning(deduplicate=False)
-    ).name  # Other cleaning settings, other directory.
+    assert (
+        corpus.make_builder_config(cfg_a.glob, 0.3).name
+        != corpus.make_builder_config(cfg_a.glob, 0.3, cleaning.Cleaning(deduplicate=False)).name
+    )  # Other cleaning settings, other directory.
     assert len(set(names.values())) == 3  # Distinct sources never share a directory.
     for split in corpus.SPLITS:
         in_a, in_b, in_c = (set(read_split(c, split)) for c in (cfg_a, cfg_b, cfg_c))
