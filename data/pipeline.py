@@ -27,10 +27,10 @@ import grain
 import ml_collections
 import numpy as np
 
-from data import corpus
+from data import corpus, vocabulary
 from data.config import default_data_config
 from data.pieces import PieceIndex, SplitIntoPiecesIterDataset, tokenize_document
-from data.tokenizer import Tokenizer, get_tokenizer
+from data.tokenizer import Tokenizer
 
 __all__ = [
     "default_data_config",
@@ -46,8 +46,8 @@ EVAL_SEED = 0  # the evaluation sample is the same for every run
 
 
 def tokenizer_from_config(data_cfg: ml_collections.ConfigDict) -> Tokenizer:
-    """Returns the tokenizer named by `data.tokenizer` with `data.num_sentinels` sentinels."""
-    return get_tokenizer(data_cfg.tokenizer, num_sentinels=data_cfg.num_sentinels)
+    """Returns the tokenizer `data.tokenizer` names (trained on first use: data/vocabulary.py)."""
+    return vocabulary.tokenizer_from_config(data_cfg)
 
 
 def local_batch_size(data_cfg: ml_collections.ConfigDict, process_count: int) -> int:

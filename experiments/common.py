@@ -25,6 +25,29 @@ def parse_arg(arg: str, **defaults) -> ml_collections.ConfigDict:
     return out
 
 
+def set_tokenizer(config: ml_collections.ConfigDict, tokenizer: str, vocab: int = 4096) -> None:
+    """Points the data and model configs at a tokenizer (the `tokenizer=`/`vocab=` arguments).
+
+    `tokenizer` is `byte`, `bpe` or `unigram` (a SentencePiece vocabulary of `vocab` ids trained on
+    the training split on first use) or the path of a pretrained SentencePiece `.model` file. The
+    model's embedding table is the vocabulary padded to a multiple of 128.
+    """
+    config.data.tokenizer = tokenizer
+    if tokenizer == "byte":
+        return
+    if tokenizer.endswith(".model"):
+        from data.spm import SentencePieceTokenizer  # only experiments that name a file load one
+
+        sentinels = config.data.num_sentinels
+        vocab = SentencePieceTokenizer(tokenizer, num_sentinels=sentinels).vocab_size
+    elif tokenizer not in ("bpe", "unigram"):
+        raise ValueError(
+            f"tokenizer={tokenizer!r} is unknown; use byte, bpe, unigram or a path to a .model file"
+        )
+    config.data.vocab_size = vocab
+    config.model.vocab_size = -(-vocab // 128) * 128
+
+
 def base_config(size: str = "small") -> ml_collections.ConfigDict:
     """Every field a single run reads, with defaults; experiments override what they study."""
     config = ml_collections.ConfigDict()

@@ -3,7 +3,8 @@ r"""Decoder-only byte-level LM (GPT) on the embedded stdlib corpus.
   python launch/run.py --config experiments/gpt.py:size=tiny --workdir /tmp/gpt_tiny
 
 Arguments (comma-separated): size=tiny|mini|small|medium|large|base|xl, runlocal (a few steps,
-for a smoke test), steps=N (override the preset's step count).
+for a smoke test), steps=N (override the preset's step count), tokenizer=byte|bpe|unigram|PATH.model
+and vocab=N (SentencePiece vocabulary size, trained on the corpus's train split on first use).
 
 Presets and measured cost on a 2-core CPU (see README results):
   size=tiny:  2 x 128,  600 steps of 16 x 256 tokens (2.5M tokens), about 2 minutes.
@@ -15,7 +16,7 @@ update is identical (tests/test_train_step.py), and on XLA:CPU the smaller worki
 (measured here: tiny 22.8k -> 30.0k tokens/s, small ~4.9k -> ~5.9k tokens/s).
 """
 
-from experiments.common import base_config, parse_arg
+from experiments.common import base_config, parse_arg, set_tokenizer
 
 # size: (steps, peak lr, warmup, microbatches per step)
 PRESETS = {
@@ -26,8 +27,9 @@ PRESETS = {
 
 
 def get_config(arg: str = ""):
-    args = parse_arg(arg, size="small", runlocal=False, steps=0)
+    args = parse_arg(arg, size="small", runlocal=False, steps=0, tokenizer="byte", vocab=4096)
     config = base_config(args.size)
+    set_tokenizer(config, args.tokenizer, args.vocab)
     steps, lr, warmup, grad_accum = PRESETS.get(args.size, (10_000, 1e-3, 500, 1))
     config.train.steps = args.steps or steps
     config.train.lr = lr

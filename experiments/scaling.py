@@ -5,7 +5,10 @@ r"""Scaling-law sweep: a ladder of model sizes x token budgets (+ IsoFLOP profil
   python launch/run.py --config experiments/scaling.py:preset=smoke,schedule=cosine
 
 Arguments (comma-separated): preset=smoke|cpu|accel, schedule=wsd|cosine, mode=grid (default) |
-isoflop|both, family=decoder, bootstrap=N (resamples for the confidence intervals).
+isoflop|both, family=decoder, bootstrap=N (resamples for the confidence intervals),
+tokenizer=byte|bpe|unigram|PATH.model and vocab=N (experiments/common.py: a SentencePiece
+vocabulary is trained on the train split first; token budgets then count its tokens, and the
+report's bits/byte column compares runs across tokenizers).
 
 The model ladder has a fixed aspect ratio: a model of k layers is `aspect * k` wide with heads of
 `head_dim`, so non-embedding parameters grow as 12 * aspect^2 * k^3. Token budgets D form a
@@ -25,7 +28,7 @@ import copy
 import ml_collections
 import numpy as np
 
-from experiments.common import base_config, parse_arg
+from experiments.common import base_config, parse_arg, set_tokenizer
 from models.counting import count_params, flops_per_token
 
 # name: (ladder of k, aspect (d_model per layer), head_dim, seq_len, batch, microbatches,
@@ -86,7 +89,14 @@ PRESETS = {
 
 def get_config(arg: str = ""):
     args = parse_arg(
-        arg, preset="cpu", schedule="wsd", mode="grid", family="decoder", bootstrap=200
+        arg,
+        preset="cpu",
+        schedule="wsd",
+        mode="grid",
+        family="decoder",
+        bootstrap=200,
+        tokenizer="byte",
+        vocab=4096,
     )
     if args.preset not in PRESETS:
         raise ValueError(f"preset={args.preset!r} is unknown; choose one of {sorted(PRESETS)}")
@@ -97,6 +107,7 @@ def get_config(arg: str = ""):
     p = PRESETS[args.preset]
     config = base_config("tiny")
     config.model.family = args.family
+    set_tokenizer(config, args.tokenizer, args.vocab)
     config.data.seq_len = p["seq_len"]
     config.data.batch_size = p["batch_size"]
     config.train.grad_accum = p["grad_accum"]

@@ -153,6 +153,7 @@ def _row(config, point: dict, status: str, **extra) -> dict:
     row.update(
         family=config.model.family,
         objective=config.objective,
+        tokenizer=config.data.tokenizer,
         params_non_embedding=point["params"],
         flops=point["flops"],
         flops_per_token=point["flops_per_token"],
