@@ -244,38 +244,57 @@ def _allocation(result: dict) -> list[str]:
     ]
 
 
+_FORM_NAMES = {"approach3": "approach 3", "kaplan_joint": "Kaplan's joint form"}
+
+
 def _extrapolation(result: dict) -> list[str]:
     x = result["extrapolation"]
     lines = ["## Extrapolation check", ""]
     if "reason" in x:
         return lines + [f"Not run: {x['reason']}."]
-    verdict = "PASS" if x["pass"] else "FAIL"
+    a3, kj, bt = x["approach3"], x["kaplan_joint"], x["backtest"]
+    chosen = x["selected"]
+    if "reason" in bt:
+        how = f"no backtest ({bt['reason']}), so approach 3"
+    else:
+        how = (
+            f"a backtest inside the fit set (fit {bt['n_fit']} points, predict its "
+            f"{bt['n_held_out']} highest-compute ones; worst error approach 3 "
+            f"{100 * bt['approach3']:.2f}%, Kaplan joint {100 * bt['kaplan_joint']:.2f}%) chose "
+            f"{_FORM_NAMES[chosen]}"
+        )
     rows = [
-        [p["id"], p["N"], p["D"], p["C"], p["loss"], p["predicted"], f"{100 * p['rel_err']:+.2f}%"]
-        for p in x["points"]
+        [p["id"], p["N"], p["D"], p["C"], p["loss"]]
+        + [p["predicted"], f"{100 * p['rel_err']:+.2f}%"]
+        + [q["predicted"], f"{100 * q['rel_err']:+.2f}%"]
+        for p, q in zip(a3["points"], kj["points"], strict=True)
     ]
-    lines += [
-        f"Approach 3 fitted on the {x['n_fit']} lower-compute points, predicting the "
-        f"{x['n_held_out']} highest-compute ones: mean |relative error| "
-        f"{100 * x['mean_abs_rel_err']:.2f}%, max {100 * x['max_abs_rel_err']:.2f}%: "
-        f"**{verdict}** (threshold: every point within {100 * x['threshold']:.0f}%).",
+    f = kj["fit"]
+
+    def summary(block: dict) -> str:
+        verdict = "PASS" if block["pass"] else "FAIL"
+        return (
+            f"mean |relative error| {100 * block['mean_abs_rel_err']:.2f}%, "
+            f"max {100 * block['max_abs_rel_err']:.2f}% ({verdict})"
+        )
+
+    return lines + [
+        f"Both law forms fitted on the {x['n_fit']} lower-compute points predict the "
+        f"{x['n_held_out']} highest-compute ones. Which form extrapolates is decided without the "
+        f"held-out points: {how}. Verdict (every held-out point within "
+        f"{100 * x['threshold']:.0f}%): **{'PASS' if x['pass'] else 'FAIL'}**, max error "
+        f"{100 * x[chosen]['max_abs_rel_err']:.2f}%.",
         "",
-        *_table(["id", "N", "D", "C", "loss", "predicted", "rel. error"], rows),
+        *_table(
+            ["id", "N", "D", "C", "loss", "approach 3", "error", "Kaplan joint", "error"], rows
+        ),
+        "",
+        f"- Approach 3, L = E + A/N^α + B/D^β: {summary(a3)}.",
+        "- Kaplan's joint form, L = [(N_c/N)^(α_N/α_D) + D_c/D]^α_D (fitted: "
+        f"N_c = {f['N_c']:.3g}, D_c = {f['D_c']:.3g}, α_N = {f['alpha_N']:.3f}, "
+        f"α_D = {f['alpha_D']:.3f}): {summary(kj)}. In this form a larger model gains more from "
+        "more data, which the additive form cannot express.",
     ]
-    j = x.get("kaplan_joint")
-    if j:
-        f = j["fit"]
-        errors = ", ".join(f"{p['id']} {100 * p['rel_err']:+.2f}%" for p in j["points"])
-        lines += [
-            "",
-            "The same split with Kaplan et al.'s joint form L = [(N_c/N)^(α_N/α_D) + D_c/D]^α_D "
-            f"(fitted: N_c = {f['N_c']:.3g}, D_c = {f['D_c']:.3g}, α_N = {f['alpha_N']:.3f}, "
-            f"α_D = {f['alpha_D']:.3f}): mean |relative error| "
-            f"{100 * j['mean_abs_rel_err']:.2f}%, max {100 * j['max_abs_rel_err']:.2f}% "
-            f"(**{'PASS' if j['pass'] else 'FAIL'}**): {errors}. In this form a larger model "
-            "gains more from more data, which the additive form cannot express.",
-        ]
-    return lines
 
 
 def _plots(plot_status: dict) -> list[str]:

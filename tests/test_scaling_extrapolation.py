@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from scaling import extrapolation, synthetic
+from scaling.kaplan import JointLaw
 from scaling.rows import to_points
 
 LAW = {"E": 0.9, "A": 25.0, "B": 120.0, "alpha": 0.25, "beta": 0.33}
@@ -25,8 +26,9 @@ def test_passes_on_data_from_the_law():
     )
     result = extrapolation.check(to_points(rows))
     assert result["n_held_out"] == 4 and result["n_fit"] == 21
-    assert result["pass"] and result["max_abs_rel_err"] < 0.01
-    for p in result["points"]:
+    assert result["selected"] == "approach3" and result["pass"]
+    assert result["approach3"]["max_abs_rel_err"] < 0.01
+    for p in result["approach3"]["points"]:
         truth = synthetic.law_loss(np.array(p["N"]), np.array(p["D"]), LAW)
         assert p["predicted"] == pytest.approx(truth, rel=0.01)
 
@@ -42,7 +44,24 @@ def test_fails_when_the_largest_runs_break_the_trend():
             row["loss"] *= 1.08  # e.g. a learning rate that stops working at scale
     result = extrapolation.check(to_points(rows))
     assert not result["pass"]
-    assert result["max_abs_rel_err"] == pytest.approx(1 - 1 / 1.08, abs=0.01)
+    assert result["approach3"]["max_abs_rel_err"] == pytest.approx(1 - 1 / 1.08, abs=0.01)
+    assert not result["kaplan_joint"]["pass"]
+
+
+def test_backtest_picks_the_form_the_data_follow():
+    """On points from Kaplan's joint law the backtest (fit set only) picks that form, whose
+    held-out predictions are right, while the additive form misses them."""
+    law = JointLaw(N_c=6e5, D_c=1.5e7, alpha_N=0.14, alpha_D=0.19)
+    n, d = np.meshgrid(np.geomspace(1e4, 1e6, 4), np.geomspace(5e5, 5e6, 4))
+    rng = np.random.default_rng(0)
+    loss = law.predict(n.ravel(), d.ravel()) * np.exp(rng.normal(0, 0.002, n.size))
+    rows = [
+        synthetic._row(a, b, c, None) for a, b, c in zip(n.ravel(), d.ravel(), loss, strict=True)
+    ]
+    result = extrapolation.check(to_points(rows))
+    assert result["backtest"]["kaplan_joint"] < result["backtest"]["approach3"]
+    assert result["selected"] == "kaplan_joint" and result["pass"]
+    assert result["kaplan_joint"]["max_abs_rel_err"] < 0.01
 
 
 def test_too_few_points_left_to_fit_is_reported():
