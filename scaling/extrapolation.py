@@ -2,10 +2,11 @@
 
 Two law forms are fitted on the same split: approach 3's additive E + A/N^alpha + B/D^beta and
 Kaplan's joint [(N_c/N)^(alpha_N/alpha_D) + D_c/D]^alpha_D, in which a larger model gains more
-from more data. Which form extrapolates is chosen *without looking at the held-out points*: by a
-backtest inside the fit set (hold out its own highest-compute points the same way, fit both forms
-on the rest, keep the form with the smaller worst error there). The verdict is the chosen form's;
-both forms' errors are always reported.
+from more data. Which form extrapolates is chosen *without looking at the held-out points*: by
+leave-one-out cross-validation over the fit set (refit each form without each point in turn and
+predict it; keep the form with the smaller mean relative error). The verdict is the chosen form's;
+both forms' errors are always reported. (A two-point backtest inside the fit set was tried first
+and proved too noisy to choose: on the default sweep it preferred approach 3 by 3.5% vs 3.7%.)
 
 Held out: the top `fraction` of points by C (at least one; points tied with the last one go too),
 plus every point within 5% of the largest C (the IsoFLOP grouping tolerance, so a whole top budget
@@ -32,6 +33,7 @@ def holdout_mask(compute: np.ndarray, fraction: float = HOLDOUT_FRACTION) -> np.
     return compute >= min(kth_largest, compute.max() / (1.0 + ISO_TOL))
 
 
+CV_STARTS = 4  # grid starts per leave-one-out refit, besides the full fit's optimum
 FORMS = {"approach3": fit_parametric, "kaplan_joint": fit_joint}
 
 
@@ -41,8 +43,8 @@ def check(points: Points, fraction: float = HOLDOUT_FRACTION) -> dict:
     Returns:
       {"n_fit", "n_held_out", "approach3" and "kaplan_joint" (each: "fit", "points" (id, N, D, C,
       loss, predicted, rel_err), "mean_abs_rel_err", "max_abs_rel_err", "threshold", "pass"),
-      "backtest" ({"n_fit", "n_held_out", and each form's worst error}, or {"reason"}),
-      "selected" (the form with the smaller backtest error; approach3 without a backtest),
+      "cross_validation" ({"n_points", and each form's leave-one-out mean |relative error|}),
+      "selected" (the form with the smaller cross-validation error; approach3 on a tie),
       "pass" (the selected form's verdict), "threshold"}; or {"n_fit", "n_held_out", "reason"}
       when too few points remain to fit.
     """
@@ -53,26 +55,38 @@ def check(points: Points, fraction: float = HOLDOUT_FRACTION) -> dict:
         return out | {
             "reason": f"only {len(train)} points below the held-out C (needs {MIN_POINTS})"
         }
+    fits = {}
     for name, fit_fn in FORMS.items():
-        fit = fit_fn(points.params[train], points.tokens[train], points.loss[train])
-        out[name] = _errors(points, test, fit)
-    out["backtest"] = _backtest(points, train, fraction)
-    worst = {name: out["backtest"].get(name, 0.0) for name in FORMS}
-    out["selected"] = min(FORMS, key=lambda name: (worst[name], name != "approach3"))
+        fits[name] = fit_fn(points.params[train], points.tokens[train], points.loss[train])
+        out[name] = _errors(points, test, fits[name])
+    out["cross_validation"] = _cross_validation(points, train, fits)
+    cv = out["cross_validation"]
+    out["selected"] = min(FORMS, key=lambda name: (cv[name], name != "approach3"))
     return out | {"pass": out[out["selected"]]["pass"], "threshold": PASS_REL_ERR}
 
 
-def _backtest(points: Points, train: np.ndarray, fraction: float) -> dict:
-    """Each form's worst relative error predicting the top of `train` from the rest of it."""
-    inner = holdout_mask(points.compute[train], fraction)
-    fit_idx, test_idx = train[~inner], train[inner]
-    out = {"n_fit": len(fit_idx), "n_held_out": len(test_idx)}
-    if len(fit_idx) < MIN_POINTS:
-        return out | {"reason": f"only {len(fit_idx)} points to fit (needs {MIN_POINTS})"}
+def _cross_validation(points: Points, train: np.ndarray, fits: dict) -> dict:
+    """Each form's mean |relative error| predicting each point of `train` from the others.
+
+    Each refit starts from the full fit (`fits`) plus a few grid starts, as the bootstrap does.
+    """
+    out = {}
     for name, fit_fn in FORMS.items():
-        fit = fit_fn(points.params[fit_idx], points.tokens[fit_idx], points.loss[fit_idx])
-        out[name] = _errors(points, test_idx, fit)["max_abs_rel_err"]
-    return out
+        errors = []
+        warm = [np.asarray(fits[name].theta)]
+        for i in train:
+            rest = train[train != i]
+            fit = fit_fn(
+                points.params[rest],
+                points.tokens[rest],
+                points.loss[rest],
+                n_starts=CV_STARTS,
+                warm_starts=warm,
+            )
+            predicted = fit.predict(points.params[[i]], points.tokens[[i]])[0]
+            errors.append(abs(predicted / points.loss[i] - 1.0))
+        out[name] = float(np.mean(errors))
+    return out | {"n_points": len(train)}
 
 
 def _errors(points: Points, test: np.ndarray, fit) -> dict:

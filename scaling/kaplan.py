@@ -132,9 +132,11 @@ class JointLaw:
 
     def predict(self, params: np.ndarray, tokens: np.ndarray) -> np.ndarray:
         """Predicted loss at (N, D)."""
-        return np.exp(_joint_log(self._theta(), np.log(params), np.log(tokens)))
+        return np.exp(_joint_log(self.theta, np.log(params), np.log(tokens)))
 
-    def _theta(self) -> np.ndarray:
+    @property
+    def theta(self) -> np.ndarray:
+        """The fitted parameters as the solver sees them: log N_c, log D_c, alpha_N, alpha_D."""
         return np.array([np.log(self.N_c), np.log(self.D_c), self.alpha_N, self.alpha_D])
 
     def values(self) -> dict[str, float]:
@@ -146,27 +148,49 @@ def _joint_log(theta: np.ndarray, log_n: np.ndarray, log_d: np.ndarray) -> np.nd
     return alpha_d * np.logaddexp((alpha_n / alpha_d) * (log_nc - log_n), log_dc - log_d)
 
 
-def fit_joint(params: np.ndarray, tokens: np.ndarray, loss: np.ndarray) -> JointLaw:
+JOINT_STARTS = 8
+
+
+def _joint_grid() -> np.ndarray:
+    """Starts: log N_c, log D_c in {10, 15, 20, 25}, alpha_N, alpha_D in {0.1, 0.3} (64)."""
+    axes = ((10.0, 15.0, 20.0, 25.0), (10.0, 15.0, 20.0, 25.0), (0.1, 0.3), (0.1, 0.3))
+    return np.array(np.meshgrid(*axes, indexing="ij")).reshape(4, -1).T
+
+
+def fit_joint(
+    params: np.ndarray,
+    tokens: np.ndarray,
+    loss: np.ndarray,
+    *,
+    n_starts: int = JOINT_STARTS,
+    warm_starts: list[np.ndarray] | None = None,
+) -> JointLaw:
     """Fits the joint law on log L with the approach-3 Huber loss (delta 1e-3), multi-start.
 
-    Starts: log N_c, log D_c in {10, 15, 20, 25} and alpha_N, alpha_D in {0.1, 0.3}; the best
-    final objective wins.
+    Like approach 3, the initialisation grid (`_joint_grid`) is scored first and the solver runs
+    from its `n_starts` best points (plus `warm_starts`, e.g. a full-data optimum given as
+    `JointLaw.theta`); the best final objective wins.
     """
     log_n, log_d, log_l = np.log(params), np.log(tokens), np.log(loss)
+
+    def residuals(theta: np.ndarray) -> np.ndarray:
+        return _joint_log(theta, log_n, log_d) - log_l
+
+    grid = _joint_grid()
+    r = np.abs(np.stack([residuals(t) for t in grid]))
+    huber = np.where(r <= 1e-3, 0.5 * r**2, 1e-3 * (r - 0.5e-3)).sum(axis=1)
+    starts = list(warm_starts or []) + list(grid[np.argsort(huber, kind="stable")[:n_starts]])
     best = None
-    for log_nc in (10.0, 15.0, 20.0, 25.0):
-        for log_dc in (10.0, 15.0, 20.0, 25.0):
-            for alpha_n in (0.1, 0.3):
-                for alpha_d in (0.1, 0.3):
-                    result = optimize.least_squares(
-                        lambda t: _joint_log(t, log_n, log_d) - log_l,
-                        [log_nc, log_dc, alpha_n, alpha_d],
-                        bounds=([0.0, 0.0, 1e-3, 1e-3], [100.0, 100.0, 3.0, 3.0]),
-                        loss="huber",
-                        f_scale=1e-3,
-                    )
-                    if best is None or result.cost < best.cost:
-                        best = result
+    for theta0 in starts:
+        result = optimize.least_squares(
+            residuals,
+            theta0,
+            bounds=([0.0, 0.0, 1e-3, 1e-3], [100.0, 100.0, 3.0, 3.0]),
+            loss="huber",
+            f_scale=1e-3,
+        )
+        if best is None or result.cost < best.cost:
+            best = result
     log_nc, log_dc, alpha_n, alpha_d = best.x
     return JointLaw(
         N_c=float(np.exp(log_nc)),

@@ -252,17 +252,13 @@ def _extrapolation(result: dict) -> list[str]:
     lines = ["## Extrapolation check", ""]
     if "reason" in x:
         return lines + [f"Not run: {x['reason']}."]
-    a3, kj, bt = x["approach3"], x["kaplan_joint"], x["backtest"]
+    a3, kj, cv = x["approach3"], x["kaplan_joint"], x["cross_validation"]
     chosen = x["selected"]
-    if "reason" in bt:
-        how = f"no backtest ({bt['reason']}), so approach 3"
-    else:
-        how = (
-            f"a backtest inside the fit set (fit {bt['n_fit']} points, predict its "
-            f"{bt['n_held_out']} highest-compute ones; worst error approach 3 "
-            f"{100 * bt['approach3']:.2f}%, Kaplan joint {100 * bt['kaplan_joint']:.2f}%) chose "
-            f"{_FORM_NAMES[chosen]}"
-        )
+    how = (
+        f"leave-one-out cross-validation over the {cv['n_points']} fit points (mean error "
+        f"approach 3 {100 * cv['approach3']:.2f}%, Kaplan joint {100 * cv['kaplan_joint']:.2f}%) "
+        f"chose {_FORM_NAMES[chosen]}"
+    )
     rows = [
         [p["id"], p["N"], p["D"], p["C"], p["loss"]]
         + [p["predicted"], f"{100 * p['rel_err']:+.2f}%"]

@@ -48,8 +48,8 @@ def test_fails_when_the_largest_runs_break_the_trend():
     assert not result["kaplan_joint"]["pass"]
 
 
-def test_backtest_picks_the_form_the_data_follow():
-    """On points from Kaplan's joint law the backtest (fit set only) picks that form, whose
+def test_cross_validation_picks_the_form_the_data_follow():
+    """On points from Kaplan's joint law cross-validation (fit set only) picks that form, whose
     held-out predictions are right, while the additive form misses them."""
     law = JointLaw(N_c=6e5, D_c=1.5e7, alpha_N=0.14, alpha_D=0.19)
     n, d = np.meshgrid(np.geomspace(1e4, 1e6, 4), np.geomspace(5e5, 5e6, 4))
@@ -59,7 +59,8 @@ def test_backtest_picks_the_form_the_data_follow():
         synthetic._row(a, b, c, None) for a, b, c in zip(n.ravel(), d.ravel(), loss, strict=True)
     ]
     result = extrapolation.check(to_points(rows))
-    assert result["backtest"]["kaplan_joint"] < result["backtest"]["approach3"]
+    cv = result["cross_validation"]
+    assert cv["n_points"] == result["n_fit"] and cv["kaplan_joint"] < cv["approach3"]
     assert result["selected"] == "kaplan_joint" and result["pass"]
     assert result["kaplan_joint"]["max_abs_rel_err"] < 0.01
 
