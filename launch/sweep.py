@@ -405,7 +405,8 @@ def _analyze(config, experiment: str, workdir: str, rows: list[dict]) -> dict:
         "machine": f"{platform.machine()} {platform.system()}, {os.cpu_count()} CPU cores, "
         f"{jax.device_count()} {jax.devices()[0].platform} device(s), jax {jax.__version__}",
         "n_parameter_definition": "non-embedding (parameters of the Transformer blocks)",
-        "loss": "held-out loss in nats per token (final evaluation of each point)",
+        "loss": f"held-out loss in nats per {config.data.tokenizer} token (final evaluation of "
+        "each point); the runs table's bits per byte compare across tokenizers",
     }
     t = time.perf_counter()
     fit = analyze(rows, workdir, n_bootstrap=s.bootstrap, seed=s.seed, meta=meta)
