@@ -253,6 +253,10 @@ def _lossy_settings(proto_bytes: bytes) -> list[str]:
 class SentencePieceTokenizer:
     """A lossless SentencePiece model behind the `Tokenizer` protocol (see the module docstring)."""
 
+    def __reduce__(self):
+        # The SWIG processor does not pickle; grain worker processes reload the model file.
+        return (type(self), self._init_args)
+
     def __init__(self, model_path: str, num_sentinels: int = 100):
         """Loads `model_path`.
 
@@ -264,6 +268,7 @@ class SentencePieceTokenizer:
         Raises:
           ValueError: if the file is missing, or the model lacks a special symbol or is lossy.
         """
+        self._init_args = (model_path, num_sentinels)
         if num_sentinels < 0:
             raise ValueError(f"data.num_sentinels must be >= 0, got {num_sentinels}.")
         if not os.path.isfile(model_path):
