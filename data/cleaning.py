@@ -126,10 +126,14 @@ def clean_corpus(
             sketches, config, cross=(kept["train"], kept["validation"])
         )
         stats["train_validation_near_duplicates"] = len(left)
+        done = (
+            f"{stats['decontaminated_train_docs']} train documents that duplicate a validation "
+            "document removed"
+            if cleaning.decontaminate
+            else "off"
+        )
         lines.append(
-            f"Decontamination: {stats.get('decontaminated_train_docs', 0)} train documents that "
-            f"duplicate a validation document removed; train/validation near-duplicate pairs "
-            f"left: {len(left)}"
+            f"Decontamination: {done}; train/validation near-duplicate pairs left: {len(left)}"
         )
         if cleaning.decontaminate and left:
             raise RuntimeError(f"Decontamination left train/validation near duplicates: {left[:5]}")

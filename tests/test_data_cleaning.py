@@ -106,3 +106,13 @@ def test_bad_settings_name_the_field():
     cfg.filters.enabled = ("utf8", "nope")
     with pytest.raises(ValueError, match=r"data\.filters\.enabled"):
         cleaning.from_config(cfg)
+
+
+def test_without_decontamination_the_check_counts_the_leak(tmp_path, files, capsys):
+    src, docs = files
+    meta, splits = build(tmp_path, src, decontaminate=False)
+    leak = next(n for n in docs if n.startswith("e_leak_"))
+    assert leak in splits["train"] and meta["train_validation_near_duplicates"] == 1
+    assert "Decontamination: off; train/validation near-duplicate pairs left: 1" in (
+        capsys.readouterr().out
+    )
