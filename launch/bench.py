@@ -24,6 +24,12 @@ _CONFIG = config_flags.DEFINE_config_file(
 _STEPS = flags.DEFINE_integer("steps", 20, "Timed steps (after 2 untimed warm-up steps).")
 _VOCAB = flags.DEFINE_integer("vocab", 256, "Model vocabulary (256 = the reference config).")
 _JSON = flags.DEFINE_bool("json", False, "Print one JSON line instead of a table.")
+_REMAT = flags.DEFINE_list(
+    "remat",
+    [],
+    "Remat policies to compare (names in models.decoder.REMAT_POLICIES, or 'all'): one row each "
+    "with the compiled step's memory and time. Empty: the config's own policy only.",
+)
 
 
 def bench(config, steps: int) -> dict:
@@ -49,6 +55,7 @@ def bench(config, steps: int) -> dict:
         t = time.perf_counter()
         compiled = run.train_step.lower(state, batch).compile()
         compile_s = time.perf_counter() - t
+        memory = compiled.memory_analysis()
         for _ in range(2):
             state, m = compiled(state, batch)
         jax.block_until_ready(m)
@@ -74,6 +81,9 @@ def bench(config, steps: int) -> dict:
         "devices": jax.device_count(),
         "params": run.counts["total"],
         "flops_per_token": run.flops["flops_per_token"],
+        "remat": config.model.remat,
+        "temp_mb": memory.temp_size_in_bytes / 2**20 if memory else None,
+        "argument_mb": memory.argument_size_in_bytes / 2**20 if memory else None,
         "compile_s": compile_s,
         "step_ms_median": 1e3 * step_s,
         "step_ms_mean": 1e3 * float(np.mean(times)),
@@ -83,11 +93,43 @@ def bench(config, steps: int) -> dict:
     }
 
 
+def remat_table(config, names: list[str], steps: int) -> list[dict]:
+    """Benches the config once per remat policy and prints memory and time per policy."""
+    from models.decoder import REMAT_POLICIES
+
+    names = list(REMAT_POLICIES) if names == ["all"] else names
+    unknown = sorted(set(names) - set(REMAT_POLICIES))
+    if unknown:
+        raise app.UsageError(f"--remat: unknown {unknown}; choose from {list(REMAT_POLICIES)}")
+    rows = []
+    for name in names:
+        with config.unlocked():
+            config.model.remat = name
+        rows.append(bench(config, steps))
+    print(
+        f"model {config.model.size}: {config.model.n_layers} layers x d_model "
+        f"{config.model.d_model}, seq {config.data.seq_len}, batch {config.data.batch_size} as "
+        f"{config.train.grad_accum} microbatch(es); memory from compiled.memory_analysis()"
+    )
+    print(f"{'remat':<20}{'temp MB':>10}{'args MB':>10}{'step ms':>10}{'tokens/s':>10}")
+    for r in rows:
+        print(
+            f"{r['remat']:<20}{r['temp_mb']:>10.1f}{r['argument_mb']:>10.1f}"
+            f"{r['step_ms_median']:>10.1f}{r['tokens_per_s']:>10.0f}"
+        )
+    return rows
+
+
 def main(argv):
     del argv
     config = _CONFIG.value
     with config.unlocked():
         config.model.vocab_size = _VOCAB.value
+    if _REMAT.value:
+        rows = remat_table(config, _REMAT.value, _STEPS.value)
+        if _JSON.value:
+            print(json.dumps(rows))
+        return
     r = bench(config, _STEPS.value)
     if _JSON.value:
         print(json.dumps(r))
@@ -99,6 +141,7 @@ def main(argv):
         f"{r['devices']} device(s)"
     )
     print(f"compile      {r['compile_s']:8.2f} s")
+    print(f"memory       {r['temp_mb']:8.1f} MB temporaries ({r['remat']} remat)")
     print(f"step         {r['step_ms_median']:8.1f} ms (median), {r['step_ms_mean']:.1f} ms (mean)")
     print(f"throughput   {r['tokens_per_s']:8.0f} tokens/s")
     print(f"MFU          {100 * r['mfu']:8.1f} % of {r['peak_gflops']:.0f} GFLOP/s measured peak")

@@ -8,6 +8,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
 
 from models.layers import (
     ACTIVATIONS,
@@ -22,10 +23,17 @@ from models.layers import (
 )
 from models.sizes import resolved_dims
 
+_policies = jax.checkpoint_policies
+# What the backward pass may keep from each layer's forward (the rest is recomputed). Named
+# activations are tagged with `checkpoint_name` in `block`: 'qkv' (q, k, v after rotary),
+# 'attn_out' (attention output before the o projection), 'mlp_in' (the MLP's pre-activation).
 REMAT_POLICIES = {
-    "none": None,
-    "full": jax.checkpoint_policies.nothing_saveable,
-    "save_dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "none": None,  # no remat: keep everything
+    "full": _policies.nothing_saveable,  # keep nothing but the layer's inputs
+    "save_dots": _policies.dots_with_no_batch_dims_saveable,  # weight matmul outputs
+    "save_all_dots": _policies.dots_saveable,  # + the batched attention einsums
+    "save_attn": _policies.save_only_these_names("qkv", "attn_out"),  # recompute the MLP
+    "save_qkv_attn_mlp": _policies.save_only_these_names("qkv", "attn_out", "mlp_in"),
 }
 
 
@@ -82,11 +90,12 @@ def block(x_BTD, p: dict, positions_BT, bias_B1TS, cfg):
     if cfg.positions == "rotary":
         q_BTNH = rotary(q_BTNH, positions_BT, cfg.rope_theta)
         k_BTKH = rotary(k_BTKH, positions_BT, cfg.rope_theta)
-    attn_BTNH = dot_attention(q_BTNH, k_BTKH, v_BTKH, bias_B1TS)
+    q_BTNH, k_BTKH, v_BTKH = (checkpoint_name(a, "qkv") for a in (q_BTNH, k_BTKH, v_BTKH))
+    attn_BTNH = checkpoint_name(dot_attention(q_BTNH, k_BTKH, v_BTKH, bias_B1TS), "attn_out")
     x_BTD = x_BTD + dense(attn_BTNH, p["o"], n_in=2)
     x_BTD = constrain(x_BTD, ("batch", "length", "embed"))
     h_BTD = layer_norm(x_BTD, p["ln2_scale"], p["ln2_bias"], cfg.norm_eps)
-    h_BTF = act(dense(h_BTD, p["wi"]))
+    h_BTF = act(checkpoint_name(dense(h_BTD, p["wi"]), "mlp_in"))
     h_BTF = constrain(h_BTF, ("batch", "length", "mlp"))
     x_BTD = x_BTD + dense(h_BTF, p["wo"])
     return constrain(x_BTD, ("batch", "length", "embed"))

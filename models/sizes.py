@@ -44,7 +44,7 @@ def default_model_config(size: str = "small") -> ml_collections.ConfigDict:
             "dtype": "float32",  # activation / matmul dtype; parameters stay f32
             # 'python' (fastest on XLA:CPU) | 'scan' (fastest to compile on TPU)
             "layer_loop": "python",
-            "remat": "none",  # 'none' | 'full' | 'save_dots'
+            "remat": "none",  # a name in models.decoder.REMAT_POLICIES
         }
     )
 
