@@ -53,6 +53,11 @@ def test_run_trains_and_writes_its_files(tmp_path):
     # Rerunning the finished command does nothing and keeps the results.
     again = _run([*_common(tmp_path), f"--workdir={workdir}"], tmp_path)
     assert again.returncode == 0 and "already holds a finished run" in again.stdout
+    # The same config in a new workdir compiles nothing new: every program is a cache hit.
+    cached = sorted(os.listdir(tmp_path / "cache"))
+    assert cached and "compiled in" in proc.stdout
+    second = _run([*_common(tmp_path), f"--workdir={tmp_path}/second"], tmp_path)
+    assert second.returncode == 0 and sorted(os.listdir(tmp_path / "cache")) == cached
 
 
 def test_bad_input_fails_fast_with_one_line(tmp_path):
