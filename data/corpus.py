@@ -16,7 +16,6 @@ import dataclasses
 import fcntl
 import glob as globlib
 import hashlib
-import logging
 import os
 import sys
 import tempfile
@@ -30,9 +29,7 @@ from data import cleaning
 
 DEFAULT_VAL_FRACTION = 0.05
 _EXCLUDED_STDLIB_DIRS = ("site-packages", "dist-packages")
-SPLITS = ("train", "validation")
-
-logger = logging.getLogger(__name__)
+SPLITS = cleaning.SPLITS  # ("train", "validation")
 
 
 def default_data_dir() -> str:
@@ -128,7 +125,7 @@ def list_files(config: TextFilesConfig) -> list[tuple[str, str]]:
 
 
 class ScalelabTextFiles(tfds.core.GeneratorBasedBuilder, skip_registration=True):
-    """Local text files, one example per file; invalid UTF-8 and empty files are skipped."""
+    """Local text files, one example per file, cleaned at build time (data/cleaning.py)."""
 
     VERSION = tfds.core.Version("1.1.0")
     RELEASE_NOTES = {
@@ -208,7 +205,7 @@ def prepare_builder(data_cfg: ml_collections.ConfigDict) -> ScalelabTextFiles:
     """Returns the local builder for `data_cfg`, building the dataset first if it is missing.
 
     Idempotent and safe when several processes call it at once (see `build_lock`). The stdlib
-    corpus (1,790 files, 31.5 MB) builds in about 2.5 s here.
+    corpus (1,790 files, 31.5 MB) builds and cleans in about 25 s here.
 
     Raises:
       ValueError: if `data.glob` matches no files.

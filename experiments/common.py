@@ -3,6 +3,7 @@
 import ml_collections
 
 from data.config import default_data_config
+from data.vocabulary import TRAINED_KINDS
 from models.sizes import default_model_config
 from train.optim import default_train_config
 
@@ -40,7 +41,7 @@ def set_tokenizer(config: ml_collections.ConfigDict, tokenizer: str, vocab: int 
 
         sentinels = config.data.num_sentinels
         vocab = SentencePieceTokenizer(tokenizer, num_sentinels=sentinels).vocab_size
-    elif tokenizer not in ("bpe", "unigram"):
+    elif tokenizer not in TRAINED_KINDS:
         raise ValueError(
             f"tokenizer={tokenizer!r} is unknown; use byte, bpe, unigram or a path to a .model file"
         )
