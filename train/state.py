@@ -5,12 +5,14 @@ mesh axes; optimizer-state shardings mirror the parameters'; `jax.jit(init, out_
 builds every array directly in its shards, so full parameters never exist on one device.
 """
 
+import dataclasses
 from typing import Any
 
 import flax.linen as nn
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -24,6 +26,9 @@ class TrainState:
     params: Any
     opt_state: Any
     rng: jax.Array  # raw uint32 key data, so checkpoints hold plain arrays
+    # int32[3]: updates skipped for a non-finite loss or gradient, the last such step (-1: none)
+    # and its cause (1 loss, 2 gradient norm); kept on device so that detection needs no sync.
+    nonfinite: jax.Array = dataclasses.field(default_factory=lambda: np.array([0, -1, 0], np.int32))
 
 
 def _is_spec(x) -> bool:
@@ -49,6 +54,7 @@ def create_train_state(
             params=params,
             opt_state=optimizer.init(params),
             rng=jax.random.key_data(train_key),
+            nonfinite=jnp.array([0, -1, 0], jnp.int32),
         )
 
     key_data = jax.random.key_data(jax.random.key(seed))
@@ -64,7 +70,7 @@ def create_train_state(
         transform_non_params=lambda _: P(),
         is_leaf=_is_spec,
     )
-    specs = TrainState(step=P(), params=param_specs, opt_state=opt_specs, rng=P())
+    specs = TrainState(step=P(), params=param_specs, opt_state=opt_specs, rng=P(), nonfinite=P())
     shardings = named_shardings(specs, mesh)
     state = jax.jit(init_fn, out_shardings=shardings)(key_data)
     return state, shardings
