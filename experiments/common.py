@@ -22,7 +22,12 @@ def parse_arg(arg: str, **defaults) -> ml_collections.ConfigDict:
         if kind is bool:
             out[key] = value.lower() not in ("0", "false", "no") if value else True
         else:
-            out[key] = kind(value)
+            try:
+                out[key] = kind(value)
+            except ValueError as e:
+                raise ValueError(
+                    f"config argument {key}={value!r} must be a {kind.__name__}"
+                ) from e
     return out
 
 

@@ -80,14 +80,13 @@ def describe_flag_error(e: BaseException, argv: list[str]) -> str:
     text = str(e)
     # ml_collections' unknown-key error: AttributeError("'stepz'\nDid you mean "steps" ...?").
     if isinstance(e, (AttributeError, KeyError)) or "Did you mean" in text:
-        key = text.strip("'\"\n ").splitlines()[0].strip("'\"")
+        words = re.findall(r"\w+", text)
+        key = words[0] if words else "?"
         override = next((a for a in argv if re.search(rf"\.{re.escape(key)}(=|$)", a)), key)
         field = override.split("=", 1)[0].lstrip("-").removeprefix("config.")
-        hint = next((s for s in text.replace("\\n", "\n").splitlines() if "Did you mean" in s), "")
-        hint = hint.strip("'\" ").replace('"', "")
-        return (
-            f"{field}: unknown config key{'; ' + hint if hint else ''}; see the experiment's config"
-        )
+        hint = re.search(r"Did you mean \W*(\w+)", text)
+        hint = f"; did you mean {hint.group(1)}?" if hint else ""
+        return f"{field}: unknown config key{hint} (see the experiment's config)"
     m = re.match(r"flag --(config\.)?([\w.]+)=(.*?): (.*)", text, re.S)
     if m and "Error whilst parsing config file" in m.group(4):
         # get_config raised: its own message is the last line of the embedded traceback.
@@ -147,21 +146,21 @@ def execute(args: Args) -> int:
 
     from train.validate import check_run
 
+    config, workdir = args.config, args.workdir
+    if not args.dry_run:  # before the training stack is even imported
+        check_run(config, workdir, "sweep" if "sweep" in config else "run")
     if args.compile_cache:
         jax.config.update("jax_compilation_cache_dir", args.compile_cache)
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
         jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
     from train.loop import NonFiniteError, train_and_evaluate
 
-    config, workdir = args.config, args.workdir
     resume = shlex.join(sys.argv) if sys.argv and sys.argv[0].endswith("run.py") else ""
     resume = resume or f"python launch/run.py --config {args.experiment} --workdir {workdir}"
     try:
         if "sweep" in config:
             from launch.sweep import run_sweep
 
-            if not args.dry_run:
-                check_run(config, workdir, "sweep")
             fit = run_sweep(config, args.experiment, workdir, dry_run=args.dry_run)
             if fit.get("preempted"):
                 print(f"preempted: the sweep stopped with its checkpoints; resume with: {resume}")
@@ -169,7 +168,6 @@ def execute(args: Args) -> int:
         if args.dry_run:
             print(config)
             return 0
-        check_run(config, workdir)
         summary = train_and_evaluate(config, workdir)
     except NonFiniteError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -333,9 +333,30 @@ def _diff(a, b, prefix: str = "") -> list[str]:
     return out
 
 
+def check_vocab(config) -> None:
+    """The model's embedding table holds every id the tokenizer can produce."""
+    from data.tokenizer import get_tokenizer
+    from data.vocabulary import TRAINED_KINDS
+
+    name, d = config.data.tokenizer, config.data
+    if name in TRAINED_KINDS:
+        n = d.vocab_size
+    elif name.endswith(".model"):
+        return  # known once the file is loaded (Run checks it)
+    else:
+        n = get_tokenizer(name, num_sentinels=d.num_sentinels).vocab_size
+    if n > config.model.vocab_size:
+        raise ConfigError(
+            f"model.vocab_size={config.model.vocab_size} is smaller than the {name} tokenizer's "
+            f"{n} ids; raise model.vocab_size (a multiple of 128 is fastest)"
+        )
+
+
 def check_run(config, workdir: str, what: str = "run") -> None:
     """Every check a run (or sweep) needs before it builds anything: config, data, workdir."""
     if "sweep" not in config:
         check_config(config)
     check_data(config.data)
+    if "sweep" not in config:
+        check_vocab(config)
     check_workdir(workdir, config, what)
