@@ -105,7 +105,7 @@ class Checkpointer:
           read_only: open another run's checkpoints to restore from, never writing or deleting.
         """
         self.every = every
-        self.directory = os.fspath(directory)
+        self.directory = _absolute(directory)  # Orbax's async writer rejects relative paths
         self.read_only = read_only
         self._local = "://" not in self.directory
         policy = checkpoint_managers.LatestN(keep)
@@ -114,7 +114,7 @@ class Checkpointer:
                 [policy, checkpoint_managers.CustomSteps(list(keep_steps))]
             )
         self.manager = ocp.CheckpointManager(
-            directory,
+            self.directory,
             options=ocp.CheckpointManagerOptions(
                 preservation_policy=None if read_only else policy,
                 create=not read_only,
@@ -211,6 +211,11 @@ class Checkpointer:
         self.manager.close()
 
 
+def _absolute(directory) -> str:
+    directory = os.fspath(directory)
+    return directory if "://" in directory else os.path.abspath(directory)
+
+
 def _is_main() -> bool:
     import jax
 
@@ -219,7 +224,7 @@ def _is_main() -> bool:
 
 def load_state(directory: str, step: int | None = None):
     """The saved train state as host numpy arrays (newest step by default), for tools and tests."""
-    with ocp.CheckpointManager(directory) as manager:
+    with ocp.CheckpointManager(_absolute(directory)) as manager:
         step = manager.latest_step() if step is None else step
         if step is None:
             raise FileNotFoundError(f"no checkpoint in {directory}")
