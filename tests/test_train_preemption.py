@@ -206,3 +206,55 @@ def test_sigkill_at_three_moments_resumes_to_the_uninterrupted_result(straight):
     assert os.listdir(
         f"{workdir}/checkpoints.corrupt"
     )  # the half-written save is kept, not deleted
+
+
+_WORKER = """
+import sys, time
+sys.path.insert(0, {root!r})
+import jax
+jax.config.update("jax_cpu_collectives_implementation", "gloo")
+pid = int(sys.argv[1])
+jax.distributed.initialize("localhost:{port}", num_processes=2, process_id=pid)
+import jax.numpy as jnp
+from jax.experimental import multihost_utils
+from train.preemption import active
+with active() as guard:
+    for step in range(1, 3000):
+        multihost_utils.process_allgather(jnp.array([step]))  # the hosts move in lockstep
+        if step == 20:
+            print("ready", flush=True)
+        if guard.requested(step):
+            print(f"stop at {{step}}", flush=True)
+            break
+        time.sleep(0.01)
+jax.distributed.shutdown()
+"""
+
+
+@pytest.mark.slow
+def test_two_hosts_stop_at_the_same_step_when_one_gets_sigterm(tmp_path):
+    """JAX's preemption sync point, as the loop uses it with several processes."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    script = tmp_path / "worker.py"
+    script.write_text(_WORKER.format(root=ROOT, port=port))
+    env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(script), str(i)], env=env, stdout=subprocess.PIPE, text=True
+        )
+        for i in range(2)
+    ]
+    before = []  # gloo prints its own lines first
+    while not before or before[-1] != "ready":
+        line = procs[1].stdout.readline()
+        assert line, before
+        before.append(line.strip())
+    procs[1].send_signal(signal.SIGTERM)  # only host 1 is told
+    outs = [p.communicate(timeout=120)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    stops = [[line for line in out.splitlines() if line.startswith("stop at")] for out in outs]
+    assert len(stops[0]) == 1 and stops[0] == stops[1], outs
