@@ -127,7 +127,8 @@ def _snapshot(path: str):
     """Every entry under `path` with its size and mtime (None if `path` does not exist)."""
     if not os.path.lexists(path):
         return None
-    out = {}
+    st = os.lstat(path)
+    out = {".": (st.st_size, st.st_mtime_ns)}
     for root, dirs, files in os.walk(path):
         for name in dirs + files:
             p = os.path.join(root, name)

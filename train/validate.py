@@ -282,8 +282,8 @@ def _nearest_existing(path: str) -> str:
 def check_workdir(workdir: str, config, what: str = "run") -> None:
     """`workdir` can be written and holds nothing but (perhaps) an earlier run of this very config.
 
-    Writability is probed with a temporary file in the nearest existing directory, removed at
-    once, so the directory is left as it was.
+    The config is compared first (reading only); writability is then probed with a temporary
+    file in the nearest existing directory, removed at once.
 
     Raises:
       ConfigError: not writable, not a directory, or holding a `what` of another config.
@@ -291,19 +291,6 @@ def check_workdir(workdir: str, config, what: str = "run") -> None:
     field = f"--workdir={workdir}"
     if os.path.exists(workdir) and not os.path.isdir(workdir):
         raise ConfigError(f"{field} is a file, not a directory; pass another --workdir")
-    base = _nearest_existing(workdir)
-    if not os.path.isdir(base):
-        raise ConfigError(
-            f"{field}: {base} is a file, so the directory cannot be made; pass another --workdir"
-        )
-    try:
-        fd, probe = tempfile.mkstemp(dir=base, prefix=".scalelab-probe-")
-        os.close(fd)
-        os.remove(probe)
-    except OSError as e:
-        raise ConfigError(
-            f"{field} is not writable ({base}: {e.strerror or e}); pass a writable --workdir"
-        ) from e
     config_path = os.path.join(workdir, "config.json")
     if os.path.exists(config_path):
         try:
@@ -321,6 +308,19 @@ def check_workdir(workdir: str, config, what: str = "run") -> None:
                 f"{', '.join(changed[:3])}{', ...' if len(changed) > 3 else ''}); pass another "
                 "--workdir (or delete it to start over)"
             )
+    base = _nearest_existing(workdir)
+    if not os.path.isdir(base):
+        raise ConfigError(
+            f"{field}: {base} is a file, so the directory cannot be made; pass another --workdir"
+        )
+    try:
+        fd, probe = tempfile.mkstemp(dir=base, prefix=".scalelab-probe-")
+        os.close(fd)
+        os.remove(probe)
+    except OSError as e:
+        raise ConfigError(
+            f"{field} is not writable ({base}: {e.strerror or e}); pass a writable --workdir"
+        ) from e
 
 
 def _diff(a, b, prefix: str = "") -> list[str]:
