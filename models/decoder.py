@@ -15,13 +15,13 @@ from models.layers import (
     attention_bias,
     constrain,
     dense,
-    dot_attention,
     layer_norm,
     normal,
     param,
     rotary,
 )
 from models.sizes import resolved_dims
+from models.sparse_attention import attention_fn, layer_period, uses_dense
 
 _policies = jax.checkpoint_policies
 # What the backward pass may keep from each layer's forward (the rest is recomputed). Named
@@ -78,8 +78,12 @@ def init(rng: jax.Array, cfg) -> dict:
     return params
 
 
-def block(x_BTD, p: dict, positions_BT, bias_B1TS, cfg):
-    """One pre-LN Transformer block: x + attn(LN(x)), then x + mlp(LN(x))."""
+def block(x_BTD, p: dict, positions_BT, bias_B1TS, cfg, layer_index: int = 0, segment_ids_BT=None):
+    """One pre-LN Transformer block: x + attn(LN(x)), then x + mlp(LN(x)).
+
+    The attention of layer `layer_index` (dense, or a sparse pattern) comes from
+    `sparse_attention.attention_fn`: dense uses `bias_B1TS`, sparse patterns `segment_ids_BT`.
+    """
     act = ACTIVATIONS[cfg.activation]
     h_BTD = layer_norm(x_BTD, p["ln1_scale"], p["ln1_bias"], cfg.norm_eps)
     q_BTNH = dense(h_BTD, p["q"])
@@ -91,7 +95,9 @@ def block(x_BTD, p: dict, positions_BT, bias_B1TS, cfg):
         q_BTNH = rotary(q_BTNH, positions_BT, cfg.rope_theta)
         k_BTKH = rotary(k_BTKH, positions_BT, cfg.rope_theta)
     q_BTNH, k_BTKH, v_BTKH = (checkpoint_name(a, "qkv") for a in (q_BTNH, k_BTKH, v_BTKH))
-    attn_BTNH = checkpoint_name(dot_attention(q_BTNH, k_BTKH, v_BTKH, bias_B1TS), "attn_out")
+    attend = attention_fn(cfg, layer_index)
+    attn_BTNH = attend(q_BTNH, k_BTKH, v_BTKH, bias_B1TS, segment_ids_BT)
+    attn_BTNH = checkpoint_name(attn_BTNH, "attn_out")
     x_BTD = x_BTD + dense(attn_BTNH, p["o"], n_in=2)
     x_BTD = constrain(x_BTD, ("batch", "length", "embed"))
     h_BTD = layer_norm(x_BTD, p["ln2_scale"], p["ln2_bias"], cfg.norm_eps)
@@ -122,20 +128,37 @@ def apply(params: dict, batch: dict, cfg, *, rngs=None) -> jax.Array:
     if cfg.positions == "learned":
         x_BTD = x_BTD + jnp.take(params["pos_embed"], positions_BT, axis=0).astype(dtype)
     x_BTD = constrain(x_BTD, ("batch", "length", "embed"))
-    bias_B1TS = attention_bias(segment_ids_BT, causal=True)
+    # All-sparse models never build the T x T bias (their cost must stay below T^2).
+    bias_B1TS = attention_bias(segment_ids_BT, causal=True) if uses_dense(cfg) else None
 
-    layer_fn = lambda x, p: block(x, p, positions_BT, bias_B1TS, cfg)
+    layer_fn = lambda x, p, i: block(x, p, positions_BT, bias_B1TS, cfg, i, segment_ids_BT)
     if REMAT_POLICIES.get(cfg.remat, "bad") == "bad":
         raise ValueError(
             f"model.remat={cfg.remat!r} is unknown; choose one of {list(REMAT_POLICIES)}"
         )
     if cfg.remat != "none":
-        layer_fn = jax.checkpoint(layer_fn, policy=REMAT_POLICIES[cfg.remat])
+        layer_fn = jax.checkpoint(layer_fn, policy=REMAT_POLICIES[cfg.remat], static_argnums=(2,))
     if cfg.layer_loop == "scan":
-        x_BTD, _ = jax.lax.scan(lambda x, p: (layer_fn(x, p), None), x_BTD, params["layers"])
+        # Scan over groups of `period` layers (unrolled in the body) so that each layer's attention
+        # pattern is static: period 1 (uniform patterns) is the plain scan, 'alternate' gives 2.
+        period = layer_period(cfg)
+        if period == 1:
+            x_BTD, _ = jax.lax.scan(lambda x, p: (layer_fn(x, p, 0), None), x_BTD, params["layers"])
+        else:
+
+            def group_fn(x, p):
+                for i in range(period):
+                    x = layer_fn(x, jax.tree.map(lambda w, i=i: w[i], p), i)
+                return x, None
+
+            L = cfg.n_layers
+            grouped = jax.tree.map(
+                lambda w: w.reshape(L // period, period, *w.shape[1:]), params["layers"]
+            )
+            x_BTD, _ = jax.lax.scan(group_fn, x_BTD, grouped)
     elif cfg.layer_loop == "python":
         for i in range(cfg.n_layers):
-            x_BTD = layer_fn(x_BTD, jax.tree.map(lambda w, i=i: w[i], params["layers"]))
+            x_BTD = layer_fn(x_BTD, jax.tree.map(lambda w, i=i: w[i], params["layers"]), i)
     else:
         raise ValueError(f"model.layer_loop={cfg.layer_loop!r} is unknown; use 'python' or 'scan'")
 
