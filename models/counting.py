@@ -6,11 +6,14 @@ Conventions (recorded with every run so scaling fits never re-derive them):
 - `flops_per_token` is the training cost (forward + backward = 3 x forward) of one token:
   6 x (matmul parameters incl. the output projection D x V) + the attention term
   12 x L x T x N x H (QK^T and AV over the full T x T window as computed; a causal kernel that
-  skipped masked blocks would do half). `flops_per_token_6n` = 6 x non-embedding parameters, the
+  skipped masked blocks would do half). Sparse layers (models/sparse_attention.py) count the keys
+  their blockwise kernel scores per query instead of T (`keys_per_query`: 2w for local,
+  2l + T/l for strided, l + c T/l for fixed), so the term is 12 x N x H x sum over layers. `flops_per_token_6n` = 6 x non-embedding parameters, the
   Kaplan C = 6ND convention.
 """
 
 from models.sizes import resolved_dims
+from models.sparse_attention import keys_per_query
 
 
 def count_params(cfg) -> dict[str, int]:
@@ -34,7 +37,7 @@ def flops_per_token(cfg, seq_len: int) -> dict[str, float]:
     """Training FLOPs per token: the full count and the 6N approximation (see module docstring)."""
     L, D, N, K, H, F, V = resolved_dims(cfg)
     matmul_params = L * (D * N * H + 2 * D * K * H + N * H * D + 2 * D * F) + D * V
-    attention = 12 * L * seq_len * N * H
+    attention = 12 * N * H * sum(keys_per_query(cfg, i, seq_len) for i in range(L))
     return {
         "flops_per_token": float(6 * matmul_params + attention),
         "flops_per_token_6n": float(6 * count_params(cfg)["non_embedding"]),
