@@ -133,7 +133,6 @@ def sparse_attention(
     G = N // K
     assert k_BSKH.shape[1] == T, "sparse patterns are for self-attention (S == T)"
     q_BTNH = q_BTNH * jnp.asarray(H**-0.5, q_BTNH.dtype)
-    q_BKGTH = q_BTNH.reshape(B, T, K, G, H).transpose(0, 2, 3, 1, 4)
     k_BKTH = k_BSKH.transpose(0, 2, 1, 3)
     v_BKTH = v_BSKH.transpose(0, 2, 1, 3)
 
@@ -151,78 +150,83 @@ def sparse_attention(
 
     # Blocks of queries, keys, values and segments; padding gets segment -1 (a real query never
     # attends it, and the padded query rows are dropped at the end).
-    q_BKGCQH = _pad_blocks(q_BKGTH, 3, b, 0)
+    # Query heads inside the block ([C, G, Q] order): the band is then one batched matmul per
+    # (batch, kv head, block) with no transposes.
+    q_BCQKGH = _pad_blocks(q_BTNH.reshape(B, T, K, G, H), 1, b, 0)
+    q_BKCGQH = q_BCQKGH.transpose(0, 3, 1, 4, 2, 5)
     k_BKCQH = _pad_blocks(k_BKTH, 2, b, 0)
     v_BKCQH = _pad_blocks(v_BKTH, 2, b, 0)
     seg_BCQ = _pad_blocks(segment_ids_BT, 1, b, -1)
-    i_CQ = jnp.arange(C * b).reshape(C, b)  # query positions
+    i_CQ = np.arange(C * b).reshape(
+        C, b
+    )  # query positions (static: numpy, so XLA need not fold them)
 
     # Part 1, the band: each query block against its neighbouring key blocks.
     k_BKCWH = _band(k_BKCQH, 2, n_back, n_fwd, 0)
     v_BKCWH = _band(v_BKCQH, 2, n_back, n_fwd, 0)
     seg_BCW = _band(seg_BCQ, 1, n_back, n_fwd, -1)
     W = k_BKCWH.shape[3]
-    j_CW = jnp.arange(C)[:, None] * b + jnp.arange(W)[None, :] - n_back * b
+    j_CW = np.arange(C)[:, None] * b + np.arange(W)[None, :] - n_back * b
     d_CQW = i_CQ[:, :, None] - j_CW[:, None, :]
     if pattern == "local":
-        in_band = jnp.abs(d_CQW) < window
+        in_band = np.abs(d_CQW) < window
     elif pattern == "strided":
-        in_band = jnp.abs(d_CQW) < stride
+        in_band = np.abs(d_CQW) < stride
     else:  # fixed: the own block (the band is that block alone)
-        in_band = jnp.ones_like(d_CQW, bool)
+        in_band = np.ones_like(d_CQW, bool)
     in_band = in_band & (j_CW[:, None, :] >= 0) & (j_CW[:, None, :] < T)
     if causal:
         in_band = in_band & (d_CQW >= 0)
     same_BCQW = seg_BCQ[:, :, :, None] == seg_BCW[:, :, None, :]
-    mask_B11CQW = (in_band[None] & same_BCQW)[:, None, None]
+    mask_B1C1QW = (in_band[None] & same_BCQW)[:, None, :, None]
     logits = jnp.einsum(
-        "BKGCQH,BKCWH->BKGCQW", q_BKGCQH, k_BKCWH, preferred_element_type=jnp.float32
+        "BKCGQH,BKCWH->BKCGQW", q_BKCGQH, k_BKCWH, preferred_element_type=jnp.float32
     )
-    parts = [_masked(logits, mask_B11CQW)]
+    parts = [_masked(logits, mask_B1C1QW)]
 
     # Part 2: the keys outside the band, each in a layout where it is one matmul.
     E = C
     if pattern == "strided":
         # Query column r = i % l scores key column r of every other block row (j = i +- m * l).
         logits = jnp.einsum(
-            "BKGCQH,BKEQH->BKGCQE", q_BKGCQH, k_BKCQH, preferred_element_type=jnp.float32
+            "BKCGQH,BKEQH->BKCGQE", q_BKCGQH, k_BKCQH, preferred_element_type=jnp.float32
         )
-        rows_CE = jnp.arange(C)[:, None], jnp.arange(E)[None, :]
+        rows_CE = np.arange(C)[:, None], np.arange(E)[None, :]
         other_CE = rows_CE[1] < rows_CE[0] if causal else rows_CE[1] != rows_CE[0]
         j_EQ = i_CQ  # key positions, laid out like the queries
         ok_CQE = other_CE[:, None, :] & (j_EQ.T < T)[None]
         same_BCQE = seg_BCQ[:, :, :, None] == seg_BCQ.transpose(0, 2, 1)[:, None, :, :]
-        parts.append(_masked(logits, (ok_CQE[None] & same_BCQE)[:, None, None]))
+        parts.append(_masked(logits, (ok_CQE[None] & same_BCQE)[:, None, :, None]))
     elif pattern == "fixed":
         # Every query scores the last c keys of every other block ("summary" positions).
         k_BKUH = k_BKCQH[:, :, :, b - summary :].reshape(B, K, C * summary, H)
         seg_BU = seg_BCQ[:, :, b - summary :].reshape(B, C * summary)
-        j_U = (jnp.arange(C)[:, None] * b + jnp.arange(b - summary, b)[None, :]).reshape(-1)
+        j_U = (np.arange(C)[:, None] * b + np.arange(b - summary, b)[None, :]).reshape(-1)
         block_U = j_U // b
         other_CU = (
-            block_U[None, :] < jnp.arange(C)[:, None]
+            block_U[None, :] < np.arange(C)[:, None]
             if causal
-            else block_U[None, :] != jnp.arange(C)[:, None]
+            else block_U[None, :] != np.arange(C)[:, None]
         )
         ok_CU = other_CU & (j_U < T)[None, :]
         same_BCQU = seg_BCQ[:, :, :, None] == seg_BU[:, None, None, :]
         logits = jnp.einsum(
-            "BKGCQH,BKUH->BKGCQU", q_BKGCQH, k_BKUH, preferred_element_type=jnp.float32
+            "BKCGQH,BKUH->BKCGQU", q_BKCGQH, k_BKUH, preferred_element_type=jnp.float32
         )
-        parts.append(_masked(logits, (ok_CU[None, :, None, :] & same_BCQU)[:, None, None]))
+        parts.append(_masked(logits, (ok_CU[None, :, None, :] & same_BCQU)[:, None, :, None]))
 
     # One softmax over the union of the parts (they are disjoint).
     sizes = [p.shape[-1] for p in parts]
     probs = jax.nn.softmax(jnp.concatenate(parts, axis=-1), axis=-1).astype(v_BSKH.dtype)
     probs_parts = jnp.split(probs, np.cumsum(sizes)[:-1].tolist(), axis=-1)
-    out_BKGCQH = jnp.einsum("BKGCQW,BKCWH->BKGCQH", probs_parts[0], v_BKCWH)
+    out_BKCGQH = jnp.einsum("BKCGQW,BKCWH->BKCGQH", probs_parts[0], v_BKCWH)
     if pattern == "strided":
-        out_BKGCQH = out_BKGCQH + jnp.einsum("BKGCQE,BKEQH->BKGCQH", probs_parts[1], v_BKCQH)
+        out_BKCGQH = out_BKCGQH + jnp.einsum("BKCGQE,BKEQH->BKCGQH", probs_parts[1], v_BKCQH)
     elif pattern == "fixed":
         v_BKUH = v_BKCQH[:, :, :, b - summary :].reshape(B, K, C * summary, H)
-        out_BKGCQH = out_BKGCQH + jnp.einsum("BKGCQU,BKUH->BKGCQH", probs_parts[1], v_BKUH)
-    out_BKGTH = out_BKGCQH.reshape(B, K, G, C * b, H)[:, :, :, :T]
-    return out_BKGTH.transpose(0, 3, 1, 2, 4).reshape(B, T, N, H).astype(v_BSKH.dtype)
+        out_BKCGQH = out_BKCGQH + jnp.einsum("BKCGQU,BKUH->BKCGQH", probs_parts[1], v_BKUH)
+    out_BTNH = out_BKCGQH.transpose(0, 2, 4, 1, 3, 5).reshape(B, C * b, N, H)[:, :T]
+    return out_BTNH.astype(v_BSKH.dtype)
 
 
 # --- per-layer configuration -------------------------------------------------------------------
