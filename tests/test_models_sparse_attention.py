@@ -255,11 +255,12 @@ def test_sparse_decoder_is_causal_and_scan_equals_python_loop():
     )
     params = nn.unbox(decoder.init(jax.random.key(0), cfg))
     tokens = np.random.default_rng(0).integers(0, 384, (2, 22)).astype(np.int32)
-    base = _apply(params, tokens, cfg)
+    apply = jax.jit(lambda p, t: decoder.apply(p, {"tokens": t}, cfg))  # one compile
+    base = apply(params, tokens)
     for t in [0, 9, 20]:
         changed = tokens.copy()
         changed[:, t + 1 :] = (changed[:, t + 1 :] + 7) % 384
-        out = _apply(params, changed, cfg)
+        out = apply(params, changed)
         np.testing.assert_allclose(out[:, : t + 1], base[:, : t + 1], atol=1e-5)
         assert np.abs(np.asarray(out[:, t + 1 :] - base[:, t + 1 :])).max() > 1e-3
     scanned = cfg.copy_and_resolve_references()
