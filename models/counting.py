@@ -8,8 +8,8 @@ Conventions (recorded with every run so scaling fits never re-derive them):
   12 x L x T x N x H (QK^T and AV over the full T x T window as computed; a causal kernel that
   skipped masked blocks would do half). Sparse layers (models/sparse_attention.py) count the keys
   their blockwise kernel scores per query instead of T (`keys_per_query`: 2w for local,
-  2l + T/l for strided, l + c T/l for fixed), so the term is 12 x N x H x sum over layers. `flops_per_token_6n` = 6 x non-embedding parameters, the
-  Kaplan C = 6ND convention.
+  2l + T/l for strided, l + c T/l for fixed), so the term is 12 x N x H x sum over layers.
+  `flops_per_token_6n` = 6 x non-embedding parameters, the Kaplan C = 6ND convention.
 """
 
 from models.sizes import resolved_dims

@@ -21,7 +21,7 @@ from models.layers import (
     rotary,
 )
 from models.sizes import resolved_dims
-from models.sparse_attention import attention_fn, layer_period, uses_dense
+from models.sparse_attention import attention_fn, scan_layers, uses_dense
 
 _policies = jax.checkpoint_policies
 # What the backward pass may keep from each layer's forward (the rest is recomputed). Named
@@ -139,23 +139,7 @@ def apply(params: dict, batch: dict, cfg, *, rngs=None) -> jax.Array:
     if cfg.remat != "none":
         layer_fn = jax.checkpoint(layer_fn, policy=REMAT_POLICIES[cfg.remat], static_argnums=(2,))
     if cfg.layer_loop == "scan":
-        # Scan over groups of `period` layers (unrolled in the body) so that each layer's attention
-        # pattern is static: period 1 (uniform patterns) is the plain scan, 'alternate' gives 2.
-        period = layer_period(cfg)
-        if period == 1:
-            x_BTD, _ = jax.lax.scan(lambda x, p: (layer_fn(x, p, 0), None), x_BTD, params["layers"])
-        else:
-
-            def group_fn(x, p):
-                for i in range(period):
-                    x = layer_fn(x, jax.tree.map(lambda w, i=i: w[i], p), i)
-                return x, None
-
-            L = cfg.n_layers
-            grouped = jax.tree.map(
-                lambda w: w.reshape(L // period, period, *w.shape[1:]), params["layers"]
-            )
-            x_BTD, _ = jax.lax.scan(group_fn, x_BTD, grouped)
+        x_BTD = scan_layers(layer_fn, x_BTD, params["layers"], cfg)
     elif cfg.layer_loop == "python":
         for i in range(cfg.n_layers):
             x_BTD = layer_fn(x_BTD, jax.tree.map(lambda w, i=i: w[i], params["layers"]), i)

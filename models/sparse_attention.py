@@ -301,6 +301,24 @@ def layer_period(cfg) -> int:
     return L
 
 
+def scan_layers(layer_fn: Callable, x: Array, layers: dict, cfg) -> Array:
+    """`lax.scan` of `layer_fn(x, p, layer_index) -> x` over stacked `layers`, in groups of
+    `layer_period(cfg)` layers unrolled in the scan body, so that each layer's attention pattern
+    (chosen from its static index within the group) is static: period 1 is the plain scan."""
+    period = layer_period(cfg)
+    if period == 1:
+        return jax.lax.scan(lambda x, p: (layer_fn(x, p, 0), None), x, layers)[0]
+
+    def group_fn(x, p):
+        for i in range(period):
+            x = layer_fn(x, jax.tree.map(lambda w, i=i: w[i], p), i)
+        return x, None
+
+    L = cfg.n_layers
+    grouped = jax.tree.map(lambda w: w.reshape(L // period, period, *w.shape[1:]), layers)
+    return jax.lax.scan(group_fn, x, grouped)[0]
+
+
 def uses_dense(cfg) -> bool:
     """Whether any layer is dense (and so needs the [B, 1, T, S] bias)."""
     return any(layer_pattern(cfg, i) == "dense" for i in range(cfg.n_layers))
