@@ -138,8 +138,10 @@ def main(argv):
         if len(sel) < 2:
             continue
         Ts = [r["T"] for r in sel]
+        big = sel[-3:]  # the small T fit in cache: the large-T slope is the asymptotic one
         print(
-            f"#   {pattern:8} time {_fit(Ts, [r['best_ms'] for r in sel]):.2f}  "
+            f"#   {pattern:8} time {_fit(Ts, [r['best_ms'] for r in sel]):.2f} "
+            f"(largest 3 T: {_fit([r['T'] for r in big], [r['best_ms'] for r in big]):.2f})  "
             f"temp {_fit(Ts, [max(r['temp_mib'], 1e-6) for r in sel]):.2f}  "
             f"scores {_fit(Ts, [r['scores'] for r in sel]):.2f}"
         )
