@@ -253,6 +253,22 @@ def _check(cfg) -> None:
         )
 
 
+def validate(cfg) -> None:
+    """One-line errors for sparse-attention fields and the switches they do not combine with."""
+    _check(cfg)
+    sparse_layer_set(cfg)
+    if cfg.get("attention_pattern", "dense") == "dense":
+        return
+    for bad, why in [
+        (cfg.get("family", "decoder") != "decoder", "is wired for family=decoder only"),
+        (cfg.get("positions") == "relative", "does not take positions='relative' (a T x T bias)"),
+        (cfg.get("attn_dropout", 0.0) > 0, "does not take attn_dropout"),
+        (not cfg.get("attn_scale", True), "needs attn_scale=True"),
+    ]:
+        if bad:
+            raise ValueError(f"model.attention_pattern={cfg.attention_pattern!r} {why}")
+
+
 def sparse_layer_set(cfg) -> frozenset[int]:
     """Indices of the layers that use `cfg.attention_pattern` (the others are dense).
 
@@ -299,24 +315,6 @@ def layer_period(cfg) -> int:
         if L % p == 0 and all(patterns[i] == patterns[i % p] for i in range(L)):
             return p
     return L
-
-
-def scan_layers(layer_fn: Callable, x: Array, layers: dict, cfg) -> Array:
-    """`lax.scan` of `layer_fn(x, p, layer_index) -> x` over stacked `layers`, in groups of
-    `layer_period(cfg)` layers unrolled in the scan body, so that each layer's attention pattern
-    (chosen from its static index within the group) is static: period 1 is the plain scan."""
-    period = layer_period(cfg)
-    if period == 1:
-        return jax.lax.scan(lambda x, p: (layer_fn(x, p, 0), None), x, layers)[0]
-
-    def group_fn(x, p):
-        for i in range(period):
-            x = layer_fn(x, jax.tree.map(lambda w, i=i: w[i], p), i)
-        return x, None
-
-    L = cfg.n_layers
-    grouped = jax.tree.map(lambda w: w.reshape(L // period, period, *w.shape[1:]), layers)
-    return jax.lax.scan(group_fn, x, grouped)[0]
 
 
 def uses_dense(cfg) -> bool:

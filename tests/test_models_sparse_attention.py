@@ -235,6 +235,8 @@ def test_per_layer_patterns_and_scan_periods():
     ]:
         with pytest.raises(ValueError, match=f"model.{field}"):
             layer_pattern(_cfg(n_layers=4, **{field: value, **kw}), 0)
+    with pytest.raises(ValueError, match="model.attention_pattern='strided' does not take pos"):
+        decoder.init(jax.random.key(0), _cfg(attention_pattern="strided", positions="relative"))
 
 
 def _apply(params, tokens, cfg):
