@@ -25,6 +25,14 @@ padding as in `layers.attention_bias`) as a select on those scores. The parts ar
 along the key axis so one f32 softmax covers the union; the parts are disjoint, so no key is
 counted twice. With l = sqrt(T) the strided cost is O(T * sqrt(T)). Gradients are autodiff's.
 
+Per layer: `model.attention_pattern` applies to the layers of `model.sparse_layers` ('all',
+'alternate' or a comma list), the others stay dense. `blocks.attention` calls `attention_fn(cfg,
+layer_index)` for self-attention; `blocks.run_layers(..., indexed=True)` passes each layer's static
+index, and under `layer_loop='scan'` scans groups of `layer_period(cfg)` unrolled layers (period 1
+for uniform models, so the plain scan; 2 for 'alternate'; n_layers at worst, i.e. one unrolled
+group) rather than `lax.switch`, whose residuals would hold both branches' buffers. Wired for the
+decoder family; `validate` rejects the switches the kernels do not implement.
+
 Einsum letters beyond DESIGN.md's: G query heads per key/value head (N = K * G), C query blocks
 (block rows), E key block rows, Q position within a block (for the strided column part also the
 column j % l), W keys of a block's band, U summary keys.
