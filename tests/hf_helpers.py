@@ -1,0 +1,53 @@
+"""Shared pieces of the Hugging Face conversion tests: random tiny torch models saved locally.
+
+Nothing is downloaded: models are built from a `transformers` config, every parameter is perturbed
+(HF initialises biases to 0 and norms to 1, which would hide a wrong mapping), and saved with
+`save_pretrained` (safetensors) or as a PyTorch `pytorch_model.bin` state dict.
+"""
+
+import os
+
+import numpy as np
+import torch
+
+
+def randomize(model: torch.nn.Module, seed: int, scale: float = 0.05) -> torch.nn.Module:
+    """Adds N(0, scale^2) noise to every parameter (biases and norm scales included); eval mode."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=gen) * scale)
+    return model.eval()
+
+
+def save(model: torch.nn.Module, path: str, fmt: str) -> str:
+    """Saves `model` to `path` as 'safetensors' (save_pretrained) or 'bin' (torch state dict)."""
+    if fmt == "safetensors":
+        model.save_pretrained(path)
+    elif fmt == "bin":
+        model.config.save_pretrained(path)
+        torch.save(model.state_dict(), os.path.join(path, "pytorch_model.bin"))
+    else:
+        raise ValueError(fmt)
+    return path
+
+
+def max_abs_diff(ours, theirs: torch.Tensor, mask=None) -> float:
+    """max |ours - theirs| over the positions where `mask` [B, T] is true (all if None)."""
+    a, b = np.asarray(ours, np.float64), theirs.detach().numpy().astype(np.float64)
+    assert a.shape == b.shape, (a.shape, b.shape)
+    d = np.abs(a - b)
+    return float(d[np.asarray(mask, bool)].max() if mask is not None else d.max())
+
+
+def padded_batch(rng: np.random.Generator, lengths, T: int, vocab: int, *, left=()):
+    """Tokens [B, T] and a 0/1 mask, row b holding `lengths[b]` tokens, padded on the right
+    (or on the left for rows in `left`); pad ids are random too, so masking must hide them."""
+    tokens = rng.integers(0, vocab, (len(lengths), T)).astype(np.int64)
+    mask = np.zeros((len(lengths), T), np.int64)
+    for b, n in enumerate(lengths):
+        if b in left:
+            mask[b, T - n :] = 1
+        else:
+            mask[b, :n] = 1
+    return tokens, mask
