@@ -9,7 +9,7 @@ from types import ModuleType
 
 import numpy as np
 
-from models.hf_io import read_hf_dir, write_hf_dir
+from models.hf_io import read_hf_config, read_weights, write_hf_dir
 
 
 def _converters() -> dict[str, ModuleType]:
@@ -23,7 +23,8 @@ def converter(model_type: str) -> ModuleType:
     table = _converters()
     if model_type not in table:
         raise ValueError(
-            f"Hugging Face model_type={model_type!r} is not supported; choose one of {sorted(table)}"
+            f"Hugging Face model_type={model_type!r} is not supported; "
+            f"choose one of {sorted(table)}"
         )
     return table[model_type]
 
@@ -53,7 +54,9 @@ def to_hf(cfg, params) -> tuple[dict, dict[str, np.ndarray]]:
 
 def load_hf(hf_dir: str):
     """(our model config, parameters) of the Hugging Face model directory `hf_dir`."""
-    return from_hf(*read_hf_dir(hf_dir))
+    hf_config = read_hf_config(hf_dir)
+    converter(hf_config.get("model_type", ""))  # an unsupported model fails before reading weights
+    return from_hf(hf_config, read_weights(hf_dir))
 
 
 def save_hf(hf_dir: str, cfg, params) -> None:

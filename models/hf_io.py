@@ -23,16 +23,15 @@ SAFETENSORS_INDEX = "model.safetensors.index.json"
 TORCH_BIN = "pytorch_model.bin"
 
 
-def read_hf_dir(hf_dir: str) -> tuple[dict, dict[str, np.ndarray]]:
-    """(config.json as a dict, state dict of numpy arrays) of a Hugging Face model directory."""
+def read_hf_config(hf_dir: str) -> dict:
+    """config.json of a Hugging Face model directory, as a dict."""
     config_path = os.path.join(hf_dir, "config.json")
     if not os.path.exists(config_path):
         raise FileNotFoundError(
             f"{hf_dir} has no config.json; is it a Hugging Face model directory?"
         )
     with open(config_path) as f:
-        config = json.load(f)
-    return config, read_weights(hf_dir)
+        return json.load(f)
 
 
 def read_weights(hf_dir: str) -> dict[str, np.ndarray]:
