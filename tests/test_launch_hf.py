@@ -9,10 +9,9 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 from launch import hf_export, hf_import
 from models import hf, hf_io
+from models.sizes import default_model_config
 from tests.hf_helpers import randomize, save
 from train.checkpoint import load_state
-
-from models.sizes import default_model_config
 
 # TEMPORARY until the families branch (attn_bias / mlp_bias switches) is merged into hf.
 pytestmark = pytest.mark.skipif(

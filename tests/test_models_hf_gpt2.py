@@ -7,6 +7,7 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from models import decoder, hf, hf_io
+from models.sizes import default_model_config
 from tests.hf_helpers import max_abs_diff, padded_batch, randomize, save
 
 SIZES = {
@@ -23,8 +24,6 @@ SIZES = {
         layer_norm_epsilon=1e-6,
     ),
 }
-
-from models.sizes import default_model_config
 
 # TEMPORARY until the families branch (attn_bias / mlp_bias switches) is merged into hf.
 pytestmark = pytest.mark.skipif(
