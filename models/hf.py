@@ -13,9 +13,9 @@ from models.hf_io import read_hf_config, read_weights, write_hf_dir
 
 
 def _converters() -> dict[str, ModuleType]:
-    from models import hf_gpt2
+    from models import hf_bert, hf_gpt2
 
-    return {m.MODEL_TYPE: m for m in [hf_gpt2]}
+    return {m.MODEL_TYPE: m for m in [hf_gpt2, hf_bert]}
 
 
 def converter(model_type: str) -> ModuleType:
@@ -40,7 +40,7 @@ def converter_for(cfg) -> ModuleType:
 def from_hf(hf_config: dict, state: dict[str, np.ndarray]):
     """(our model config, our parameters as numpy arrays) from a config dict and a state dict."""
     module = converter(hf_config.get("model_type", ""))
-    cfg = module.config_from_hf(hf_config)
+    cfg = module.config_from_hf(hf_config, state)
     params = module.params_from_hf(state, cfg)
     return cfg, params
 

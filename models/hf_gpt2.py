@@ -25,7 +25,7 @@ ACTIVATIONS = {
 IGNORE = (".attn.bias", ".attn.masked_bias", "lm_head.weight")
 
 
-def config_from_hf(hf: dict):
+def config_from_hf(hf: dict, state: dict | None = None):
     """Our decoder model config for a GPT-2 `config.json`."""
     for key, want in [
         ("scale_attn_weights", True),

@@ -13,6 +13,7 @@ on either side is left unmapped.
 
 import dataclasses
 import json
+import math
 import os
 from collections.abc import Callable, Sequence
 
@@ -101,22 +102,32 @@ class Rule:
     to_ours: Callable = lambda *a: a
     to_hf: Callable = lambda *a: a
     layers: int = 0
+    optional: bool = False  # a head some checkpoints lack: skipped when absent on the source side
 
 
-def transpose(*arrays):
-    return tuple(np.ascontiguousarray(a.T) for a in arrays)
+def linear(hf: str, ours: str, in_shape, out_shape, *, layers: int = 0, optional=False) -> Rule:
+    """A torch `nn.Linear` weight [out, in] <-> our `dense` weight of shape in_shape + out_shape."""
+    n_in, n_out = math.prod(in_shape), math.prod(out_shape)
+    return Rule(
+        [hf],
+        [ours],
+        lambda w: (np.ascontiguousarray(w.T).reshape(*in_shape, *out_shape),),
+        lambda w: (np.ascontiguousarray(w.reshape(n_in, n_out).T),),
+        layers,
+        optional,
+    )
 
 
-def reshaper(*shapes_ours, shapes_hf):
-    """A rule's (to_ours, to_hf) pair reshaping each array between the two lists of shapes."""
-
-    def to_ours(*a):
-        return tuple(x.reshape(s) for x, s in zip(a, shapes_ours, strict=True))
-
-    def to_hf(*a):
-        return tuple(x.reshape(s) for x, s in zip(a, shapes_hf, strict=True))
-
-    return to_ours, to_hf
+def reshaped(hf: str, ours: str, hf_shape, our_shape, *, layers: int = 0, optional=False) -> Rule:
+    """One tensor stored under another shape on our side (e.g. a bias [N * H] <-> [N, H])."""
+    return Rule(
+        [hf],
+        [ours],
+        lambda b: (b.reshape(our_shape),),
+        lambda b: (b.reshape(hf_shape),),
+        layers,
+        optional,
+    )
 
 
 def _as_tuple(x) -> tuple:
@@ -142,6 +153,8 @@ def import_state(
         for i in range(rule.layers) if rule.layers else [None]:
             names = [n.format(i=i) for n in rule.hf]
             missing = [n for n in names if n not in state]
+            if rule.optional and len(missing) == len(names):
+                continue
             if missing:
                 raise KeyError(f"the Hugging Face checkpoint lacks {missing}")
             used.update(names)
@@ -169,6 +182,8 @@ def export_state(params: dict, rules: Sequence[Rule]) -> dict[str, np.ndarray]:
     state: dict[str, np.ndarray] = {}
     for rule in rules:
         missing = [n for n in rule.ours if n not in flat]
+        if rule.optional and len(missing) == len(rule.ours):
+            continue
         if missing:
             raise KeyError(f"the parameters lack {missing} (is the model config the right one?)")
         used.update(rule.ours)
