@@ -13,9 +13,9 @@ from models.hf_io import read_hf_config, read_weights, write_hf_dir
 
 
 def _converters() -> dict[str, ModuleType]:
-    from models import hf_bert, hf_gpt2
+    from models import hf_bert, hf_gpt2, hf_t5
 
-    return {m.MODEL_TYPE: m for m in [hf_gpt2, hf_bert]}
+    return {m.MODEL_TYPE: m for m in [hf_gpt2, hf_bert, hf_t5]}
 
 
 def converter(model_type: str) -> ModuleType:
