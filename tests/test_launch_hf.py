@@ -3,20 +3,13 @@
 import json
 
 import numpy as np
-import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from launch import hf_export, hf_import
 from models import hf, hf_io
-from models.sizes import default_model_config
 from tests.hf_helpers import randomize, save
 from train.checkpoint import load_state
-
-# TEMPORARY until the families branch (attn_bias / mlp_bias switches) is merged into hf.
-pytestmark = pytest.mark.skipif(
-    "attn_bias" not in default_model_config(), reason="needs the families branch's switches"
-)
 
 
 def test_import_then_export_cli(tmp_path, capsys):

@@ -6,11 +6,8 @@ import pytest
 import torch
 from transformers import BertConfig, BertForMaskedLM, BertForPreTraining
 
-from models import hf, hf_io
+from models import encoder, hf, hf_io
 from tests.hf_helpers import max_abs_diff, padded_batch, randomize, save
-
-# TEMPORARY until the families branch (models/encoder.py) is merged into hf.
-encoder = pytest.importorskip("models.encoder")
 
 SIZES = {
     "L1xD32": dict(

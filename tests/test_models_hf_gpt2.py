@@ -7,7 +7,6 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from models import decoder, hf, hf_io
-from models.sizes import default_model_config
 from tests.hf_helpers import max_abs_diff, padded_batch, randomize, save
 
 SIZES = {
@@ -24,11 +23,6 @@ SIZES = {
         layer_norm_epsilon=1e-6,
     ),
 }
-
-# TEMPORARY until the families branch (attn_bias / mlp_bias switches) is merged into hf.
-pytestmark = pytest.mark.skipif(
-    "attn_bias" not in default_model_config(), reason="needs the families branch's switches"
-)
 
 
 def _hf_model(size: str) -> GPT2LMHeadModel:

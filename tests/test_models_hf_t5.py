@@ -6,11 +6,8 @@ import pytest
 import torch
 from transformers import T5Config, T5ForConditionalGeneration
 
-from models import hf, hf_io
+from models import encdec, hf, hf_io
 from tests.hf_helpers import max_abs_diff, padded_batch, randomize, save
-
-# TEMPORARY until the families branch (models/encdec.py) is merged into hf.
-encdec = pytest.importorskip("models.encdec")
 
 V10 = dict(feed_forward_proj="relu")  # tied, output scaled by d_model**-0.5
 V11 = dict(feed_forward_proj="gated-gelu", tie_word_embeddings=False)  # + an untied lm_head
