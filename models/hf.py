@@ -49,7 +49,9 @@ def to_hf(cfg, params) -> tuple[dict, dict[str, np.ndarray]]:
     """(Hugging Face config dict, state dict) of our model config and parameters."""
     module = converter_for(cfg)
     params = _to_numpy(params)
-    return module.config_to_hf(cfg), module.params_to_hf(params, cfg)
+    hf_config = module.config_to_hf(cfg)
+    hf_config["dtype"] = str(params["embed"].dtype)  # what the weights are stored in
+    return hf_config, module.params_to_hf(params, cfg)
 
 
 def load_hf(hf_dir: str):

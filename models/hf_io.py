@@ -37,25 +37,44 @@ def read_hf_config(hf_dir: str) -> dict:
 
 def read_weights(hf_dir: str) -> dict[str, np.ndarray]:
     """The state dict in `hf_dir`: safetensors (single or sharded) first, else pytorch_model.bin."""
-    from safetensors.numpy import load_file
-
     if os.path.exists(os.path.join(hf_dir, SAFETENSORS)):
-        return dict(load_file(os.path.join(hf_dir, SAFETENSORS)))
+        return _load_safetensors(os.path.join(hf_dir, SAFETENSORS))
     if os.path.exists(os.path.join(hf_dir, SAFETENSORS_INDEX)):
         with open(os.path.join(hf_dir, SAFETENSORS_INDEX)) as f:
             shards = sorted(set(json.load(f)["weight_map"].values()))
         state = {}
         for shard in shards:
-            state.update(load_file(os.path.join(hf_dir, shard)))
+            state.update(_load_safetensors(os.path.join(hf_dir, shard)))
         return state
     if os.path.exists(os.path.join(hf_dir, TORCH_BIN)):
         import torch  # only needed for PyTorch-format checkpoints
 
         tensors = torch.load(os.path.join(hf_dir, TORCH_BIN), map_location="cpu", weights_only=True)
-        return {k: v.numpy().copy() for k, v in tensors.items()}
+        return {k: _torch_to_numpy(v) for k, v in tensors.items()}
     raise FileNotFoundError(
         f"{hf_dir} holds neither {SAFETENSORS}, {SAFETENSORS_INDEX} nor {TORCH_BIN}"
     )
+
+
+def _load_safetensors(path: str) -> dict[str, np.ndarray]:
+    from safetensors.numpy import load_file
+
+    try:
+        return dict(load_file(path))
+    except TypeError:  # bfloat16, which numpy cannot name: read through JAX (ml_dtypes arrays)
+        from safetensors.flax import load_file as load_jax
+
+        return {k: np.asarray(v) for k, v in load_jax(path).items()}
+
+
+def _torch_to_numpy(t) -> np.ndarray:
+    import torch
+
+    if t.dtype == torch.bfloat16:  # same bits, viewed as ml_dtypes' bfloat16
+        import ml_dtypes
+
+        return t.contiguous().view(torch.int16).numpy().view(ml_dtypes.bfloat16).copy()
+    return t.numpy().copy()
 
 
 def write_hf_dir(hf_dir: str, config: dict, state: dict[str, np.ndarray]) -> None:

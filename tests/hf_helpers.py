@@ -51,3 +51,31 @@ def padded_batch(rng: np.random.Generator, lengths, T: int, vocab: int, *, left=
         else:
             mask[b, :n] = 1
     return tokens, mask
+
+
+def assert_round_trip(src: str, out: str, tied_copies=()) -> tuple:
+    """Imports `src`, exports to `out`, and checks that every tensor comes back bitwise (same
+    names, dtypes, values) and that re-importing gives the same config and parameters.
+    `tied_copies` names duplicates of tied tensors that a torch state dict holds and the export
+    (like `save_pretrained`) leaves out.
+
+    Returns:
+      (our model config, our parameters) of `src`.
+    """
+    from models import hf, hf_io
+
+    original = hf_io.read_weights(src)
+    cfg, params = hf.load_hf(src)
+    hf.save_hf(out, cfg, params)
+    exported = hf_io.read_weights(out)
+    assert exported.keys() == original.keys() - set(tied_copies)
+    for k, got in exported.items():
+        want = original[k]
+        assert got.dtype == want.dtype and got.shape == want.shape, k
+        assert got.tobytes() == want.tobytes(), k
+    cfg2, params2 = hf.load_hf(out)
+    assert cfg2.to_dict() == cfg.to_dict()
+    flat, flat2 = hf_io.flatten(params), hf_io.flatten(params2)
+    assert flat.keys() == flat2.keys()
+    assert all(flat[k].tobytes() == flat2[k].tobytes() for k in flat)
+    return cfg, params

@@ -7,7 +7,7 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from models import decoder, hf, hf_io
-from tests.hf_helpers import max_abs_diff, padded_batch, randomize, save
+from tests.hf_helpers import assert_round_trip, max_abs_diff, padded_batch, randomize, save
 
 SIZES = {
     # n_inner=None -> 4 * n_embd; the second size has its own d_ff and exact-erf GELU
@@ -61,21 +61,7 @@ def test_logits_match_transformers(tmp_path, size, fmt):
 def test_export_import_round_trips_bitwise(tmp_path):
     model = _hf_model("L2xD64")
     src = save(model, str(tmp_path / "hf"), "safetensors")
-    original = hf_io.read_weights(src)
-    cfg, params = hf.load_hf(src)
-
-    hf.save_hf(str(tmp_path / "out"), cfg, params)
-    exported = hf_io.read_weights(str(tmp_path / "out"))
-    assert exported.keys() == original.keys()
-    for k in original:
-        assert exported[k].dtype == original[k].dtype and np.array_equal(
-            exported[k], original[k]
-        ), k
-    cfg2, params2 = hf.load_hf(str(tmp_path / "out"))
-    assert cfg2.to_dict() == cfg.to_dict()
-    flat, flat2 = hf_io.flatten(params), hf_io.flatten(params2)
-    assert flat.keys() == flat2.keys()
-    assert all(np.array_equal(flat[k], flat2[k]) for k in flat)
+    cfg, _ = assert_round_trip(src, str(tmp_path / "out"))
 
     # transformers reads the exported directory as the same model.
     back = GPT2LMHeadModel.from_pretrained(str(tmp_path / "out")).eval()
@@ -90,3 +76,21 @@ def test_untied_head_is_refused(tmp_path):
     state["lm_head.weight"] = state["lm_head.weight"] + 1.0
     with pytest.raises(ValueError, match="lm_head differs"):
         hf.from_hf(model.config.to_dict(), state)
+
+
+@pytest.mark.parametrize("fmt", ["sharded", "bin"])
+def test_bfloat16_and_sharded_checkpoints_round_trip_bitwise(tmp_path, fmt):
+    model = _hf_model("L1xD32").to(torch.bfloat16)
+    src = str(tmp_path / "hf")
+    if fmt == "sharded":
+        model.save_pretrained(src, max_shard_size="20KB")
+        assert (tmp_path / "hf" / hf_io.SAFETENSORS_INDEX).exists()
+    else:
+        save(model, src, fmt)
+    tied = ["lm_head.weight"] if fmt == "bin" else []
+    _, params = assert_round_trip(src, str(tmp_path / "out"), tied)
+    assert params["layers"]["q"].dtype.name == "bfloat16"
+    want = (
+        model.transformer.h[0].attn.c_attn.weight.detach().float().numpy()[:, :32].reshape(32, 4, 8)
+    )
+    assert np.array_equal(params["layers"]["q"][0].astype(np.float32), want)
