@@ -79,3 +79,18 @@ def assert_round_trip(src: str, out: str, tied_copies=()) -> tuple:
     assert flat.keys() == flat2.keys()
     assert all(flat[k].tobytes() == flat2[k].tobytes() for k in flat)
     return cfg, params
+
+
+def assert_same_tree_as_init(params: dict, cfg) -> None:
+    """The converted parameters have exactly the names and shapes `init` gives for `cfg`, so they
+    can stand in for a freshly initialised model (and its sharding annotations)."""
+    import flax.linen as nn
+    import jax
+
+    from models import get_model, hf_io
+
+    model = get_model(cfg.family)
+    abstract = nn.unbox(jax.eval_shape(lambda k: model.init(k, cfg), jax.random.key(0)))
+    want = {k: v.shape for k, v in hf_io.flatten(abstract).items()}
+    got = {k: v.shape for k, v in hf_io.flatten(params).items()}
+    assert got == want

@@ -7,7 +7,14 @@ import torch
 from transformers import BertConfig, BertForMaskedLM, BertForPreTraining
 
 from models import encoder, hf
-from tests.hf_helpers import assert_round_trip, max_abs_diff, padded_batch, randomize, save
+from tests.hf_helpers import (
+    assert_round_trip,
+    assert_same_tree_as_init,
+    max_abs_diff,
+    padded_batch,
+    randomize,
+    save,
+)
 
 SIZES = {
     "L1xD32": dict(
@@ -58,6 +65,7 @@ def _run_both(model, cfg, params):
 def test_logits_match_transformers(tmp_path, size, fmt):
     model = _hf_model(size)
     cfg, params = hf.load_hf(save(model, str(tmp_path / "hf"), fmt))
+    assert_same_tree_as_init(params, cfg)
     assert cfg.family == "encoder" and cfg.nsp_head == (size == "L2xD48")
     ours, theirs, mask = _run_both(model, cfg, params)
     hf_logits = theirs.logits if size == "L1xD32" else theirs.prediction_logits

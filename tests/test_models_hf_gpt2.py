@@ -7,7 +7,14 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from models import decoder, hf, hf_io
-from tests.hf_helpers import assert_round_trip, max_abs_diff, padded_batch, randomize, save
+from tests.hf_helpers import (
+    assert_round_trip,
+    assert_same_tree_as_init,
+    max_abs_diff,
+    padded_batch,
+    randomize,
+    save,
+)
 
 SIZES = {
     # n_inner=None -> 4 * n_embd; the second size has its own d_ff and exact-erf GELU
@@ -42,6 +49,7 @@ def _batch(vocab: int):
 def test_logits_match_transformers(tmp_path, size, fmt):
     model = _hf_model(size)
     cfg, params = hf.load_hf(save(model, str(tmp_path / "hf"), fmt))
+    assert_same_tree_as_init(params, cfg)
     assert cfg.family == "decoder" and cfg.d_ff == (model.config.n_inner or 4 * cfg.d_model)
     tokens, mask, positions = _batch(cfg.vocab_size)
     with torch.no_grad():
@@ -94,3 +102,14 @@ def test_bfloat16_and_sharded_checkpoints_round_trip_bitwise(tmp_path, fmt):
         model.transformer.h[0].attn.c_attn.weight.detach().float().numpy()[:, :32].reshape(32, 4, 8)
     )
     assert np.array_equal(params["layers"]["q"][0].astype(np.float32), want)
+
+
+def test_unsupported_configs_are_refused_with_the_field_named():
+    config = GPT2Config(**SIZES["L1xD32"], scale_attn_by_inverse_layer_idx=True).to_dict()
+    with pytest.raises(ValueError, match="scale_attn_by_inverse_layer_idx"):
+        hf.from_hf(config, {})
+    from models.sizes import default_model_config
+
+    rotary = default_model_config("tiny")  # today's default decoder: rotary, no biases
+    with pytest.raises(ValueError, match="positions='learned'"):
+        hf.to_hf(rotary, {"embed": np.zeros((4, 2), np.float32)})

@@ -7,7 +7,14 @@ import torch
 from transformers import T5Config, T5ForConditionalGeneration
 
 from models import encdec, hf
-from tests.hf_helpers import assert_round_trip, max_abs_diff, padded_batch, randomize, save
+from tests.hf_helpers import (
+    assert_round_trip,
+    assert_same_tree_as_init,
+    max_abs_diff,
+    padded_batch,
+    randomize,
+    save,
+)
 
 V10 = dict(feed_forward_proj="relu")  # tied, output scaled by d_model**-0.5
 V11 = dict(feed_forward_proj="gated-gelu", tie_word_embeddings=False)  # + an untied lm_head
@@ -91,6 +98,7 @@ def _run_both(model, cfg, params):
 def test_logits_match_transformers(tmp_path, size, fmt):
     model = _hf_model(size)
     cfg, params = hf.load_hf(save(model, str(tmp_path / "hf"), fmt))
+    assert_same_tree_as_init(params, cfg)
     v11 = size.startswith("v1.1")
     assert cfg.tie_embeddings == (not v11) and cfg.tied_output_scale == (not v11)
     assert cfg.activation == ("geglu" if v11 else "relu")
