@@ -10,7 +10,9 @@ from models.hf_io import (
     Rule,
     export_state,
     import_state,
+    inverse_name,
     linear,
+    require,
     reshaped,
     strip_prefix,
     tied_equal,
@@ -89,14 +91,9 @@ def config_to_hf(cfg) -> dict:
         mlp_bias=True,
         tie_embeddings=True,
     )
-    wrong = {k: cfg[k] for k, v in need.items() if cfg[k] != v}
-    if (
-        wrong
-        or (cfg.n_kv_heads or cfg.n_heads) != cfg.n_heads
-        or cfg.d_head not in (0, cfg.d_model // cfg.n_heads)
-    ):
-        raise ValueError(f"BERT export needs model.{need} with MHA heads; got {wrong}")
-    act = {v: k for k, v in reversed(ACTIVATIONS.items())}[cfg.activation]
+    need |= dict(d_head=0, norm_bias=True, attn_scale=True, tied_output_scale=False, num_classes=0)
+    require(cfg, "BERT export", **need)
+    act = inverse_name(ACTIVATIONS, cfg.activation, "BERT")
     return {
         "architectures": ["BertForPreTraining" if cfg.nsp_head else "BertForMaskedLM"],
         "model_type": MODEL_TYPE,

@@ -7,7 +7,15 @@ mapping is reshapes and the split of the fused `c_attn` [D, 3D] into q, k, v.
 
 import numpy as np
 
-from models.hf_io import Rule, export_state, import_state, strip_prefix, tied_equal
+from models.hf_io import (
+    Rule,
+    export_state,
+    import_state,
+    inverse_name,
+    require,
+    strip_prefix,
+    tied_equal,
+)
 from models.sizes import default_model_config
 
 MODEL_TYPE = "gpt2"
@@ -67,18 +75,11 @@ def config_from_hf(hf: dict, state: dict | None = None):
 
 def config_to_hf(cfg) -> dict:
     """A GPT-2 `config.json` for our decoder config (inverse of `config_from_hf`)."""
-    if cfg.family != "decoder" or cfg.positions != "learned" or not cfg.tie_embeddings:
-        raise ValueError(
-            "GPT-2 export needs model.family='decoder', positions='learned', tie_embeddings=True"
-        )
-    if (cfg.n_kv_heads or cfg.n_heads) != cfg.n_heads or (cfg.d_head or 0) not in (
-        0,
-        cfg.d_model // cfg.n_heads,
-    ):
-        raise ValueError(
-            "GPT-2 export needs n_kv_heads == n_heads and d_head == d_model // n_heads"
-        )
-    act = {v: k for k, v in reversed(ACTIVATIONS.items())}[cfg.activation]
+    need = dict(family="decoder", positions="learned", tie_embeddings=True, norm_type="layernorm")
+    need |= dict(norm_position="pre", norm_bias=True, attn_bias=True, mlp_bias=True)
+    need |= dict(d_head=0, embed_norm=False, type_vocab_size=0, attn_scale=True)
+    require(cfg, "GPT-2 export", **need)
+    act = inverse_name(ACTIVATIONS, cfg.activation, "GPT-2")
     return {
         "architectures": ["GPT2LMHeadModel"],
         "model_type": MODEL_TYPE,

@@ -102,6 +102,24 @@ def write_json(path: str, obj) -> None:
     os.replace(tmp, path)
 
 
+def require(cfg, what: str, **need) -> None:
+    """Raises a ValueError naming every model config field that `what` (e.g. 'GPT-2 export')
+    cannot represent: each `need` field must have its given value, heads must be MHA."""
+    wrong = [f"model.{k}={v!r} (got {cfg[k]!r})" for k, v in need.items() if cfg[k] != v]
+    if (cfg.n_kv_heads or cfg.n_heads) != cfg.n_heads:
+        wrong.append(f"model.n_kv_heads=0 or {cfg.n_heads} (got {cfg.n_kv_heads})")
+    if wrong:
+        raise ValueError(f"{what} needs " + ", ".join(wrong))
+
+
+def inverse_name(table: dict, value: str, what: str) -> str:
+    """The first key of `table` mapping to `value` (our name -> Hugging Face name)."""
+    for k, v in table.items():
+        if v == value:
+            return k
+    raise ValueError(f"{what} has no equivalent of model.activation={value!r}")
+
+
 def strip_prefix(state: dict[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
     """Drops `prefix` from the keys that carry it (base-model checkpoints omit the head prefix)."""
     return {k.removeprefix(prefix): v for k, v in state.items()}

@@ -7,7 +7,7 @@ shared embedding and scaled by d_model**-0.5. v1.1: gated GELU (`wi_0` activated
 a separate `lm_head`, no scaling. torch `nn.Linear` weights are [out, in]: each is transposed.
 """
 
-from models.hf_io import Rule, export_state, import_state, linear, tied_equal
+from models.hf_io import Rule, export_state, import_state, inverse_name, linear, require, tied_equal
 from models.sizes import default_model_config
 
 MODEL_TYPE = "t5"
@@ -89,10 +89,8 @@ def config_to_hf(cfg) -> dict:
         embed_norm=False,
         type_vocab_size=0,
     )
-    wrong = {k: cfg[k] for k, v in need.items() if cfg[k] != v}
-    if wrong or (cfg.n_kv_heads or cfg.n_heads) != cfg.n_heads:
-        raise ValueError(f"T5 export needs model.{need} with MHA heads; got {wrong}")
-    proj = {v: k for k, v in ACTIVATIONS.items()}[cfg.activation]
+    require(cfg, "T5 export", **need)
+    proj = inverse_name(ACTIVATIONS, cfg.activation, "T5")
     scaled = bool(cfg.tie_embeddings and cfg.tied_output_scale)
     return {
         "architectures": ["T5ForConditionalGeneration"],
