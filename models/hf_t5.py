@@ -67,6 +67,11 @@ def config_from_hf(hf: dict, state: dict):
         norm_type="rmsnorm",
         norm_position="pre",
         norm_eps=hf.get("layer_norm_epsilon", 1e-6),
+        # dropout acts only in training (apply with rngs); T5 uses one rate everywhere (and also
+        # after each final norm, which we do not)
+        embed_dropout=hf.get("dropout_rate", 0.1),
+        attn_dropout=hf.get("dropout_rate", 0.1),
+        resid_dropout=hf.get("dropout_rate", 0.1),
         attn_bias=False,
         mlp_bias=False,
         attn_scale=False,
@@ -106,6 +111,7 @@ def config_to_hf(cfg) -> dict:
         "relative_attention_max_distance": cfg.rel_max_distance,
         "feed_forward_proj": proj,
         "layer_norm_epsilon": cfg.norm_eps,
+        "dropout_rate": cfg.resid_dropout,
         # Both spellings: transformers < 5 reads tie_word_embeddings, >= 5 scale_decoder_outputs.
         "tie_word_embeddings": scaled,
         "scale_decoder_outputs": scaled,
