@@ -2,7 +2,7 @@
 
 A Hugging Face directory holds `config.json` and the weights as `model.safetensors`, a sharded
 `model.safetensors.index.json`, or a PyTorch state dict `pytorch_model.bin`. Weights are read into
-numpy arrays (no JAX, no torch unless the directory only has a `.bin`).
+numpy arrays (torch only for a `.bin`, JAX only for bfloat16 safetensors, which numpy cannot name).
 
 Each family converter (models/hf_gpt2.py, hf_bert.py, hf_t5.py) is a list of `Rule`s: one rule
 maps a few Hugging Face tensors to a few of our parameters with a pair of exactly inverse array

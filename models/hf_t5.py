@@ -46,13 +46,14 @@ def config_from_hf(hf: dict, state: dict):
             "T5 with an untied lm_head and scaled decoder outputs has no equivalent here"
         )
     L = hf["num_layers"]
+    n_dec = hf.get("num_decoder_layers") or L
     cfg = default_model_config("tiny")
     cfg.update(
         family="encdec",
         size=f"hf-t5-L{L}xD{hf['d_model']}",
         vocab_size=hf["vocab_size"],
         n_layers=L,
-        n_decoder_layers=hf.get("num_decoder_layers") or L,
+        n_decoder_layers=0 if n_dec == L else n_dec,  # 0: as many as the encoder
         d_model=hf["d_model"],
         n_heads=hf["num_heads"],
         n_kv_heads=0,

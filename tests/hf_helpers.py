@@ -94,3 +94,37 @@ def assert_same_tree_as_init(params: dict, cfg) -> None:
     want = {k: v.shape for k, v in hf_io.flatten(abstract).items()}
     got = {k: v.shape for k, v in hf_io.flatten(params).items()}
     assert got == want
+
+
+def our_random_model(cfg, seed: int = 0, scale: float = 0.05) -> dict:
+    """Parameters of our `init` for `cfg` (as numpy), every leaf perturbed like `randomize`
+    (init sets biases to 0 and norm scales to 1, which would hide a wrong mapping)."""
+    import flax.linen as nn
+    import jax
+
+    from models import get_model
+
+    params = nn.unbox(get_model(cfg.family).init(jax.random.key(seed), cfg))
+    rng = np.random.default_rng(seed)
+    noise = lambda x: (rng.standard_normal(x.shape) * scale).astype(x.dtype)
+    return jax.tree.map(lambda x: np.asarray(x) + noise(x), params)
+
+
+def small(cfg, **overrides):
+    """`cfg` shrunk to a seconds-long test model (1 layer, d_model 32, 2 heads, vocab 64)."""
+    shape = dict(n_layers=1, d_model=32, n_heads=2, d_ff=64, vocab_size=64, max_len=32)
+    cfg.update({**shape, **overrides})
+    return cfg
+
+
+def assert_reimport_matches(out: str, cfg, params, ignore=("size",)) -> None:
+    """Importing the exported `out` gives `cfg` back (but for label-like `ignore` fields, which
+    the Hugging Face format does not carry) and bitwise the same parameters."""
+    from models import hf, hf_io
+
+    cfg2, params2 = hf.load_hf(out)
+    drop = lambda c: {k: v for k, v in c.to_dict().items() if k not in ignore}
+    assert drop(cfg2) == drop(cfg)
+    flat, flat2 = hf_io.flatten(params), hf_io.flatten(params2)
+    assert flat.keys() == flat2.keys()
+    assert all(np.asarray(flat[k]).tobytes() == flat2[k].tobytes() for k in flat)
