@@ -15,22 +15,10 @@ Presets (2-core CPU, shared with other jobs): size=tiny is 300 steps of 16 x 128
 """
 
 from experiments.common import base_config, parse_arg, set_tokenizer
+from experiments.families import set_family
 
 # size: (steps, peak lr, warmup)
 PRESETS = {"tiny": (300, 1e-3, 30), "mini": (1000, 1e-3, 100), "small": (1800, 7e-4, 150)}
-
-
-def bert_model(model) -> None:
-    """Sets the BERT switches on a model config (models/sizes.py documents each)."""
-    model.family = "encoder"
-    model.norm_position = "post"
-    model.embed_norm = True
-    model.norm_eps = 1e-12
-    model.positions = "learned"
-    model.attn_bias = True
-    model.mlp_bias = True
-    model.activation = "gelu_exact"
-    model.type_vocab_size = 2
 
 
 def get_config(arg: str = ""):
@@ -39,13 +27,11 @@ def get_config(arg: str = ""):
     )
     config = base_config(args.size)
     set_tokenizer(config, args.tokenizer, args.vocab)
-    bert_model(config.model)
-    config.objective = "masked_lm"
+    config.data.seq_len = 128
+    set_family(config, "encoder")
     config.objective_args.nsp = args.nsp
     config.model.nsp_head = args.nsp
     steps, lr, warmup = PRESETS.get(args.size, (10_000, 1e-4, 1000))
-    config.data.seq_len = 128
-    config.model.max_len = config.data.seq_len
     config.train.steps = args.steps or steps
     config.train.lr = lr
     config.train.warmup_steps = min(warmup, config.train.steps // 10)

@@ -17,30 +17,10 @@ Presets (2-core CPU, shared with other jobs): size=tiny is 300 steps of 16 x 128
 """
 
 from experiments.common import base_config, parse_arg, set_tokenizer
-from objectives.span_corruption import default_target_len
+from experiments.families import set_family, t5_model
 
 # size: (steps, peak lr, warmup)
 PRESETS = {"tiny": (300, 3e-3, 30), "mini": (1000, 2e-3, 100), "small": (1800, 1e-3, 150)}
-
-
-def t5_model(model, version: str = "1.1") -> None:
-    """Sets the T5 switches on a model config (models/sizes.py documents each)."""
-    if version not in ("1.0", "1.1"):
-        raise ValueError(f"version={version!r} is unknown; use 1.0 or 1.1")
-    model.family = "encdec"
-    model.norm_type = "rmsnorm"
-    model.norm_eps = 1e-6
-    model.positions = "relative"
-    model.attn_scale = False
-    model.attn_bias = False
-    model.mlp_bias = False
-    if version == "1.0":
-        model.activation = "relu"
-        model.tie_embeddings = True
-        model.tied_output_scale = True
-    else:
-        model.activation = "geglu"
-        model.tie_embeddings = False
 
 
 def get_config(arg: str = ""):
@@ -49,12 +29,10 @@ def get_config(arg: str = ""):
     )
     config = base_config(args.size)
     set_tokenizer(config, args.tokenizer, args.vocab)
-    t5_model(config.model, args.version)
-    config.objective = "span_corruption"
-    steps, lr, warmup = PRESETS.get(args.size, (10_000, 1e-3, 1000))
     config.data.seq_len = 128
-    a = config.objective_args
-    a.target_len = default_target_len(config.data.seq_len, a.noise_density, a.mean_span)
+    set_family(config, "encdec")
+    t5_model(config.model, args.version)
+    steps, lr, warmup = PRESETS.get(args.size, (10_000, 1e-3, 1000))
     config.train.steps = args.steps or steps
     config.train.lr = lr
     config.train.warmup_steps = min(warmup, config.train.steps // 10)

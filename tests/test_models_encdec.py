@@ -6,7 +6,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from experiments.t5 import t5_model
+from experiments.families import t5_model
 from models import encdec
 from models.counting import count_params, flops_per_token
 from models.sizes import default_model_config

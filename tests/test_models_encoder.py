@@ -5,7 +5,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from experiments.bert import bert_model
+from experiments.families import bert_model
 from models import encoder
 from models.counting import count_params, flops_per_token
 from models.sizes import default_model_config
