@@ -96,18 +96,23 @@ def assert_same_tree_as_init(params: dict, cfg) -> None:
     assert got == want
 
 
-def our_random_model(cfg, seed: int = 0, scale: float = 0.05) -> dict:
-    """Parameters of our `init` for `cfg` (as numpy), every leaf perturbed like `randomize`
-    (init sets biases to 0 and norm scales to 1, which would hide a wrong mapping)."""
+def our_random_model(cfg, seed: int = 0, std: float = 0.05) -> dict:
+    """Random parameters with exactly the names and shapes of our `init` for `cfg` (numpy; norm
+    scales 1 + noise, everything else noise: init's zero biases would hide a wrong mapping).
+    Read off `jax.eval_shape(init)`, so nothing is compiled."""
     import flax.linen as nn
     import jax
 
-    from models import get_model
+    from models import get_model, hf_io
 
-    params = nn.unbox(get_model(cfg.family).init(jax.random.key(seed), cfg))
+    init = get_model(cfg.family).init
+    abstract = nn.unbox(jax.eval_shape(lambda k: init(k, cfg), jax.random.key(0)))
     rng = np.random.default_rng(seed)
-    noise = lambda x: (rng.standard_normal(x.shape) * scale).astype(x.dtype)
-    return jax.tree.map(lambda x: np.asarray(x) + noise(x), params)
+    flat = {
+        k: (rng.standard_normal(v.shape) * std + k.endswith("_scale")).astype(v.dtype)
+        for k, v in hf_io.flatten(abstract).items()
+    }
+    return hf_io.unflatten(flat)
 
 
 def small(cfg, **overrides):

@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import BertConfig, BertForMaskedLM, BertForPreTraining
 
-from experiments.bert import bert_model
+from experiments.families import bert_model
 from models import encoder, hf
 from models.sizes import default_model_config
 from tests.hf_helpers import (
@@ -102,8 +102,8 @@ def test_checkpoint_without_mlm_head_is_refused():
 
 
 def test_model_built_here_exports_to_transformers(tmp_path):
-    """The other direction: experiments/bert.py's model (with NSP) initialised here, exported,
-    read by transformers, gives the same logits, and re-imports bitwise."""
+    """The other direction: experiments/families.py's BERT (with NSP) initialised here,
+    exported, read by transformers, gives the same logits, and re-imports bitwise."""
     cfg = default_model_config("tiny")
     bert_model(cfg)
     cfg = small(cfg, nsp_head=True)

@@ -133,7 +133,8 @@ def test_model_built_here_exports_to_transformers(tmp_path):
             position_ids=torch.from_numpy(positions),
         ).logits
     batch = {"tokens": tokens, "segment_ids": mask, "positions": positions}
-    got = decoder.apply(params, {k: v.astype(np.int32) for k, v in batch.items()}, cfg)
+    batch = {k: v.astype(np.int32) for k, v in batch.items()}
+    got = jax.jit(lambda p, b: decoder.apply(p, b, cfg))(params, batch)
     err = max_abs_diff(got, want, mask)
     print(f"GPT-2 built here, exported: max |logits - transformers| = {err:.3g}")
     assert err <= 1e-4

@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import T5Config, T5ForConditionalGeneration
 
-from experiments.t5 import t5_model
+from experiments.families import t5_model
 from models import encdec, hf
 from models.sizes import default_model_config
 from tests.hf_helpers import (
@@ -126,10 +126,11 @@ def test_export_import_round_trips_bitwise(tmp_path, size):
         assert torch.equal(back(input_ids=ids, decoder_input_ids=ids).logits, want)
 
 
-@pytest.mark.parametrize("version", ["1.0", "1.1"])
-def test_model_built_here_exports_to_transformers(tmp_path, version):
-    """The other direction: experiments/t5.py's model initialised here, exported, read by
-    transformers, gives the same logits, and re-imports bitwise."""
+def test_model_built_here_exports_to_transformers(tmp_path):
+    """The other direction: experiments/families.py's T5 v1.1 initialised here, exported, read by
+    transformers, gives the same logits, and re-imports bitwise. (v1.0's export is checked by
+    transformers reading it back in the round-trip test.)"""
+    version = "1.1"
     cfg = default_model_config("tiny")
     t5_model(cfg, version)
     cfg = small(cfg, d_head=8, n_heads=4, rel_buckets=8, rel_max_distance=16)
