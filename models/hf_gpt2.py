@@ -82,6 +82,7 @@ def config_to_hf(cfg) -> dict:
     need = dict(family="decoder", positions="learned", tie_embeddings=True, norm_type="layernorm")
     need |= dict(norm_position="pre", norm_bias=True, attn_bias=True, mlp_bias=True)
     need |= dict(d_head=0, embed_norm=False, type_vocab_size=0, attn_scale=True)
+    need |= dict(tied_output_scale=False)
     require(cfg, "GPT-2 export", **need)
     act = inverse_name(ACTIVATIONS, cfg.activation, "GPT-2")
     return {

@@ -102,9 +102,14 @@ def write_json(path: str, obj) -> None:
     os.replace(tmp, path)
 
 
+_PLAIN = {"attention_pattern": "dense", "mup": False}
+
+
 def require(cfg, what: str, **need) -> None:
     """Raises a ValueError naming every model config field that `what` (e.g. 'GPT-2 export')
     cannot represent: each `need` field must have its given value, heads must be MHA."""
+    # Switches other branches add that no Hugging Face model of these families has.
+    need = {k: v for k, v in _PLAIN.items() if k in cfg} | need
     wrong = [f"model.{k}={v!r} (got {cfg[k]!r})" for k, v in need.items() if cfg[k] != v]
     if (cfg.n_kv_heads or cfg.n_heads) != cfg.n_heads:
         wrong.append(f"model.n_kv_heads=0 or {cfg.n_heads} (got {cfg.n_kv_heads})")
