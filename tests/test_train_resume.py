@@ -36,24 +36,11 @@ class _Recording:
         pass
 
 
-class _RecordingDataset:
-    """Wraps the train dataset so that its iterator records every batch."""
-
-    def __init__(self, ds, log):
-        self.ds, self.log = ds, log
-
-    def random_map(self, *a, **k):
-        return _RecordingDataset(self.ds.random_map(*a, **k), self.log)
-
-    def __iter__(self):
-        return _Recording(iter(self.ds), self.log)
-
-
 def test_resume_is_bitwise_exact(tmp_path, monkeypatch):
     seen: list = []
-    make = train.loop.make_train_dataset
+    make = train.loop.make_train_iterator
     monkeypatch.setattr(
-        train.loop, "make_train_dataset", lambda *a, **k: _RecordingDataset(make(*a, **k), seen)
+        train.loop, "make_train_iterator", lambda *a, **k: _Recording(make(*a, **k), seen)
     )
     config = small_config(tmp_path, steps=20)
 
