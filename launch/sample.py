@@ -15,7 +15,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from absl import app, flags  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
 
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Run directory holding config.json and checkpoints."
@@ -55,6 +55,7 @@ def load_for_sampling(workdir: str, step: int = -1):
 
 def main(argv):
     del argv
+    logging.set_verbosity(logging.WARNING)  # Orbax logs every file operation at INFO
     import jax
 
     from models.generate import SampleSettings, generate

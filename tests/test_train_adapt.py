@@ -107,3 +107,18 @@ def test_load_reports_new_heads_and_rejects_shape_mismatch(tmp_path):
     cfg.load = "head"  # excluded by adapt.load: the mismatched leaf keeps its initialisation
     _, report = adapt.load_pretrained({"w": jax.numpy.zeros(4)}, ckpt, cfg)
     assert report == {"loaded": [], "initialised": ["w"]}
+
+
+@pytest.mark.slow
+def test_sample_loads_a_workdir_and_generates_greedy_tokens(pretrained):
+    from launch.sample import load_for_sampling
+    from models import decoder
+    from models.generate import SampleSettings, generate
+
+    _, base_dir, saved = pretrained
+    params, model_cfg, tokenizer = load_for_sampling(base_dir)
+    assert _flat(params).keys() == saved.keys()
+    prompt = [tokenizer.bos_id, *tokenizer.encode("def ").tolist()]
+    [out] = generate(params, [prompt], model_cfg, SampleSettings(max_new_tokens=3))
+    logits = decoder.apply(params, {"tokens": np.array([prompt + out[:2]], np.int32)}, model_cfg)
+    assert out == [int(i) for i in np.asarray(logits[0, -3:]).argmax(-1)]
