@@ -33,7 +33,7 @@ from objectives.transforms import eval_rng
 from parallel.mesh import make_mesh
 from parallel.rules import get_rules
 from parallel.sharding import batch_shardings, check_batch
-from train import preemption
+from train import adapt, preemption
 from train.checkpoint import Checkpointer
 from train.metrics import MetricWriter
 from train.optim import make_optimizer, make_schedule
@@ -99,6 +99,7 @@ class Run:
                 f"tokenizer vocabulary ({self.tokenizer.vocab_size}); raise it"
             )
         self.model = get_model(config.model.family)
+        self.model = adapt.wrap_model(self.model, config, self.tokenizer.vocab_size)
         # Host-side batch transform of the objective (masking, span corruption), or None.
         self.transform = objectives.get_batch_transform(config, self.tokenizer)
         target_len = getattr(self.transform, "target_len", None)
@@ -107,6 +108,7 @@ class Run:
         self.flops = flops_per_token(config.model, config.data.seq_len, target_len=target_len)
         self.schedule = make_schedule(config.train)
         self.optimizer = make_optimizer(config.train)
+        self.optimizer = adapt.wrap_optimizer(self.optimizer, config)  # frozen: no state
         self.loss_fn = objectives.get_loss_fn(config.objective)(
             config.model, self.model.apply, bytes_per_token=self.tokenizer.bytes_per_token
         )
@@ -132,6 +134,7 @@ class Run:
                 in_shardings=(self.state_shardings.params, self.batch_shardings),
                 out_shardings=replicated,
             )
+        self.state = adapt.load_init_from(self.state, config)  # --config.init_from=DIR
 
     def init_state(self):
         """A freshly initialised sharded train state and its shardings."""

@@ -35,6 +35,25 @@ def _is_spec(x) -> bool:
     return isinstance(x, P)
 
 
+def _opt_specs_by_path(abstract_opt_state, param_specs):
+    """Optimizer-state specs: a leaf whose trailing dict-key path is a parameter takes its spec."""
+    specs = {
+        tuple(k.key for k in path): spec
+        for path, spec in jax.tree_util.tree_leaves_with_path(param_specs, is_leaf=_is_spec)
+    }
+
+    def spec_of(path, leaf):
+        keys = []
+        for k in reversed(path):
+            if not isinstance(k, jax.tree_util.DictKey):
+                break
+            keys.insert(0, k.key)
+        spec = specs.get(tuple(keys))
+        return spec if spec is not None and len(spec) <= leaf.ndim else P()
+
+    return jax.tree_util.tree_map_with_path(spec_of, abstract_opt_state)
+
+
 def create_train_state(
     model, model_cfg, optimizer: optax.GradientTransformation, mesh: Mesh, rules, seed: int
 ) -> tuple[TrainState, TrainState]:
@@ -62,14 +81,17 @@ def create_train_state(
     param_specs = nn.logical_to_mesh(nn.get_partition_spec(boxed), rules)
     abstract = jax.eval_shape(init_fn, key_data)
     check_divisible(abstract.params, param_specs, mesh)
-    opt_specs = optax.tree_utils.tree_map_params(
-        optimizer,
-        lambda _, spec: spec,
-        abstract.opt_state,
-        param_specs,
-        transform_non_params=lambda _: P(),
-        is_leaf=_is_spec,
-    )
+    try:
+        opt_specs = optax.tree_utils.tree_map_params(
+            optimizer,
+            lambda _, spec: spec,
+            abstract.opt_state,
+            param_specs,
+            transform_non_params=lambda _: P(),
+            is_leaf=_is_spec,
+        )
+    except ValueError:  # partitioned states (frozen parameters: train/adapt.py) hold MaskedNodes
+        opt_specs = _opt_specs_by_path(abstract.opt_state, param_specs)
     specs = TrainState(step=P(), params=param_specs, opt_state=opt_specs, rng=P(), nonfinite=P())
     shardings = named_shardings(specs, mesh)
     state = jax.jit(init_fn, out_shardings=shardings)(key_data)
