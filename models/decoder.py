@@ -101,7 +101,24 @@ def block(x_BTD, p: dict, positions_BT, bias_B1TS, cfg):
     return constrain(x_BTD, ("batch", "length", "embed"))
 
 
-def apply(params: dict, batch: dict, cfg, *, rngs=None) -> jax.Array:
+def run_layers(layer_fn, layers: dict, x_BTD, side: dict, loop: str = "python"):
+    """The default layer stack: `layer_fn(x, layers[l], side)` for l = 0..L-1, in one device's
+    program (a Python loop over the stacked params or `lax.scan`).
+
+    Any function with this signature can replace it through `apply(..., layer_stack=...)`:
+    `parallel.pipeline.make_layer_stack` runs the same layers as a pipeline over stages.
+    """
+    if loop == "scan":
+        return jax.lax.scan(lambda x, p: (layer_fn(x, p, side), None), x_BTD, layers)[0]
+    if loop != "python":
+        raise ValueError(f"model.layer_loop={loop!r} is unknown; use 'python' or 'scan'")
+    n_layers = jax.tree.leaves(layers)[0].shape[0]
+    for i in range(n_layers):
+        x_BTD = layer_fn(x_BTD, jax.tree.map(lambda w, i=i: w[i], layers), side)
+    return x_BTD
+
+
+def apply(params: dict, batch: dict, cfg, *, rngs=None, layer_stack=None) -> jax.Array:
     """Next-token logits [B, T, V] (f32) for `batch['tokens']`.
 
     Args:
@@ -110,6 +127,9 @@ def apply(params: dict, batch: dict, cfg, *, rngs=None) -> jax.Array:
         `positions` (position within each document) of the same shape.
       cfg: the model config.
       rngs: unused (no dropout in this family yet); accepted for a uniform signature.
+      layer_stack: `(layer_fn, layers, x_BTD, side) -> x_BTD` running the stacked blocks, where
+        `layer_fn(x, p, side)` is one block and `side` holds per-row inputs ([B, ...] arrays:
+        positions, attention bias); None runs `run_layers` with `cfg.layer_loop`.
     """
     del rngs
     tokens_BT = batch["tokens"]
@@ -124,20 +144,18 @@ def apply(params: dict, batch: dict, cfg, *, rngs=None) -> jax.Array:
     x_BTD = constrain(x_BTD, ("batch", "length", "embed"))
     bias_B1TS = attention_bias(segment_ids_BT, causal=True)
 
-    layer_fn = lambda x, p: block(x, p, positions_BT, bias_B1TS, cfg)
+    side = {"positions": positions_BT, "bias": bias_B1TS}
+    layer_fn = lambda x, p, side: block(x, p, side["positions"], side["bias"], cfg)
     if REMAT_POLICIES.get(cfg.remat, "bad") == "bad":
         raise ValueError(
             f"model.remat={cfg.remat!r} is unknown; choose one of {list(REMAT_POLICIES)}"
         )
     if cfg.remat != "none":
         layer_fn = jax.checkpoint(layer_fn, policy=REMAT_POLICIES[cfg.remat])
-    if cfg.layer_loop == "scan":
-        x_BTD, _ = jax.lax.scan(lambda x, p: (layer_fn(x, p), None), x_BTD, params["layers"])
-    elif cfg.layer_loop == "python":
-        for i in range(cfg.n_layers):
-            x_BTD = layer_fn(x_BTD, jax.tree.map(lambda w, i=i: w[i], params["layers"]))
+    if layer_stack is None:
+        x_BTD = run_layers(layer_fn, params["layers"], x_BTD, side, cfg.layer_loop)
     else:
-        raise ValueError(f"model.layer_loop={cfg.layer_loop!r} is unknown; use 'python' or 'scan'")
+        x_BTD = layer_stack(layer_fn, params["layers"], x_BTD, side)
 
     x_BTD = layer_norm(x_BTD, params["final_ln_scale"], params["final_ln_bias"], cfg.norm_eps)
     if cfg.tie_embeddings:
