@@ -29,6 +29,9 @@ s, s + P, ...; XLA moves them with an all-to-all (and back for the gradients).
 """
 
 import dataclasses
+import functools
+import inspect
+import math
 from collections.abc import Callable
 
 import jax
@@ -244,3 +247,38 @@ def make_layer_stack(schedule: Schedule, loop: str = "python") -> Callable:
         return pipeline_stack(layer_fn, layers, x, side, schedule=schedule, loop=loop)
 
     return layer_stack
+
+
+def pipelined_apply(model, config, mesh, rules) -> tuple[Schedule | None, Callable]:
+    """`(schedule, apply_fn)` for a run: the model's own apply when `stage` is 1, else its apply
+    with the layer stack run as the configured pipeline (checked before anything compiles).
+
+    Raises:
+      ValueError: the family has no `layer_stack` hook, or layers / rows do not divide.
+    """
+    stages = mesh.shape[STAGE]
+    if stages == 1:
+        return None, model.apply
+    if "layer_stack" not in inspect.signature(model.apply).parameters:
+        raise ValueError(
+            f"model.family={config.model.family!r} has no layer_stack hook for pipelining; "
+            "set parallel.mesh.stage=1"
+        )
+    schedule = schedule_from_config(config.parallel.pipeline, stages)
+    rows = config.data.batch_size // config.train.grad_accum
+    check_pipeline(schedule, config.model.n_layers, rows)
+    shards = _batch_shards(mesh, rules)
+    if (rows // schedule.microbatches) % shards:
+        raise ValueError(
+            f"{rows // schedule.microbatches} rows per pipeline microbatch (data.batch_size / "
+            f"train.grad_accum / parallel.pipeline.microbatches) do not split over the {shards} "
+            "batch shards of the mesh; change one of them"
+        )
+    stack = make_layer_stack(schedule, config.model.get("layer_loop", "python"))
+    return schedule, functools.partial(model.apply, layer_stack=stack)
+
+
+def _batch_shards(mesh, rules) -> int:
+    axes = dict(rules).get("batch")
+    axes = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
+    return math.prod(mesh.shape[a] for a in axes)

@@ -20,6 +20,7 @@ from data.pipeline import BATCH_KEYS, make_eval_batches, make_train_iterator, to
 from models import get_model
 from models.counting import count_params, flops_per_token
 from parallel.mesh import make_mesh
+from parallel.pipeline import pipelined_apply
 from parallel.rules import get_rules
 from parallel.sharding import batch_shardings, check_batch
 from train.checkpoint import Checkpointer
@@ -93,11 +94,6 @@ class Run:
         self.config = config
         self.mesh = make_mesh(config.parallel.mesh)
         self.rules = get_rules(config.parallel.rules, pipeline=self.mesh.shape["stage"] > 1)
-        if self.mesh.shape["stage"] > 1:
-            raise ValueError(
-                "parallel.mesh.stage > 1 needs the pipeline schedule, which this "
-                "build does not have yet; set parallel.mesh.stage=1"
-            )
         self.tokenizer = tokenizer_from_config(config.data)
         if self.tokenizer.vocab_size > config.model.vocab_size and not synthetic_data:
             raise ValueError(
@@ -105,12 +101,13 @@ class Run:
                 f"tokenizer vocabulary ({self.tokenizer.vocab_size}); raise it"
             )
         self.model = get_model(config.model.family)
+        self.pipeline, apply_fn = pipelined_apply(self.model, config, self.mesh, self.rules)
         self.counts = count_params(config.model)
         self.flops = flops_per_token(config.model, config.data.seq_len)
         self.schedule = make_schedule(config.train)
         self.optimizer = make_optimizer(config.train)
         self.loss_fn = objectives.get_loss_fn(config.objective)(
-            config.model, self.model.apply, bytes_per_token=self.tokenizer.bytes_per_token
+            config.model, apply_fn, bytes_per_token=self.tokenizer.bytes_per_token
         )
         with self.activate():
             check_batch(config.data.batch_size, self.mesh, self.rules, config.train.grad_accum)
@@ -245,6 +242,8 @@ def train_and_evaluate(
         )
     peak = tcfg.peak_flops or measure_peak_flops()
     progress = Progress(tcfg.steps, start_step=start, enabled=is_main, desc=desc)
+    if run.pipeline is not None:
+        progress.write(f"{desc}: {run.pipeline.describe()}")
     if start:
         origin = workdir if source is ckpt else init_from[0]
         progress.write(f"{desc}: continuing from step {start} of {origin}")
