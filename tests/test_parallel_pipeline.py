@@ -137,3 +137,34 @@ def test_pipelined_apply_checks_config():
     config.parallel.pipeline.microbatches = 2
     schedule, _ = pipelined_apply(decoder, config, mesh, get_rules("dp", pipeline=True))
     assert (schedule.stages, schedule.microbatches, schedule.repeats) == (4, 2, 1)
+
+
+@pytest.mark.slow
+def test_run_train_step_pipelined_with_grad_accum(tmp_path):
+    """Through `Run`: 2 stages x data 2 x tensor 2, 2 accumulation steps of 2 pipeline
+    microbatches, remat on: the same update as the unpipelined 8-way data-parallel step."""
+    from tests.helpers import small_config
+    from train.loop import Run
+
+    def one_step(**changes):
+        config = small_config(tmp_path)
+        config.model.n_layers = 2
+        config.train.update(warmup_steps=0, eps=1e-3, grad_accum=2)
+        config.data.batch_size = 16
+        for key, value in changes.items():
+            config.parallel.mesh[key] = value
+        config.parallel.pipeline.microbatches = 2
+        config.model.remat = "full"
+        run = Run(config)
+        with run.activate():
+            batch = run.global_batch(_batch(16, 64))
+            state, metrics = run.train_step(run.state, batch)
+        return jax.device_get(state.params), jax.device_get(metrics), run
+
+    ref_params, ref_metrics, _ = one_step(data=-1)
+    params, metrics, run = one_step(data=2, stage=2, tensor=2)
+    assert run.pipeline.describe().startswith("pipeline: gpipe, P=2 stages, M=2")
+    for k in ("loss", "grad_norm", "tokens"):
+        np.testing.assert_allclose(metrics[k], ref_metrics[k], rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(ref_params), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
