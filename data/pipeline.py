@@ -202,10 +202,27 @@ def make_train_iterator(
     Returns:
       A `grain.DatasetIterator` of batches (see the module docstring for the contract).
     """
-    ds = make_train_dataset(
-        data_cfg, seed=seed, process_index=process_index, process_count=process_count
-    )
-    return iter(ds)
+    shards = data_cfg.get("shards", 0) or process_count
+    if shards % process_count:
+        raise ValueError(
+            f"data.shards={shards} is not a multiple of the {process_count} data-loading "
+            "processes; change data.shards (0 = one shard per process)"
+        )
+    per_process = shards // process_count
+    if per_process == 1:
+        ds = make_train_dataset(
+            data_cfg, seed=seed, process_index=process_index, process_count=process_count
+        )
+        return iter(ds)
+    parts = [
+        make_train_dataset(data_cfg, seed=seed, process_index=s, process_count=shards)
+        for s in range(process_index * per_process, (process_index + 1) * per_process)
+    ]
+    return iter(grain.experimental.ZipIterDataset(parts).map(_concat_rows))
+
+
+def _concat_rows(batches: tuple[dict[str, np.ndarray], ...]) -> dict[str, np.ndarray]:
+    return {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
 
 
 def make_eval_batches(

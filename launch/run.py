@@ -30,6 +30,13 @@ _CACHE = flags.DEFINE_string(
     "JAX persistent compilation cache directory ('' disables it).",
 )
 
+# Multi-process runs (parallel/distributed.py): unset = environment, SLURM or Cloud TPU VM.
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "Multi-process: host:port of process 0's coordinator."
+)
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Multi-process: process count.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "Multi-process: this process's index.")
+
 
 # Warnings that every sweep point would repeat and that say nothing wrong.
 _EXPECTED = (
@@ -55,6 +62,15 @@ def main(argv):
         jax.config.update("jax_compilation_cache_dir", _CACHE.value)
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
         jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    from parallel.distributed import initialize
+
+    try:  # before anything touches a JAX backend
+        where = initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    if jax.process_count() > 1 and jax.process_index() == 0:
+        print(f"distributed: {where}", flush=True)
     from train.loop import ConfigError, train_and_evaluate
 
     config = _CONFIG.value

@@ -22,7 +22,7 @@ from models.counting import count_params, flops_per_token
 from parallel.mesh import make_mesh
 from parallel.pipeline import pipelined_apply
 from parallel.rules import get_rules
-from parallel.sharding import batch_shardings, check_batch
+from parallel.sharding import batch_shardings, check_batch, process_batch_block
 from train.checkpoint import Checkpointer
 from train.metrics import MetricWriter
 from train.optim import make_optimizer, make_schedule
@@ -138,8 +138,11 @@ class Run:
 
     def global_batch(self, local: dict) -> dict:
         """Builds global arrays from this process's slice of the batch (multi-host safe)."""
+        rows = self.config.data.batch_size
         return {
-            k: jax.make_array_from_process_local_data(self.batch_shardings[k], np.asarray(v))
+            k: jax.make_array_from_process_local_data(
+                self.batch_shardings[k], np.asarray(v), (rows, *np.shape(v)[1:])
+            )
             for k, v in local.items()
             if k in self.batch_shardings
         }
@@ -182,17 +185,16 @@ def train_and_evaluate(
     is_main = jax.process_index() == 0
     try:
         run = Run(config)
+        # This process reads only the block of batch rows its devices hold.
+        shard, shards = process_batch_block(run.batch_shardings["tokens"], config.data.batch_size)
         train_iter = make_train_iterator(
-            config.data,
-            seed=config.seed,
-            process_index=jax.process_index(),
-            process_count=jax.process_count(),
+            config.data, seed=config.seed, process_index=shard, process_count=shards
         )
         eval_local = make_eval_batches(
             config.data,
             num_batches=config.train.eval_batches,
-            process_index=jax.process_index(),
-            process_count=jax.process_count(),
+            process_index=shard,
+            process_count=shards,
         )
     except ValueError as e:  # every setup check raises ValueError naming the field and the fix
         raise ConfigError(str(e)) from e
