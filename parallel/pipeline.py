@@ -142,13 +142,27 @@ def _from_microbatches(a: jax.Array) -> jax.Array:
     return a.swapaxes(0, 1).reshape(-1, *a.shape[2:])
 
 
+@jax.custom_vjp
 def _rotate(y_P: jax.Array) -> jax.Array:
     """Stage s's output goes to stage s + 1 (the last stage's to stage 0): one ring shift.
 
-    On a `stage`-sharded axis the partitioner lowers this concatenate of slices to a
-    collective-permute of one microbatch's activations per device.
+    On a `stage`-sharded axis the partitioner lowers this concatenate of slices to one
+    collective-permute of a microbatch's activations per device. The backward pass is the
+    inverse shift, written out: autodiff's transpose of the concatenate (pads of the two
+    slices) compiles to two permutes of full-size buffers, doubling the backward traffic.
     """
     return jnp.concatenate([y_P[-1:], y_P[:-1]], axis=0)
+
+
+def _rotate_fwd(y_P):
+    return _rotate(y_P), None
+
+
+def _rotate_bwd(_, g_P):
+    return (jnp.concatenate([g_P[1:], g_P[:1]], axis=0),)
+
+
+_rotate.defvjp(_rotate_fwd, _rotate_bwd)
 
 
 def _run_chunk(layer_fn, chunk_params, x, side, loop: str):
