@@ -148,9 +148,20 @@ def _losses(workdir):
 
 
 def _params(workdir, step):
-    from train.checkpoint import load_state
+    """A checkpoint's parameters, restored into this (8-device, 1-process) run's shardings."""
+    import ml_collections
+    import orbax.checkpoint as ocp
 
-    return jax.tree.leaves(load_state(os.path.join(workdir, "checkpoints"), step).params)
+    from train.loop import Run
+    from train.state import abstract_with_shardings
+
+    with open(os.path.join(workdir, "config.json")) as f:
+        run = Run(ml_collections.ConfigDict(json.load(f)))
+    target = abstract_with_shardings(run.state_shardings, jax.eval_shape(lambda: run.state))
+    args = ocp.args.Composite(state=ocp.args.StandardRestore(target))
+    with ocp.CheckpointManager(os.path.join(workdir, "checkpoints")) as manager:
+        state = manager.restore(step, args=args)["state"]
+    return jax.tree.leaves(jax.device_get(state.params))
 
 
 def _assert_same(a, b, rtol=1e-5):
