@@ -281,6 +281,8 @@ def pipelined_apply(model, config, mesh, rules) -> tuple[Schedule | None, Callab
     schedule = schedule_from_config(config.parallel.pipeline, stages)
     rows = config.data.batch_size // config.train.grad_accum
     check_pipeline(schedule, config.model.n_layers, rows)
+    if config.model.get("n_decoder_layers"):  # encoder-decoder: both stacks are pipelined
+        check_pipeline(schedule, config.model.n_decoder_layers, rows)
     shards = _batch_shards(mesh, rules)
     if (rows // schedule.microbatches) % shards:
         raise ValueError(
