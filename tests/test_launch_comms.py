@@ -58,6 +58,7 @@ STRATEGIES = {
 }
 
 
+@pytest.mark.slow  # four compilations of an 8-layer model
 @pytest.mark.parametrize("strategy", list(STRATEGIES))
 def test_measured_collectives_match_analytic(strategy):
     config = load_config("experiments/gpt.py:size=tiny,runlocal", BASE + STRATEGIES[strategy])

@@ -198,7 +198,8 @@ def _encdec_case():
     return encdec, cfg, batch, loss
 
 
-@pytest.mark.parametrize("stages, M, R", [(2, 2, 1), pytest.param(2, 2, 2, marks=pytest.mark.slow)])
+@pytest.mark.slow
+@pytest.mark.parametrize("stages, M, R", [(2, 2, 1), (2, 2, 2)])
 def test_encdec_pipeline_matches_unpipelined(stages, M, R):
     """Both stacks of the T5 encoder-decoder pipelined on stage=2 x data=2 x tensor=2."""
     encdec, cfg, batch, loss = _encdec_case()
