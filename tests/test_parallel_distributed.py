@@ -193,3 +193,23 @@ def test_two_processes_match_one_and_checkpoints_cross(tmp_path):
         assert "continuing from step 4" in out and "written by another process count" in out
         np.testing.assert_allclose(_losses(dst)[6], _losses(src)[6], rtol=1e-5)
         _assert_same(_params(dst, 6), _params(src, 6))
+
+
+def test_data_shards_make_batches_independent_of_process_count(tmp_path):
+    """`data.shards=2`: one process reads both shards side by side, exactly what two processes
+    read one each (so runs on 1 or 2 hosts train on the same global batches)."""
+    from data.pipeline import make_train_iterator
+    from tests.helpers import small_config
+
+    data = small_config(tmp_path).data
+    data.shards = 2
+    one = make_train_iterator(data, seed=3)
+    halves = [make_train_iterator(data, seed=3, process_index=i, process_count=2) for i in (0, 1)]
+    for _ in range(3):
+        batch, parts = next(one), [next(h) for h in halves]
+        assert batch["tokens"].shape == (data.batch_size, data.seq_len)
+        for k in batch:
+            np.testing.assert_array_equal(batch[k], np.concatenate([p[k] for p in parts]))
+    data.shards = 3
+    with pytest.raises(ValueError, match="data.shards=3 is not a multiple of the 2"):
+        make_train_iterator(data, seed=3, process_index=0, process_count=2)
