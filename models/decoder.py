@@ -15,6 +15,7 @@ from models import blocks
 from models.blocks import REMAT_POLICIES  # noqa: F401  (re-exported: configs name these)
 from models.layers import normal, param
 from models.sizes import resolved_dims
+from models.sparse_attention import uses_dense
 
 
 def init(rng: jax.Array, cfg) -> dict:
@@ -50,19 +51,38 @@ def hidden(params: dict, batch: dict, cfg, *, rngs=None, layer_stack=None) -> ja
         token_types_BT=batch.get("token_type_ids"),
         rng=emb_rng,
     )
-    bias = blocks.mask_bias(
-        segment_ids_BT, segment_ids_BT, causal=True, prefix_BT=batch.get("prefix_mask")
-    )
+    if "prefix_mask" in batch and cfg.get("attention_pattern", "dense") != "dense":
+        raise ValueError("model.attention_pattern: sparse patterns do not take a prefix_mask")
+    # A model whose layers are all sparse never builds the T x T bias (its cost stays below T^2).
+    bias = None
+    if uses_dense(cfg):
+        bias = blocks.mask_bias(
+            segment_ids_BT, segment_ids_BT, causal=True, prefix_BT=batch.get("prefix_mask")
+        )
     if cfg.positions == "relative":
         bidirectional = "prefix_mask" in batch  # the prefix looks ahead; masked keys are unused
         bias = bias + blocks.relative_bias(
             params["rel_bias"], positions_BT, positions_BT, bidirectional=bidirectional, cfg=cfg
         )
 
-    def layer_fn(x, p, rng, side):
-        return blocks.block(x, p, side["bias"], cfg, positions_BT=side["positions"], rng=rng)
+    def layer_fn(x, p, rng, i, side):
+        return blocks.block(
+            x,
+            p,
+            side["bias"],
+            cfg,
+            positions_BT=side["positions"],
+            rng=rng,
+            layer_index=i,
+            segment_ids_BT=side["segment_ids"],
+        )
 
-    side = {"bias": _per_row(bias, B), "positions": positions_BT}
+    # Per-row inputs of every layer, each [B, ...], so a pipeline can split them by microbatch.
+    side = {
+        "bias": jnp.broadcast_to(bias, (B, *bias.shape[1:])),
+        "positions": positions_BT,
+        "segment_ids": segment_ids_BT,
+    }
     x_BTD = blocks.run_layers(
         x_BTD,
         params["layers"],
@@ -70,17 +90,13 @@ def hidden(params: dict, batch: dict, cfg, *, rngs=None, layer_stack=None) -> ja
         cfg,
         cfg.n_layers,
         layers_rng,
+        indexed=True,
         side=side,
         layer_stack=layer_stack,
     )
     if cfg.norm_position == "pre":
         x_BTD = blocks.norm(x_BTD, params, "final_ln", cfg)
     return x_BTD
-
-
-def _per_row(a: jax.Array, B: int) -> jax.Array:
-    """A bias with a leading batch axis of B, as the layer stack's `side` inputs must have."""
-    return jnp.broadcast_to(a, (B, *a.shape[1:]))
 
 
 def apply(params: dict, batch: dict, cfg, *, rngs=None, layer_stack=None) -> jax.Array:

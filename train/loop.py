@@ -16,7 +16,13 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import objectives
-from data.pipeline import BATCH_KEYS, make_eval_batches, make_train_dataset, tokenizer_from_config
+from data.pipeline import (
+    BATCH_KEYS,
+    make_eval_batches,
+    make_train_dataset,
+    make_train_iterator,
+    tokenizer_from_config,
+)
 from models import get_model
 from models.counting import count_params, flops_per_token
 from objectives.transforms import eval_rng
@@ -192,18 +198,19 @@ def train_and_evaluate(
         run = Run(config)
         # This process reads only the block of batch rows its devices hold.
         any_sharding = next(iter(run.batch_shardings.values()))
-        shard, shards = process_batch_block(any_sharding, config.data.batch_size)
-        train_ds = make_train_dataset(
-            config.data, seed=config.seed, process_index=shard, process_count=shards
-        )
-        if run.transform is not None:  # seeded per batch by grain: resumes with the iterator
-            train_ds = train_ds.random_map(run.transform, seed=config.seed + shard)
-        train_iter = iter(train_ds)
+        index, count = process_batch_block(any_sharding, config.data.batch_size)
+        shard = dict(process_index=index, process_count=count)
+        if run.transform is None:
+            train_iter = make_train_iterator(config.data, seed=config.seed, **shard)
+        else:  # seeded per batch by grain, so it resumes with the iterator's checkpoint
+            train_ds = make_train_dataset(config.data, seed=config.seed, **shard)
+            seed = config.seed + index
+            train_iter = iter(train_ds.random_map(run.transform, seed=seed))
         eval_local = make_eval_batches(
             config.data,
             num_batches=config.train.eval_batches,
-            process_index=shard,
-            process_count=shards,
+            process_index=index,
+            process_count=count,
         )
         if run.transform is not None:
             eval_local = [run.transform(b, eval_rng(i)) for i, b in enumerate(eval_local)]
