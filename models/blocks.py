@@ -11,6 +11,7 @@ None. The fast custom-VJP attention of `models/layers.py` is used whenever it ap
 head-shared mask bias, 1/sqrt(H) scaling, no attention dropout); otherwise a plain autodiff path.
 """
 
+import functools
 import math
 import zlib
 
@@ -439,18 +440,52 @@ def embed(params, tokens_BT, positions_BT, cfg, *, token_types_BT=None, rng=None
     return constrain(x_BTD, ("batch", "length", "embed"))
 
 
-def run_layers(x_BTD, layers: dict, layer_fn, cfg, n_layers: int, rng=None, *, indexed=False):
+def run_layers(
+    x_BTD,
+    layers: dict,
+    layer_fn,
+    cfg,
+    n_layers: int,
+    rng=None,
+    *,
+    indexed=False,
+    side=None,
+    layer_stack=None,
+):
     """Applies `layer_fn(x, p, rng)` over stacked `layers` (Python loop or `lax.scan`), with the
     remat policy `cfg.remat` around each layer.
 
     With `indexed`, `layer_fn(x, p, rng, layer_index)` gets each layer's static index (per-layer
     attention patterns); under scan the layers are then scanned in groups of
     `sparse_attention.layer_period(cfg)` unrolled layers (1 when all layers are alike).
+
+    With `side` (a dict of per-row [B, ...] arrays the layers read: masks, positions, encoder
+    states), `layer_fn` takes it as its last argument; a `layer_stack(fn, stacked, x, side) -> x`
+    then runs the stack instead of the loop (`parallel.pipeline.make_layer_stack`: a pipeline
+    over stages, which hands each stage its microbatch's rows of `side`).
     """
     if cfg.remat not in REMAT_POLICIES:
         raise ValueError(
             f"model.remat={cfg.remat!r} is unknown; choose one of {list(REMAT_POLICIES)}"
         )
+    if layer_stack is not None:
+        if indexed and sparse_attention.layer_period(cfg) != 1:
+            raise ValueError(
+                "layers with different attention patterns cannot be pipelined (one program "
+                "per stage); set parallel.mesh.stage=1 or make all layers alike"
+            )
+        keys = None if rng is None else jax.random.split(rng, n_layers)
+        stacked = {"p": layers} if keys is None else {"p": layers, "key": keys}
+
+        def stage_fn(x, pk, s):
+            index = (0,) if indexed else ()  # all layers alike: the index selects nothing
+            return layer_fn(x, pk["p"], pk.get("key"), *index, s)
+
+        if cfg.remat != "none":
+            stage_fn = jax.checkpoint(stage_fn, policy=REMAT_POLICIES[cfg.remat])
+        return layer_stack(stage_fn, stacked, x_BTD, side)
+    if side is not None:
+        layer_fn = functools.partial(_with_side, layer_fn, side)
 
     def fn_at(i: int):
         fn = (lambda x, p, k: layer_fn(x, p, k, i)) if indexed else layer_fn
@@ -481,6 +516,10 @@ def run_layers(x_BTD, layers: dict, layer_fn, cfg, n_layers: int, rng=None, *, i
     else:
         raise ValueError(f"model.layer_loop={cfg.layer_loop!r} is unknown; use 'python' or 'scan'")
     return x_BTD
+
+
+def _with_side(layer_fn, side, *args):
+    return layer_fn(*args, side)
 
 
 def unembed(x_BTD, params, cfg) -> Array:
