@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
+from models import mup
 from models.layers import (
     ACTIVATIONS,
     attention_bias,
@@ -75,7 +76,7 @@ def init(rng: jax.Array, cfg) -> dict:
         raise ValueError(f"model.positions={cfg.positions!r} is unknown; use 'rotary' or 'learned'")
     if not cfg.tie_embeddings:
         params["unembed"] = param(next(ks), (D, V), ("embed", "vocab"), normal(std))
-    return params
+    return mup.scale_init(params, cfg)
 
 
 def block(x_BTD, p: dict, positions_BT, bias_B1TS, cfg):
@@ -91,7 +92,15 @@ def block(x_BTD, p: dict, positions_BT, bias_B1TS, cfg):
         q_BTNH = rotary(q_BTNH, positions_BT, cfg.rope_theta)
         k_BTKH = rotary(k_BTKH, positions_BT, cfg.rope_theta)
     q_BTNH, k_BTKH, v_BTKH = (checkpoint_name(a, "qkv") for a in (q_BTNH, k_BTKH, v_BTKH))
-    attn_BTNH = checkpoint_name(dot_attention(q_BTNH, k_BTKH, v_BTKH, bias_B1TS), "attn_out")
+    attn_BTNH = dot_attention(
+        q_BTNH,
+        k_BTKH,
+        v_BTKH,
+        bias_B1TS,
+        scale=mup.attention_scale(cfg, q_BTNH.shape[-1]),
+        logits_dtype=cfg.attn_logits_dtype,
+    )
+    attn_BTNH = checkpoint_name(attn_BTNH, "attn_out")
     x_BTD = x_BTD + dense(attn_BTNH, p["o"], n_in=2)
     x_BTD = constrain(x_BTD, ("batch", "length", "embed"))
     h_BTD = layer_norm(x_BTD, p["ln2_scale"], p["ln2_bias"], cfg.norm_eps)
@@ -102,7 +111,7 @@ def block(x_BTD, p: dict, positions_BT, bias_B1TS, cfg):
 
 
 def apply(params: dict, batch: dict, cfg, *, rngs=None) -> jax.Array:
-    """Next-token logits [B, T, V] (f32) for `batch['tokens']`.
+    """Next-token logits [B, T, V] (in `cfg.loss_dtype`, f32 by default) for `batch['tokens']`.
 
     Args:
       params: unboxed parameters from `init`.
@@ -140,15 +149,10 @@ def apply(params: dict, batch: dict, cfg, *, rngs=None) -> jax.Array:
         raise ValueError(f"model.layer_loop={cfg.layer_loop!r} is unknown; use 'python' or 'scan'")
 
     x_BTD = layer_norm(x_BTD, params["final_ln_scale"], params["final_ln_bias"], cfg.norm_eps)
-    if cfg.tie_embeddings:
-        logits_BTV = jnp.einsum(
-            "BTD,VD->BTV", x_BTD, params["embed"].astype(dtype), preferred_element_type=jnp.float32
-        )
-    else:
-        logits_BTV = jnp.einsum(
-            "BTD,DV->BTV",
-            x_BTD,
-            params["unembed"].astype(dtype),
-            preferred_element_type=jnp.float32,
-        )
+    unembed = params["embed"].T if cfg.tie_embeddings else params["unembed"]
+    logits_BTV = jnp.einsum(
+        "BTD,DV->BTV", x_BTD, unembed.astype(dtype), preferred_element_type=cfg.loss_dtype
+    )
+    if mup.enabled(cfg):
+        logits_BTV = logits_BTV * jnp.asarray(mup.output_mult(cfg), logits_BTV.dtype)
     return constrain(logits_BTV, ("batch", "length", "vocab"))

@@ -108,7 +108,7 @@ class Run:
         self.counts = count_params(config.model)
         self.flops = flops_per_token(config.model, config.data.seq_len)
         self.schedule = make_schedule(config.train)
-        self.optimizer = make_optimizer(config.train)
+        self.optimizer = make_optimizer(config.train, config.model)
         self.loss_fn = objectives.get_loss_fn(config.objective)(
             config.model, self.model.apply, bytes_per_token=self.tokenizer.bytes_per_token
         )
