@@ -8,8 +8,8 @@ stdlib corpus (byte tokenizer), writes `results.jsonl` (one line per point) and
 workdir, and prints the best LR per width. Rerunning skips finished points. Under SP the best
 LR falls as the model widens; under muP (base width = the smallest) it stays put.
 
-Arguments (comma-separated): steps=N (per point), widths=32/64/128 (slash-separated),
-lr_exps=-10/-3 (the log2 LR range, one point per integer), runlocal (2 widths x 2 LRs x 10 steps).
+Arguments (comma-separated): steps=N (per point), widths=16/32/64 (slash-separated),
+lr_exps=-9/-4 (the log2 LR range, one point per integer), runlocal (2 widths x 2 LRs x 10 steps).
 Cost on the 2-core CPU: see README (about a minute of compile and training per 3 points).
 """
 
@@ -17,10 +17,10 @@ from experiments.common import base_config, parse_arg
 
 
 def get_config(arg: str = ""):
-    args = parse_arg(arg, steps=250, widths="32/64/128", lr_exps="-10/-3", runlocal=False)
+    args = parse_arg(arg, steps=150, widths="16/32/64", lr_exps="-9/-4", runlocal=False)
     config = base_config("tiny")
     m = config.model
-    m.n_layers, m.n_heads = 2, 4
+    m.n_layers, m.n_heads = 2, 2
     m.tie_embeddings = False  # muP's zero-initialised readout needs its own matrix
     m.mup_base_width = int(args.widths.split("/")[0])
     lo, hi = (int(e) for e in args.lr_exps.split("/"))
@@ -32,7 +32,7 @@ def get_config(arg: str = ""):
     t.eval_every = t.ckpt_every = t.steps
     t.log_every = max(1, t.steps // 5)
     t.eval_batches = 2 if args.runlocal else 8
-    config.data.seq_len, config.data.batch_size = 64, 16
+    config.data.seq_len, config.data.batch_size = 64, 8
     config.transfer = dict(
         parametrizations=("sp", "mup"),
         widths=tuple(int(w) for w in args.widths.split("/"))[: 2 if args.runlocal else None],

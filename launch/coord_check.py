@@ -1,6 +1,6 @@
 r"""muP coordinate check: mean |activation| per layer after a few large-LR steps, across widths.
 
-  python launch/coord_check.py --widths 32,64,128,256 --lr 0.02 --steps 5 --out /tmp/coord
+  python launch/coord_check.py --widths 32,64,128 --lr 0.02 --steps 4 --out runs/coord_check
 
 trains a 2-layer decoder of each width for `--steps` Adam steps (constant LR, no clipping, no
 weight decay) on byte windows of the stdlib's source, under the standard parametrization (SP) and
@@ -188,9 +188,9 @@ def main(argv=None) -> None:
     import argparse
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--widths", default="32,64,128,256")
+    p.add_argument("--widths", default="32,64,128")
     p.add_argument("--lr", type=float, default=0.02)
-    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--steps", type=int, default=4)
     p.add_argument("--out", default="runs/coord_check")
     args = p.parse_args(argv)
     widths = [int(w) for w in args.widths.split(",")]

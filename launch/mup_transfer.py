@@ -179,8 +179,8 @@ def main(argv):
             rows = {r["id"]: r for r in map(json.loads, f)}
     exps = list(config.transfer.lr_exps)
     t0 = time.perf_counter()
-    for p in config.transfer.parametrizations:
-        for w in config.transfer.widths:
+    for w in config.transfer.widths:  # width-major: a partial grid compares SP and muP
+        for p in config.transfer.parametrizations:
             if all(point_id(p, w, e) in rows for e in exps):
                 continue
             t = time.perf_counter()
