@@ -9,9 +9,11 @@ the standard parametrization (SP) except for the zero initialisations:
 
 | role    | parameters                    | init std           | Adam LR | forward          |
 | ------- | ----------------------------- | ------------------ | ------- | ---------------- |
-| input   | embed, pos_embed              | init_std           | lr      |                  |
-| hidden  | q, k, v, o, wi, wo, wi_gate   | init_std / sqrt(m) | lr / m  | attention 1/H    |
+| input   | embed, pos/type_embed, rel_b. | init_std           | lr      |                  |
+| hidden  | q, k, v, o, wi(_0/_1), wo,    | init_std / sqrt(m) | lr / m  | attention 1/H    |
+|         | cross_*, mlm_dense, pooler    |                    |         |                  |
 | output  | unembed                       | 0                  | lr      | logits x mult/m  |
+| head    | nsp, classifier               | 0                  | lr / m  |                  |
 | vector  | norm scales and biases        | as SP              | lr      |                  |
 
 - Hidden weights have variance 1/fan_in relative to the base (fan_in grows with m); `q` is
@@ -34,20 +36,23 @@ import math
 import jax
 import jax.numpy as jnp
 
-INPUT, HIDDEN, OUTPUT, VECTOR = "input", "hidden", "output", "vector"
+INPUT, HIDDEN, OUTPUT, HEAD, VECTOR = "input", "hidden", "output", "head", "vector"
 ROLES = {
     "embed": INPUT,
     "pos_embed": INPUT,
-    "q": HIDDEN,
-    "k": HIDDEN,
-    "v": HIDDEN,
-    "o": HIDDEN,
-    "wi": HIDDEN,
-    "wi_gate": HIDDEN,
-    "wo": HIDDEN,
+    "type_embed": INPUT,
+    "rel_bias": INPUT,  # [buckets, N]: no width-sized fan-in
+    **{name: HIDDEN for name in ("q", "k", "v", "o", "wi", "wi_0", "wi_1", "wi_gate", "wo")},
+    **{f"cross_{name}": HIDDEN for name in ("q", "k", "v", "o")},
+    "mlm_dense": HIDDEN,
+    "pooler": HIDDEN,
     "unembed": OUTPUT,
+    # Small classifier heads get no output multiplier: TP5 Table 3's form, zero init and LR / m.
+    "nsp": HEAD,
+    "classifier": HEAD,
 }
-_ZERO_INIT = ("q", "unembed")
+_ZERO_INIT = ("q", "cross_q", "unembed", "nsp", "classifier")
+_LR_OVER_M = (HIDDEN, HEAD)
 
 
 def enabled(cfg) -> bool:
@@ -127,7 +132,7 @@ def lr_multipliers(params, cfg):
     """Per-parameter Adam LR multipliers (floats in the structure of `params`): 1/m for hidden."""
     m = width_mult(cfg)
     return jax.tree_util.tree_map_with_path(
-        lambda path, _: 1.0 / m if role(_name(path)) == HIDDEN else 1.0, params
+        lambda path, _: 1.0 / m if role(_name(path)) in _LR_OVER_M else 1.0, params
     )
 
 
