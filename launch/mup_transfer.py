@@ -31,6 +31,12 @@ _CONFIG = config_flags.DEFINE_config_file(
     "config", "experiments/mup_transfer.py", "Experiment config file[:args].", lock_config=True
 )
 _WORKDIR = flags.DEFINE_string("workdir", "runs/mup_transfer", "Grid directory.")
+_MERGE = flags.DEFINE_list(
+    "merge_from",
+    [],
+    "Other grid workdirs (same model and training config, other LRs or widths) whose "
+    "results.jsonl rows join this grid's plot and optima.",
+)
 _CACHE = flags.DEFINE_string(
     "compile_cache", os.path.expanduser("~/.cache/scalelab/jax"), "JAX compilation cache ('' off)."
 )
@@ -203,6 +209,9 @@ def main(argv):
             line = " ".join(f"2^{e}:{loss:.3f}" for e, (loss, _) in zip(exps, losses, strict=True))
             total = time.perf_counter() - t0
             print(f"{p} d_model {w}: {line} ({wall:.0f} s, {total:.0f} s total)", flush=True)
+    for other in _MERGE.value:
+        with open(os.path.join(other, "results.jsonl")) as f:
+            rows.update({r["id"]: r for r in map(json.loads, f) if r["id"] not in rows})
     rows_list = list(rows.values())
     plot(rows_list, os.path.join(workdir, "mup_transfer.png"))
     best = optima(rows_list)
