@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
-from models import sparse_attention
+from models import mup, sparse_attention
 from models.layers import (
     ACTIVATIONS,
     NEG_INF,
@@ -209,17 +209,19 @@ def attend(q_BTNH, k_BSKH, v_BSKH, bias, cfg, rng=None) -> Array:
     K = k_BSKH.shape[2]
     G = N // K
     drop = rng is not None and cfg.attn_dropout > 0
+    scale = mup.attention_scale(cfg, H)  # None: 1/sqrt(H); muP: 1/H (models/mup.py)
+    logits_dtype = jnp.dtype(cfg.attn_logits_dtype)
     if bias.shape[1] == 1 and cfg.attn_scale and not drop:
-        return dot_attention(q_BTNH, k_BSKH, v_BSKH, bias)
+        return dot_attention(q_BTNH, k_BSKH, v_BSKH, bias, scale=scale, logits_dtype=logits_dtype)
     if cfg.attn_scale:
-        q_BTNH = q_BTNH * jnp.asarray(H**-0.5, q_BTNH.dtype)
+        q_BTNH = q_BTNH * jnp.asarray(H**-0.5 if scale is None else scale, q_BTNH.dtype)
     q_BTKGH = q_BTNH.reshape(B, T, K, G, H)  # query head n = k * G + g
     logits_BKGTS = jnp.einsum(
-        "BTKGH,BSKH->BKGTS", q_BTKGH, k_BSKH, preferred_element_type=jnp.float32
+        "BTKGH,BSKH->BKGTS", q_BTKGH, k_BSKH, preferred_element_type=logits_dtype
     )
     heads = bias.shape[1]  # 1 (shared mask) or N (per-head bias)
     bias_BKGTS = bias.reshape(bias.shape[0], K if heads > 1 else 1, -1, *bias.shape[2:])
-    probs_BKGTS = jax.nn.softmax(logits_BKGTS + bias_BKGTS, axis=-1)
+    probs_BKGTS = jax.nn.softmax(logits_BKGTS + bias_BKGTS.astype(logits_dtype), axis=-1)
     if drop:
         probs_BKGTS = dropout(probs_BKGTS, cfg.attn_dropout, rng)
     out_BTKGH = jnp.einsum("BKGTS,BSKH->BTKGH", probs_BKGTS.astype(v_BSKH.dtype), v_BSKH)
@@ -523,19 +525,25 @@ def _with_side(layer_fn, side, *args):
 
 
 def unembed(x_BTD, params, cfg) -> Array:
-    """Output logits [B, T, V] in f32 from the tied embedding or the `unembed` matrix."""
+    """Output logits [B, T, V] in `cfg.loss_dtype` (f32 by default) from the tied embedding or the
+    `unembed` matrix, times muP's output multiplier when `cfg.mup`."""
     dtype = x_BTD.dtype
     if cfg.tie_embeddings:
         if cfg.tied_output_scale:  # T5 v1.0 rescales before the tied projection
             x_BTD = x_BTD * jnp.asarray(cfg.d_model**-0.5, dtype)
         logits_BTV = jnp.einsum(
-            "BTD,VD->BTV", x_BTD, params["embed"].astype(dtype), preferred_element_type=jnp.float32
+            "BTD,VD->BTV",
+            x_BTD,
+            params["embed"].astype(dtype),
+            preferred_element_type=cfg.loss_dtype,
         )
     else:
         logits_BTV = jnp.einsum(
             "BTD,DV->BTV",
             x_BTD,
             params["unembed"].astype(dtype),
-            preferred_element_type=jnp.float32,
+            preferred_element_type=cfg.loss_dtype,
         )
+    if mup.enabled(cfg):
+        logits_BTV = logits_BTV * jnp.asarray(mup.output_mult(cfg), logits_BTV.dtype)
     return constrain(logits_BTV, ("batch", "length", "vocab"))

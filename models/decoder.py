@@ -11,7 +11,7 @@ Python loop (fastest on XLA:CPU) or `lax.scan` (fastest to compile on TPU).
 import jax
 import jax.numpy as jnp
 
-from models import blocks
+from models import blocks, mup
 from models.blocks import REMAT_POLICIES  # noqa: F401  (re-exported: configs name these)
 from models.layers import normal, param
 from models.sizes import resolved_dims
@@ -33,7 +33,7 @@ def init(rng: jax.Array, cfg) -> dict:
         )
     if not cfg.tie_embeddings:
         params["unembed"] = param(kg("unembed"), (D, V), ("embed", "vocab"), normal(cfg.init_std))
-    return params
+    return mup.scale_init(params, cfg)
 
 
 def hidden(params: dict, batch: dict, cfg, *, rngs=None, layer_stack=None) -> jax.Array:

@@ -14,7 +14,7 @@ shared across that stack's layers, as in T5). The T5 configurations are in exper
 import jax
 import jax.numpy as jnp
 
-from models import blocks
+from models import blocks, mup
 from models.layers import normal, param
 from models.sizes import resolved_dims
 
@@ -40,7 +40,7 @@ def init(rng: jax.Array, cfg) -> dict:
         params[side] = stack
     if not cfg.tie_embeddings:
         params["unembed"] = param(kg("unembed"), (D, V), ("embed", "vocab"), normal(cfg.init_std))
-    return params
+    return mup.scale_init(params, cfg)
 
 
 def _defaults(batch: dict, name: str):

@@ -104,7 +104,7 @@ class Run:
         self.counts = count_params(config.model)
         self.flops = flops_per_token(config.model, config.data.seq_len, target_len=target_len)
         self.schedule = make_schedule(config.train)
-        self.optimizer = make_optimizer(config.train)
+        self.optimizer = make_optimizer(config.train, config.model)
         self.optimizer = adapt.wrap_optimizer(self.optimizer, config)  # frozen: no state
         self.loss_fn = objectives.get_loss_fn(config.objective)(
             config.model, apply_fn, bytes_per_token=self.tokenizer.bytes_per_token
