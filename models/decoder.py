@@ -79,7 +79,7 @@ def hidden(params: dict, batch: dict, cfg, *, rngs=None, layer_stack=None) -> ja
 
     # Per-row inputs of every layer, each [B, ...], so a pipeline can split them by microbatch.
     side = {
-        "bias": jnp.broadcast_to(bias, (B, *bias.shape[1:])),
+        "bias": None if bias is None else jnp.broadcast_to(bias, (B, *bias.shape[1:])),
         "positions": positions_BT,
         "segment_ids": segment_ids_BT,
     }
