@@ -72,7 +72,12 @@ def main(argv):
         if _DRY_RUN.value:
             print(config)
             return
-        summary = train_and_evaluate(config, workdir)
+        if "distill" in config:  # a student trained against a teacher run (train/distill.py)
+            from train.distill import distill_and_evaluate
+
+            summary = distill_and_evaluate(config, workdir)
+        else:
+            summary = train_and_evaluate(config, workdir)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -4,17 +4,18 @@ Parameters are stacked along `layers` so pipeline stages can slice them and the 
 Python loop (fastest on XLA:CPU) or `lax.scan` (fastest to compile on TPU).
 """
 
+import functools
 import math
 
 import jax
 import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
+from models import layers
 from models.layers import (
     ACTIVATIONS,
     attention_bias,
     constrain,
-    dense,
     dot_attention,
     layer_norm,
     normal,
@@ -81,6 +82,7 @@ def init(rng: jax.Array, cfg) -> dict:
 def block(x_BTD, p: dict, positions_BT, bias_B1TS, cfg):
     """One pre-LN Transformer block: x + attn(LN(x)), then x + mlp(LN(x))."""
     act = ACTIVATIONS[cfg.activation]
+    dense = functools.partial(layers.dense, act_bits=cfg.get("act_bits", 0))  # QAT switch
     h_BTD = layer_norm(x_BTD, p["ln1_scale"], p["ln1_bias"], cfg.norm_eps)
     q_BTNH = dense(h_BTD, p["q"])
     k_BTKH = dense(h_BTD, p["k"])

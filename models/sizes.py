@@ -45,6 +45,11 @@ def default_model_config(size: str = "small") -> ml_collections.ConfigDict:
             # 'python' (fastest on XLA:CPU) | 'scan' (fastest to compile on TPU)
             "layer_loop": "python",
             "remat": "none",  # a name in models.decoder.REMAT_POLICIES
+            # Quantization-aware training (models/quant.py): fake-quantize matmul weights to this
+            # many bits per output channel (0 = off; 8 or 4) and the inputs of every dense
+            # matmul per row (0 = off; 8), straight-through gradients.
+            "weight_bits": 0,
+            "act_bits": 0,
         }
     )
 

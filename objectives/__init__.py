@@ -7,9 +7,10 @@ import numpy as np
 
 def get_loss_fn(name: str) -> Callable:
     """The loss factory for `config.objective`."""
-    from objectives import causal_lm
+    from objectives import causal_lm, distill
 
-    factories = {"causal_lm": causal_lm.make_loss_fn}
+    # 'distill' also needs the teacher (keyword arguments): train/distill.py builds it in the step.
+    factories = {"causal_lm": causal_lm.make_loss_fn, "distill": distill.make_loss_fn}
     if name not in factories:
         raise ValueError(f"objective={name!r} is unknown; choose one of {sorted(factories)}")
     return factories[name]

@@ -19,6 +19,7 @@ import objectives
 from data.pipeline import BATCH_KEYS, make_eval_batches, make_train_iterator, tokenizer_from_config
 from models import get_model
 from models.counting import count_params, flops_per_token
+from models.quant import wrap_apply
 from parallel.mesh import make_mesh
 from parallel.rules import get_rules
 from parallel.sharding import batch_shardings, check_batch
@@ -27,6 +28,7 @@ from train.metrics import MetricWriter
 from train.optim import make_optimizer, make_schedule
 from train.perf import measure_peak_flops, mfu
 from train.progress import Progress
+from train.prune import maybe_masked
 from train.state import abstract_with_shardings, create_train_state
 from train.step import make_eval_step, make_train_step
 
@@ -108,9 +110,15 @@ class Run:
         self.counts = count_params(config.model)
         self.flops = flops_per_token(config.model, config.data.seq_len)
         self.schedule = make_schedule(config.train)
-        self.optimizer = make_optimizer(config.train)
+        # Compression switches (issue 8), both no-ops by default: pruning masks kept by the
+        # optimizer (train.prune_*) and fake-quantized weights (model.weight_bits).
+        self.optimizer = maybe_masked(
+            make_optimizer(config.train), config.train, self.model, config.model
+        )
         self.loss_fn = objectives.get_loss_fn(config.objective)(
-            config.model, self.model.apply, bytes_per_token=self.tokenizer.bytes_per_token
+            config.model,
+            wrap_apply(self.model, config.model),
+            bytes_per_token=self.tokenizer.bytes_per_token,
         )
         with self.activate():
             check_batch(config.data.batch_size, self.mesh, self.rules, config.train.grad_accum)

@@ -43,6 +43,15 @@ def default_train_config() -> ml_collections.ConfigDict:
             keep_ckpts=2,
             log_every=10,
             peak_flops=0.0,  # Per-device peak FLOP/s for MFU; 0 means measure.
+            # Magnitude pruning during training (train/prune.py): 0 = off; else the final
+            # fraction of the layers' matmul weights zeroed, reached by a cubic ramp pruning every
+            # `prune_every` steps from `prune_start` to `prune_end` (-1: 75% of `steps`); scope
+            # 'global' (one threshold) or 'layer' (each matrix of each layer alike).
+            prune_sparsity=0.0,
+            prune_start=0,
+            prune_end=-1,
+            prune_every=50,
+            prune_scope="global",
         )
     )
 
