@@ -106,7 +106,7 @@ def distill_and_evaluate(config, workdir: str) -> dict:
                 writer.write(i, {f"eval/{k}": v for k, v in ev.items()})
                 summary.update({f"eval/{k}": v for k, v in ev.items()})
                 print(f"step {i}: eval loss {ev['loss']:.4f} nats/token", flush=True)
-    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=1, every=0)
+    ckpt = Checkpointer(os.path.abspath(os.path.join(workdir, "checkpoints")), keep=1, every=0)
     ckpt.save(tcfg.steps, state, train_iter)
     ckpt.close()
     writer.close()

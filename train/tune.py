@@ -60,7 +60,7 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
 
 def load_params(workdir: str, step: int | None = None):
     """Host parameters of a run's checkpoint (newest step by default)."""
-    state = load_state(os.path.join(workdir, "checkpoints"), step)
+    state = load_state(os.path.abspath(os.path.join(workdir, "checkpoints")), step)
     return state["params"] if isinstance(state, dict) else state.params
 
 
