@@ -98,9 +98,9 @@ def test_int8_model_and_checkpoint_bytes(tmp_path):
     # Evaluation through the int8 tree: the forward pass of the dequantized weights exactly.
     batch = {"tokens": jax.random.randint(jax.random.key(2), (2, 16), 0, 300)}
     logits = jax.jit(lambda p: wrap_apply(decoder, cfg)(p, batch, cfg))(restored)
-    ref = decoder.apply(dequantize_params(qparams), batch, cfg)
-    np.testing.assert_allclose(logits, ref, rtol=1e-5, atol=1e-5)
-    f32 = decoder.apply(params, batch, cfg)
+    apply = jax.jit(lambda p: decoder.apply(p, batch, cfg))
+    np.testing.assert_allclose(logits, apply(dequantize_params(qparams)), rtol=1e-5, atol=1e-5)
+    f32 = apply(params)
     assert 0 < float(jnp.abs(logits - f32).max()) < 0.05
 
 
@@ -108,8 +108,12 @@ def test_weight_bits_switch_fake_quantizes_weights():
     cfg = _cfg(weight_bits=4)
     params = nn.unbox(decoder.init(jax.random.key(0), cfg))
     batch = {"tokens": jax.random.randint(jax.random.key(2), (2, 16), 0, 300)}
-    qat = wrap_apply(decoder, cfg)(params, batch, cfg)
-    ref = decoder.apply(
-        dequantize_params(quantize_params(params, quant_spec(decoder, cfg), 4)), batch, cfg
-    )
+    qat = jax.jit(lambda p: wrap_apply(decoder, cfg)(p, batch, cfg))(params)
+    ptq = dequantize_params(quantize_params(params, quant_spec(decoder, cfg), 4))
+    ref = jax.jit(lambda p: decoder.apply(p, batch, cfg))(ptq)
     np.testing.assert_allclose(qat, ref, rtol=1e-5, atol=1e-5)
+    # Its gradient is the f32 model's gradient at the quantized point (straight-through).
+    loss = lambda f: lambda p: f(p, batch, cfg).sum()
+    g_qat = jax.jit(jax.grad(loss(wrap_apply(decoder, cfg))))(params)
+    g_ref = jax.jit(jax.grad(loss(decoder.apply)))(ptq)
+    np.testing.assert_allclose(g_qat["layers"]["wi"], g_ref["layers"]["wi"], rtol=1e-4, atol=1e-6)

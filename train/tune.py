@@ -61,7 +61,7 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
 def load_params(workdir: str, step: int | None = None):
     """Host parameters of a run's checkpoint (newest step by default)."""
     state = load_state(os.path.abspath(os.path.join(workdir, "checkpoints")), step)
-    return state["params"] if isinstance(state, dict) else state.params
+    return jax.device_get(state["params"] if isinstance(state, dict) else state.params)
 
 
 class Tools:
@@ -147,7 +147,8 @@ class Tools:
             make_train_step(self.loss_fn(model_cfg), optimizer, schedule, tcfg.grad_accum),
             donate_argnums=(0,),
         )
-        params = self.replicate(params)
+        # Fresh buffers (via host): the step donates its state, and `params` stays the caller's.
+        params = self.replicate(jax.device_get(params))
         state = TrainState(
             step=jax.numpy.zeros((), jax.numpy.int32),
             params=params,
