@@ -5,6 +5,7 @@ import ml_collections
 from data.config import default_data_config
 from data.vocabulary import TRAINED_KINDS
 from models.sizes import default_model_config
+from objectives import default_objective_args
 from train.optim import default_train_config
 
 
@@ -53,7 +54,8 @@ def base_config(size: str = "small") -> ml_collections.ConfigDict:
     """Every field a single run reads, with defaults; experiments override what they study."""
     config = ml_collections.ConfigDict()
     config.seed = 0
-    config.objective = "causal_lm"
+    config.objective = "causal_lm"  # see the table in objectives/__init__.py
+    config.objective_args = default_objective_args()  # masking / span-corruption settings
     config.model = default_model_config(size)
     config.data = default_data_config()
     config.train = default_train_config()

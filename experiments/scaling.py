@@ -5,7 +5,8 @@ r"""Scaling-law sweep: a ladder of model sizes x token budgets (+ IsoFLOP profil
   python launch/run.py --config experiments/scaling.py:preset=smoke,schedule=cosine
 
 Arguments (comma-separated): preset=smoke|cpu|accel, schedule=wsd|cosine, mode=grid (default) |
-isoflop|both, family=decoder, bootstrap=N (resamples for the confidence intervals),
+isoflop|both, family=decoder|encoder|encdec (GPT causal LM, BERT masked LM, T5 span
+corruption; experiments/families.py), bootstrap=N (resamples for the confidence intervals),
 tokenizer=byte|bpe|unigram|PATH.model and vocab=N (experiments/common.py: a SentencePiece
 vocabulary is trained on the train split first; token budgets then count its tokens, and the
 report's bits/byte column compares runs across tokenizers).
@@ -29,6 +30,7 @@ import ml_collections
 import numpy as np
 
 from experiments.common import base_config, parse_arg, set_tokenizer
+from experiments.families import set_family
 from models.counting import count_params, flops_per_token
 
 # name: (ladder of k, aspect (d_model per layer), head_dim, seq_len, batch, microbatches,
@@ -107,9 +109,9 @@ def get_config(arg: str = ""):
         raise ValueError(f"mode={args.mode!r} is unknown; choose grid, isoflop or both")
     p = PRESETS[args.preset]
     config = base_config("tiny")
-    config.model.family = args.family
     set_tokenizer(config, args.tokenizer, args.vocab)
     config.data.seq_len = p["seq_len"]
+    set_family(config, args.family)  # architecture and objective (experiments/families.py)
     config.data.batch_size = p["batch_size"]
     config.train.grad_accum = p["grad_accum"]
     config.train.warmup_steps = p["warmup_steps"]
@@ -170,6 +172,11 @@ def _rung_model(config, k: int):
     return m
 
 
+def _target_len(config) -> int | None:
+    """Decoder tokens per row of an encoder-decoder point (None for the other families)."""
+    return config.objective_args.target_len or None
+
+
 def _tokens_label(tokens: int) -> str:
     return f"{tokens / 1e6:.3g}M" if tokens < 1e9 else f"{tokens / 1e9:.3g}B"
 
@@ -197,7 +204,8 @@ def get_sweep(config) -> list[dict]:
             return
         m = _rung_model(config, k)
         counts = count_params(m)
-        fpt = flops_per_token(m, config.data.seq_len)["flops_per_token"]
+        fpt = flops_per_token(m, config.data.seq_len, target_len=_target_len(config))
+        fpt = fpt["flops_per_token"]
         tokens = steps * tokens_per_step
         lr = sweep.lr * (sweep.lr_base_width / shape["d_model"]) ** sweep.lr_width_exponent
         points[key] = dict(
@@ -219,7 +227,9 @@ def get_sweep(config) -> list[dict]:
             for tokens in sweep.tokens:
                 add(k, max(round(tokens / tokens_per_step), min_steps), None)
         if sweep.mode in ("isoflop", "both"):
-            fpt = flops_per_token(_rung_model(config, k), config.data.seq_len)["flops_per_token"]
+            m = _rung_model(config, k)
+            fpt = flops_per_token(m, config.data.seq_len, target_len=_target_len(config))
+            fpt = fpt["flops_per_token"]
             for budget in sweep.budgets:
                 steps = round(budget / fpt / tokens_per_step)
                 if min_steps <= steps and steps * tokens_per_step <= sweep.max_isoflop_tokens:

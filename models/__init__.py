@@ -4,10 +4,10 @@ from types import ModuleType
 
 
 def get_model(family: str) -> ModuleType:
-    """The model module for `model.family`."""
-    from models import decoder
+    """The model module for `model.family`: 'decoder', 'encoder' or 'encdec'."""
+    from models import decoder, encdec, encoder
 
-    families = {"decoder": decoder}
+    families = {"decoder": decoder, "encoder": encoder, "encdec": encdec}
     if family not in families:
         raise ValueError(f"model.family={family!r} is unknown; choose one of {sorted(families)}")
     return families[family]

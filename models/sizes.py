@@ -35,11 +35,34 @@ def default_model_config(size: str = "small") -> ml_collections.ConfigDict:
             "d_head": 0,  # 0 = d_model // n_heads
             "d_ff": 4 * d_model,
             "max_len": 2048,  # rows of the learned position table
-            "positions": "rotary",  # 'rotary' | 'learned'
+            # 'rotary' | 'learned' | 'sinusoidal' | 'relative' (T5 bucketed bias) | 'none'
+            "positions": "rotary",
             "rope_theta": 10000.0,
-            "activation": "gelu",  # tanh-approximated GELU
+            "rel_buckets": 32,  # relative: buckets per table (half per direction if bidirectional)
+            "rel_max_distance": 128,  # relative: distances beyond share the last bucket
+            # gelu (tanh approx.) | gelu_exact | relu | silu | swiglu | geglu | geglu_exact | reglu;
+            # gated ones (models/blocks.GATED) have separate wi_0 (gated) and wi_1 matrices
+            "activation": "gelu",
             "tie_embeddings": True,
+            "tied_output_scale": False,  # multiply by d_model**-0.5 before tied logits (T5 v1.0)
+            "norm_type": "layernorm",  # 'layernorm' | 'rmsnorm' (T5: no mean, no bias)
+            "norm_position": "pre",  # 'pre' (GPT-2, T5) | 'post' (BERT; no final norm)
             "norm_eps": 1e-6,
+            "norm_bias": True,  # LayerNorm biases
+            "attn_bias": False,  # biases on q, k, v, o
+            "mlp_bias": False,  # biases on wi (wi_0, wi_1) and wo
+            "attn_scale": True,  # scale logits by 1/sqrt(head dim) (T5 does not)
+            "embed_norm": False,  # norm after the embeddings (BERT)
+            "type_vocab_size": 0,  # > 0 adds token-type embeddings (BERT segments A/B)
+            # dropout rates, active only when apply gets `rngs` (training)
+            "embed_dropout": 0.0,
+            "attn_dropout": 0.0,  # on attention probabilities
+            "resid_dropout": 0.0,  # on each sublayer's output before the residual add
+            # encoder family heads (models/encoder.py)
+            "nsp_head": False,  # next-sentence prediction head on the pooled first token
+            "num_classes": 0,  # > 0 adds a sequence-classification head
+            # encoder-decoder family: decoder layers (0 = n_layers)
+            "n_decoder_layers": 0,
             "init_std": 0.02,
             "dtype": "float32",  # activation / matmul dtype; parameters stay f32
             # 'python' (fastest on XLA:CPU) | 'scan' (fastest to compile on TPU)

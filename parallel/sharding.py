@@ -37,9 +37,11 @@ def batch_spec(rules) -> P:
     return nn.logical_to_mesh_axes(("batch", "length"), rules)
 
 
-def batch_shardings(batch_shapes: dict, mesh: Mesh, rules) -> dict:
+def batch_shardings(batch_shapes, mesh: Mesh, rules) -> dict:
+    """Shardings of batch arrays: keys of [B, T] arrays, or a dict of key -> rank (1 or 2)."""
     spec = batch_spec(rules)
-    return {k: NamedSharding(mesh, spec) for k in batch_shapes}
+    ranks = batch_shapes if isinstance(batch_shapes, dict) else dict.fromkeys(batch_shapes, 2)
+    return {k: NamedSharding(mesh, spec if r == 2 else P(spec[0])) for k, r in ranks.items()}
 
 
 def check_batch(batch_size: int, mesh: Mesh, rules, grad_accum: int = 1) -> None:

@@ -16,10 +16,11 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import objectives
-from data.pipeline import BATCH_KEYS, make_eval_batches, make_train_iterator, tokenizer_from_config
+from data.pipeline import BATCH_KEYS, make_eval_batches, make_train_dataset, tokenizer_from_config
 from models import get_model
 from models.counting import count_params, flops_per_token
 from models.quant import wrap_apply
+from objectives.transforms import eval_rng
 from parallel.mesh import make_mesh
 from parallel.rules import get_rules
 from parallel.sharding import batch_shardings, check_batch
@@ -107,8 +108,12 @@ class Run:
                 f"tokenizer vocabulary ({self.tokenizer.vocab_size}); raise it"
             )
         self.model = get_model(config.model.family)
+        # Host-side batch transform of the objective (masking, span corruption), or None.
+        self.transform = objectives.get_batch_transform(config, self.tokenizer)
+        target_len = getattr(self.transform, "target_len", None)
+        self.batch_keys = self.transform.keys if self.transform else dict.fromkeys(BATCH_KEYS, 2)
         self.counts = count_params(config.model)
-        self.flops = flops_per_token(config.model, config.data.seq_len)
+        self.flops = flops_per_token(config.model, config.data.seq_len, target_len=target_len)
         self.schedule = make_schedule(config.train)
         # Compression switches (issue 8), both no-ops by default: pruning masks kept by the
         # optimizer (train.prune_*) and fake-quantized weights (model.weight_bits).
@@ -125,7 +130,7 @@ class Run:
             self.state, self.state_shardings = create_train_state(
                 self.model, config.model, self.optimizer, self.mesh, self.rules, config.seed
             )
-            self.batch_shardings = batch_shardings(BATCH_KEYS, self.mesh, self.rules)
+            self.batch_shardings = batch_shardings(self.batch_keys, self.mesh, self.rules)
             replicated = NamedSharding(self.mesh, P())
             self.train_step = jax.jit(
                 make_train_step(
@@ -193,18 +198,23 @@ def train_and_evaluate(
     is_main = jax.process_index() == 0
     try:
         run = Run(config)
-        train_iter = make_train_iterator(
+        train_ds = make_train_dataset(
             config.data,
             seed=config.seed,
             process_index=jax.process_index(),
             process_count=jax.process_count(),
         )
+        if run.transform is not None:  # seeded per batch by grain: resumes with the iterator
+            train_ds = train_ds.random_map(run.transform, seed=config.seed + jax.process_index())
+        train_iter = iter(train_ds)
         eval_local = make_eval_batches(
             config.data,
             num_batches=config.train.eval_batches,
             process_index=jax.process_index(),
             process_count=jax.process_count(),
         )
+        if run.transform is not None:
+            eval_local = [run.transform(b, eval_rng(i)) for i, b in enumerate(eval_local)]
     except ValueError as e:  # every setup check raises ValueError naming the field and the fix
         raise ConfigError(str(e)) from e
     eval_batches = [run.global_batch(b) for b in eval_local]  # on device once, not every eval
