@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
-from models import layers
+from models import layers, sparse_attention
 from models.layers import (
     ACTIVATIONS,
     NEG_INF,
@@ -107,6 +107,7 @@ def validate(cfg) -> None:
     for name in ("embed_dropout", "attn_dropout", "resid_dropout"):
         if not 0.0 <= cfg[name] < 1.0:
             raise ValueError(f"model.{name}={cfg[name]} must be in [0, 1)")
+    sparse_attention.validate(cfg)
 
 
 # --- norms -------------------------------------------------------------------------------------
@@ -309,8 +310,23 @@ def _biased(y: Array, p: dict, name: str) -> Array:
     return y if b is None else y + b.reshape((1,) * (y.ndim - b.ndim) + b.shape).astype(y.dtype)
 
 
-def attention(h_BTD, p, bias, cfg, *, kv_BSD=None, positions_BT=None, prefix="", rng=None):
-    """Multi-head attention sublayer (self-attention when `kv_BSD` is None) -> [B, T, D]."""
+def attention(
+    h_BTD,
+    p,
+    bias,
+    cfg,
+    *,
+    kv_BSD=None,
+    positions_BT=None,
+    prefix="",
+    rng=None,
+    layer_index=0,
+    segment_ids_BT=None,
+):
+    """Multi-head attention sublayer (self-attention when `kv_BSD` is None) -> [B, T, D].
+
+    A self-attention layer whose `sparse_attention.layer_pattern` is not dense runs that pattern
+    blockwise (causal; with `segment_ids_BT` instead of the bias)."""
     dense = functools.partial(layers.dense, act_bits=cfg.get("act_bits", 0))  # QAT switch
     kv_BSD = h_BTD if kv_BSD is None else kv_BSD
     q_BTNH = _biased(dense(h_BTD, p[prefix + "q"]), p, prefix + "q")
@@ -322,7 +338,12 @@ def attention(h_BTD, p, bias, cfg, *, kv_BSD=None, positions_BT=None, prefix="",
         q_BTNH = rotary(q_BTNH, positions_BT, cfg.rope_theta)
         k_BSKH = rotary(k_BSKH, positions_BT, cfg.rope_theta)
     q_BTNH, k_BSKH, v_BSKH = (checkpoint_name(a, "qkv") for a in (q_BTNH, k_BSKH, v_BSKH))
-    attn_BTNH = checkpoint_name(attend(q_BTNH, k_BSKH, v_BSKH, bias, cfg, rng), "attn_out")
+    if kv_BSD is h_BTD and sparse_attention.layer_pattern(cfg, layer_index) != "dense":
+        attn_fn = sparse_attention.attention_fn(cfg, layer_index)
+        attn_BTNH = attn_fn(q_BTNH, k_BSKH, v_BSKH, None, segment_ids_BT)
+    else:
+        attn_BTNH = attend(q_BTNH, k_BSKH, v_BSKH, bias, cfg, rng)
+    attn_BTNH = checkpoint_name(attn_BTNH, "attn_out")
     return _biased(dense(attn_BTNH, p[prefix + "o"], n_in=2), p, prefix + "o")
 
 
@@ -349,10 +370,33 @@ def residual(x_BTD, p, ln: str, fn, cfg, rng=None) -> Array:
     return constrain(x_BTD, ("batch", "length", "embed"))
 
 
-def block(x_BTD, p, self_bias, cfg, *, positions_BT=None, enc_BSD=None, cross_bias=None, rng=None):
-    """One Transformer block: self-attention, cross-attention (if `enc_BSD`), MLP."""
+def block(
+    x_BTD,
+    p,
+    self_bias,
+    cfg,
+    *,
+    positions_BT=None,
+    enc_BSD=None,
+    cross_bias=None,
+    rng=None,
+    layer_index=0,
+    segment_ids_BT=None,
+):
+    """One Transformer block: self-attention, cross-attention (if `enc_BSD`), MLP.
+
+    `layer_index` selects the self-attention pattern (`sparse_attention.layer_pattern`)."""
     keys = [None] * 5 if rng is None else list(jax.random.split(rng, 5))
-    attn = lambda h: attention(h, p, self_bias, cfg, positions_BT=positions_BT, rng=keys[0])
+    attn = lambda h: attention(
+        h,
+        p,
+        self_bias,
+        cfg,
+        positions_BT=positions_BT,
+        rng=keys[0],
+        layer_index=layer_index,
+        segment_ids_BT=segment_ids_BT,
+    )
     x_BTD = residual(x_BTD, p, "ln1", attn, cfg, keys[1])
     if enc_BSD is not None:
         cross = lambda h: attention(
@@ -397,22 +441,45 @@ def embed(params, tokens_BT, positions_BT, cfg, *, token_types_BT=None, rng=None
     return constrain(x_BTD, ("batch", "length", "embed"))
 
 
-def run_layers(x_BTD, layers: dict, layer_fn, cfg, n_layers: int, rng=None):
+def run_layers(x_BTD, layers: dict, layer_fn, cfg, n_layers: int, rng=None, *, indexed=False):
     """Applies `layer_fn(x, p, rng)` over stacked `layers` (Python loop or `lax.scan`), with the
-    remat policy `cfg.remat` around each layer."""
+    remat policy `cfg.remat` around each layer.
+
+    With `indexed`, `layer_fn(x, p, rng, layer_index)` gets each layer's static index (per-layer
+    attention patterns); under scan the layers are then scanned in groups of
+    `sparse_attention.layer_period(cfg)` unrolled layers (1 when all layers are alike).
+    """
     if cfg.remat not in REMAT_POLICIES:
         raise ValueError(
             f"model.remat={cfg.remat!r} is unknown; choose one of {list(REMAT_POLICIES)}"
         )
-    if cfg.remat != "none":
-        layer_fn = jax.checkpoint(layer_fn, policy=REMAT_POLICIES[cfg.remat])
+
+    def fn_at(i: int):
+        fn = (lambda x, p, k: layer_fn(x, p, k, i)) if indexed else layer_fn
+        return jax.checkpoint(fn, policy=REMAT_POLICIES[cfg.remat]) if cfg.remat != "none" else fn
+
     keys = None if rng is None else jax.random.split(rng, n_layers)
     if cfg.layer_loop == "scan":
-        x_BTD, _ = jax.lax.scan(lambda x, pk: (layer_fn(x, *pk), None), x_BTD, (layers, keys))
+        period = sparse_attention.layer_period(cfg) if indexed else 1
+        fns = [fn_at(i) for i in range(period)]
+
+        def group_fn(x, pk):
+            if period == 1:
+                return fns[0](x, *pk), None
+            p, k = pk
+            for i in range(period):
+                p_i = jax.tree.map(lambda w, i=i: w[i], p)
+                x = fns[i](x, p_i, None if k is None else k[i])
+            return x, None
+
+        xs = (layers, keys)
+        if period > 1:
+            xs = jax.tree.map(lambda w: w.reshape(n_layers // period, period, *w.shape[1:]), xs)
+        x_BTD, _ = jax.lax.scan(group_fn, x_BTD, xs)
     elif cfg.layer_loop == "python":
         for i in range(n_layers):
             p = jax.tree.map(lambda w, i=i: w[i], layers)
-            x_BTD = layer_fn(x_BTD, p, None if keys is None else keys[i])
+            x_BTD = fn_at(i)(x_BTD, p, None if keys is None else keys[i])
     else:
         raise ValueError(f"model.layer_loop={cfg.layer_loop!r} is unknown; use 'python' or 'scan'")
     return x_BTD

@@ -8,7 +8,10 @@ Conventions (recorded with every run so scaling fits never re-derive them):
   6 x (matmul parameters incl. the output projection D x V) + the attention term
   12 x L x T x N x H (QK^T and AV over the full T x T window as computed; a causal kernel that
   skipped masked blocks would do half). `flops_per_token_6n` = 6 x non-embedding parameters, the
-  Kaplan C = 6ND convention. Biases, norms and softmax are not counted.
+  Kaplan C = 6ND convention. Biases, norms and softmax are not counted. Sparse layers
+  (models/sparse_attention.py) count the keys their blockwise kernel scores per query instead of
+  T (`keys_per_query`: 2w for local, 2l + T/l for strided, l + c T/l for fixed, causal), so the
+  decoder/encoder term is 12 x N x H x (sum over layers of keys per query).
 - encoder (BERT): the same per token, with bidirectional attention over T, plus the masked-LM head
   transform (D x D); the output projection is counted at every position (as computed).
 - encdec (T5): per *input* token, i.e. the FLOPs of one row (T encoder tokens, `target_len`
@@ -19,6 +22,7 @@ Conventions (recorded with every run so scaling fits never re-derive them):
 
 from models.blocks import GATED
 from models.sizes import resolved_dims
+from models.sparse_attention import keys_per_query
 
 
 def _norm(cfg) -> int:
@@ -110,7 +114,9 @@ def flops_per_token(cfg, seq_len: int, target_len: int | None = None) -> dict[st
     if cfg.family in ("decoder", "encoder"):
         head = D * D if cfg.family == "encoder" else 0
         matmul = 6 * (L * layer + head + D * V)
-        attention = 12 * L * seq_len * N * H
+        causal = cfg.family == "decoder"
+        keys = sum(keys_per_query(cfg, i, seq_len, causal) for i in range(L))
+        attention = 12 * N * H * keys
     elif cfg.family == "encdec":
         T, S = seq_len, target_len or seq_len
         Ld = _decoder_len(cfg)

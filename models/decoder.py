@@ -15,6 +15,7 @@ from models import blocks
 from models.blocks import REMAT_POLICIES  # noqa: F401  (re-exported: configs name these)
 from models.layers import normal, param
 from models.sizes import resolved_dims
+from models.sparse_attention import uses_dense
 
 
 def init(rng: jax.Array, cfg) -> dict:
@@ -50,19 +51,35 @@ def hidden(params: dict, batch: dict, cfg, *, rngs=None) -> jax.Array:
         token_types_BT=batch.get("token_type_ids"),
         rng=emb_rng,
     )
-    bias = blocks.mask_bias(
-        segment_ids_BT, segment_ids_BT, causal=True, prefix_BT=batch.get("prefix_mask")
-    )
+    if "prefix_mask" in batch and cfg.get("attention_pattern", "dense") != "dense":
+        raise ValueError("model.attention_pattern: sparse patterns do not take a prefix_mask")
+    # A model whose layers are all sparse never builds the T x T bias (its cost stays below T^2).
+    bias = None
+    if uses_dense(cfg):
+        bias = blocks.mask_bias(
+            segment_ids_BT, segment_ids_BT, causal=True, prefix_BT=batch.get("prefix_mask")
+        )
     if cfg.positions == "relative":
         bidirectional = "prefix_mask" in batch  # the prefix looks ahead; masked keys are unused
         bias = bias + blocks.relative_bias(
             params["rel_bias"], positions_BT, positions_BT, bidirectional=bidirectional, cfg=cfg
         )
 
-    def layer_fn(x, p, rng):
-        return blocks.block(x, p, bias, cfg, positions_BT=positions_BT, rng=rng)
+    def layer_fn(x, p, rng, i):
+        return blocks.block(
+            x,
+            p,
+            bias,
+            cfg,
+            positions_BT=positions_BT,
+            rng=rng,
+            layer_index=i,
+            segment_ids_BT=segment_ids_BT,
+        )
 
-    x_BTD = blocks.run_layers(x_BTD, params["layers"], layer_fn, cfg, cfg.n_layers, layers_rng)
+    x_BTD = blocks.run_layers(
+        x_BTD, params["layers"], layer_fn, cfg, cfg.n_layers, layers_rng, indexed=True
+    )
     if cfg.norm_position == "pre":
         x_BTD = blocks.norm(x_BTD, params, "final_ln", cfg)
     return x_BTD

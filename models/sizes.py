@@ -68,6 +68,17 @@ def default_model_config(size: str = "small") -> ml_collections.ConfigDict:
             # 'python' (fastest on XLA:CPU) | 'scan' (fastest to compile on TPU)
             "layer_loop": "python",
             "remat": "none",  # a name in models.decoder.REMAT_POLICIES
+            # Sparse/local attention (models/sparse_attention.py states each pattern exactly):
+            # 'dense' | 'local' (the attention_window latest keys) | 'strided' (Sparse
+            # Transformer: the sparse_stride latest keys, then every sparse_stride-th) | 'fixed'
+            # (own block of sparse_stride keys + the last sparse_summary keys of every block).
+            "attention_pattern": "dense",
+            "attention_window": 256,  # w of 'local'
+            "sparse_stride": 128,  # l of 'strided' and 'fixed'; 0 = ceil(sqrt(seq_len))
+            "sparse_summary": 32,  # c of 'fixed' (Child et al.'s enwik8 setting: l=128, c=32)
+            # which layers use attention_pattern (the others are dense): 'all' | 'alternate'
+            # (odd layers, GPT-3's alternating dense/sparse) | a comma list of indices, '0,2'
+            "sparse_layers": "all",
             # Quantization-aware training (models/quant.py): fake-quantize matmul weights to this
             # many bits per output channel (0 = off; 8 or 4) and the inputs of every dense
             # matmul per row (0 = off; 8), straight-through gradients.

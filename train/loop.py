@@ -16,7 +16,13 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import objectives
-from data.pipeline import BATCH_KEYS, make_eval_batches, make_train_dataset, tokenizer_from_config
+from data.pipeline import (
+    BATCH_KEYS,
+    make_eval_batches,
+    make_train_dataset,
+    make_train_iterator,
+    tokenizer_from_config,
+)
 from models import get_model
 from models.counting import count_params, flops_per_token
 from models.quant import wrap_apply
@@ -198,15 +204,13 @@ def train_and_evaluate(
     is_main = jax.process_index() == 0
     try:
         run = Run(config)
-        train_ds = make_train_dataset(
-            config.data,
-            seed=config.seed,
-            process_index=jax.process_index(),
-            process_count=jax.process_count(),
-        )
-        if run.transform is not None:  # seeded per batch by grain: resumes with the iterator
-            train_ds = train_ds.random_map(run.transform, seed=config.seed + jax.process_index())
-        train_iter = iter(train_ds)
+        shard = dict(process_index=jax.process_index(), process_count=jax.process_count())
+        if run.transform is None:
+            train_iter = make_train_iterator(config.data, seed=config.seed, **shard)
+        else:  # seeded per batch by grain, so it resumes with the iterator's checkpoint
+            train_ds = make_train_dataset(config.data, seed=config.seed, **shard)
+            seed = config.seed + jax.process_index()
+            train_iter = iter(train_ds.random_map(run.transform, seed=seed))
         eval_local = make_eval_batches(
             config.data,
             num_batches=config.train.eval_batches,
