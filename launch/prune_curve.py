@@ -28,6 +28,7 @@ F.DEFINE_float("finetune_lr", 1e-3, "Peak learning rate of the fine-tuning.")
 F.DEFINE_integer("keep_heads", 0, "Structured: heads kept per layer (0: skip structured).")
 F.DEFINE_integer("keep_ff", 0, "Structured: MLP neurons kept per layer.")
 F.DEFINE_integer("eval_batches", -1, "Held-out batches (-1: the run's train.eval_batches).")
+F.DEFINE_list("plot_only", [], "Only plot these prune_curve.jsonl files (merged by sparsity).")
 
 
 def plot(rows: list[dict], structured: dict | None, path: str) -> None:
@@ -39,8 +40,14 @@ def plot(rows: list[dict], structured: dict | None, path: str) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
     s = [100 * r["sparsity"] for r in rows]
     ax.plot(s, [r["loss_oneshot"] for r in rows], "o-", label="magnitude, one-shot")
-    if any("loss_finetuned" in r for r in rows):
-        ax.plot(s, [r["loss_finetuned"] for r in rows], "s-", label="magnitude + fine-tuning")
+    tuned = [r for r in rows if "loss_finetuned" in r]
+    if tuned:
+        ax.plot(
+            [100 * r["sparsity"] for r in tuned],
+            [r["loss_finetuned"] for r in tuned],
+            "s-",
+            label="magnitude + fine-tuning",
+        )
     if structured:
         x = 100 * (1 - structured["params_nonembedding_ratio"])
         ax.plot([x], [structured["loss_oneshot"]], "k^", label="structured, one-shot")
@@ -61,11 +68,23 @@ def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)
     FL = flags.FLAGS
+    if FL.plot_only:  # e.g. a one-shot curve and a fine-tuned one measured by separate calls
+        merged: dict = {}
+        for path in FL.plot_only:
+            with open(path) as f:
+                for row in map(json.loads, f):
+                    merged.setdefault(row["sparsity"], {}).update(row)
+        plot(
+            [merged[k] for k in sorted(merged)], None, os.path.join(FL.out, "loss_vs_sparsity.png")
+        )
+        return
     from models.counting import count_params
     from train.compress import compress, measure
     from train.loop import write_json_atomic
     from train.tune import Tools, load_config, load_params
 
+    if not FL.workdir:
+        raise app.UsageError("--workdir is required")
     config = load_config(FL.workdir)
     params = load_params(FL.workdir)
     tools = Tools(config, eval_batches=None if FL.eval_batches < 0 else FL.eval_batches)
@@ -131,5 +150,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    flags.mark_flags_as_required(["workdir"])
     app.run(main)
