@@ -6,6 +6,7 @@ from data.config import default_data_config
 from data.vocabulary import TRAINED_KINDS
 from models.sizes import default_model_config
 from objectives import default_objective_args
+from train.adapt import default_adapt_config
 from train.optim import default_train_config
 
 
@@ -23,7 +24,12 @@ def parse_arg(arg: str, **defaults) -> ml_collections.ConfigDict:
         if kind is bool:
             out[key] = value.lower() not in ("0", "false", "no") if value else True
         else:
-            out[key] = kind(value)
+            try:
+                out[key] = kind(value)
+            except ValueError as e:
+                raise ValueError(
+                    f"config argument {key}={value!r} must be a {kind.__name__}"
+                ) from e
     return out
 
 
@@ -59,6 +65,10 @@ def base_config(size: str = "small") -> ml_collections.ConfigDict:
     config.model = default_model_config(size)
     config.data = default_data_config()
     config.train = default_train_config()
+    # Adapting a checkpoint (train/adapt.py): a run's workdir to load parameters from ('' =
+    # train from scratch) and the method (full / lora / prompt), what to load and to freeze.
+    config.init_from = ""
+    config.adapt = default_adapt_config()
     config.parallel = ml_collections.ConfigDict(
         {
             "mesh": {"data": -1, "stage": 1, "fsdp": 1, "tensor": 1},

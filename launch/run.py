@@ -2,9 +2,16 @@ r"""The one entry point: `python launch/run.py --config experiments/X.py[:args] 
 
 Overrides: `--config.train.steps=100 --config.model.size=...` (the config is locked, so a mistyped
 key fails instead of being ignored).
+
+Exit codes: 0 done (or preempted with a checkpoint: rerun the same command to resume), 2 bad input
+(one line `error: <field>...` on stderr, nothing written), 3 stopped on a non-finite loss or
+gradient (`train.nan_policy=stop`), 1 anything else (a bug: traceback).
 """
 
+import dataclasses
 import os
+import re
+import shlex
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -12,24 +19,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Experiment config file[:args].", lock_config=True
-)
-_WORKDIR = flags.DEFINE_string(
-    "workdir",
-    None,
-    "Run directory (checkpoints, metrics); default "
-    "runs/<experiment>. Rerunning with the same workdir resumes.",
-)
-_DRY_RUN = flags.DEFINE_bool(
-    "dry_run", False, "Sweeps: print the grid and its estimated cost, train nothing."
-)
-_CACHE = flags.DEFINE_string(
-    "compile_cache",
-    os.path.expanduser("~/.cache/scalelab/jax"),
-    "JAX persistent compilation cache directory ('' disables it).",
-)
-
+EXIT_BAD_INPUT, EXIT_NONFINITE = 2, 3
 
 # Warnings that every sweep point would repeat and that say nothing wrong.
 _EXPECTED = (
@@ -43,51 +33,183 @@ def _drop_expected_warnings(record) -> bool:
     return not any(s in str(record.msg) for s in _EXPECTED)
 
 
-def main(argv):
-    del argv
-    import jax
+def define_flags(flag_values: flags.FlagValues, sys_argv: list[str] | None = None) -> dict:
+    """Defines this CLI's flags on `flag_values`; returns their holders by name."""
+    return {
+        "config": config_flags.DEFINE_config_file(
+            "config",
+            None,
+            "Experiment config file[:args].",
+            lock_config=True,
+            flag_values=flag_values,
+            sys_argv=sys_argv,
+        ),
+        "workdir": flags.DEFINE_string(
+            "workdir",
+            None,
+            "Run directory (checkpoints, metrics); default "
+            "runs/<experiment>. Rerunning with the same workdir resumes.",
+            flag_values=flag_values,
+        ),
+        "dry_run": flags.DEFINE_bool(
+            "dry_run",
+            False,
+            "Sweeps: print the grid and its estimated cost, train nothing.",
+            flag_values=flag_values,
+        ),
+        "compile_cache": flags.DEFINE_string(
+            "compile_cache",
+            os.path.expanduser("~/.cache/scalelab/jax"),
+            "JAX persistent compilation cache directory ('' disables it).",
+            flag_values=flag_values,
+        ),
+    }
 
-    # Orbax and TFDS log every file operation at INFO; keep the console for progress and results.
-    logging.set_verbosity(logging.WARNING)
-    logging.get_absl_logger().addFilter(_drop_expected_warnings)
 
-    if _CACHE.value:
-        jax.config.update("jax_compilation_cache_dir", _CACHE.value)
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-        jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-    from train.loop import ConfigError, train_and_evaluate
+@dataclasses.dataclass
+class Args:
+    config: object
+    experiment: str
+    workdir: str
+    dry_run: bool
+    compile_cache: str
 
-    config = _CONFIG.value
-    # 'experiments/x.py:args' -> 'experiments/x.py'
-    experiment = config_flags.get_config_filename(flags.FLAGS["config"]).partition(".py:")[0]
+
+def describe_flag_error(e: BaseException, argv: list[str]) -> str:
+    """One line `<field>: <what to do>` for a command line that did not parse."""
+    text = str(e)
+    # ml_collections' unknown-key error: AttributeError("'stepz'\nDid you mean "steps" ...?").
+    if isinstance(e, (AttributeError, KeyError)) or "Did you mean" in text:
+        words = re.findall(r"\w+", text)
+        key = words[0] if words else "?"
+        override = next((a for a in argv if re.search(rf"\.{re.escape(key)}(=|$)", a)), key)
+        field = override.split("=", 1)[0].lstrip("-").removeprefix("config.")
+        hint = re.search(r"Did you mean \W*(\w+)", text)
+        hint = f"; did you mean {hint.group(1)}?" if hint else ""
+        return f"{field}: unknown config key{hint} (see the experiment's config)"
+    m = re.match(r"flag --(config\.)?([\w.]+)=(.*?): (.*)", text, re.S)
+    if m and "Error whilst parsing config file" in m.group(4):
+        # get_config raised: its own message is the last line of the embedded traceback.
+        lines = [s.strip() for s in m.group(4).splitlines() if s.strip()]
+        last = lines[-1] if lines else m.group(4)
+        return f"--config={m.group(3)}: {last.split(': ', 1)[-1]}"
+    if m:
+        field, value, why = m.group(2), m.group(3), m.group(4).splitlines()[0]
+        return f"{field}={value!r} has the wrong type ({why}); pass a value of the field's type"
+    if "--config" in text or "config file" in text:
+        return f"--config: {' '.join(text.split())[:300]}"
+    return " ".join(text.split())[:300]
+
+
+def parse(argv: list[str], flag_values: flags.FlagValues | None = None) -> Args:
+    """Parses a command line (argv[0] is the program) into `Args`.
+
+    Args:
+      argv: the command line.
+      flag_values: where the flags live (None: a fresh set, so tests can call this repeatedly).
+
+    Raises:
+      ConfigError: the command line or the config it names does not parse.
+    """
+    from train.validate import ConfigError
+
+    if flag_values is None:
+        flag_values = flags.FlagValues()
+        holders = define_flags(flag_values, sys_argv=list(argv))
+    else:
+        holders = _HOLDERS
+    try:
+        flag_values(argv)
+        config = holders["config"].value
+        if config is None:
+            raise ConfigError("--config: missing; pass --config experiments/<name>.py[:args]")
+    except ConfigError:
+        raise
+    except Exception as e:  # absl, ml_collections and the experiment's get_config all raise here
+        raise ConfigError(describe_flag_error(e, argv)) from e
+    filename = config_flags.get_config_filename(flag_values["config"])
+    experiment = filename.partition(".py:")[0]  # 'experiments/x.py:args' -> 'experiments/x.py'
     experiment += "" if experiment.endswith(".py") else ".py"
     stem = os.path.splitext(os.path.basename(experiment))[0]
-    workdir = _WORKDIR.value or os.path.join("runs", stem)
+    return Args(
+        config=config,
+        experiment=experiment,
+        workdir=holders["workdir"].value or os.path.join("runs", stem),
+        dry_run=holders["dry_run"].value,
+        compile_cache=holders["compile_cache"].value,
+    )
+
+
+def execute(args: Args) -> int:
+    """Validates everything, then trains (or sweeps); returns the exit code."""
+    import jax
+
+    from train.validate import check_run
+
+    config, workdir = args.config, args.workdir
+    if not args.dry_run:  # before the training stack is even imported
+        check_run(config, workdir, "sweep" if "sweep" in config else "run")
+    if args.compile_cache:
+        jax.config.update("jax_compilation_cache_dir", args.compile_cache)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+        jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    from train.loop import NonFiniteError, train_and_evaluate
+
+    resume = shlex.join(sys.argv) if sys.argv and sys.argv[0].endswith("run.py") else ""
+    resume = resume or f"python launch/run.py --config {args.experiment} --workdir {workdir}"
     try:
         if "sweep" in config:
             from launch.sweep import run_sweep
 
-            run_sweep(config, experiment, workdir, dry_run=_DRY_RUN.value)
-            return
-        if _DRY_RUN.value:
+            fit = run_sweep(config, args.experiment, workdir, dry_run=args.dry_run)
+            if fit.get("preempted"):
+                print(f"preempted: the sweep stopped with its checkpoints; resume with: {resume}")
+            return 0
+        if args.dry_run:
             print(config)
-            return
+            return 0
         if "distill" in config:  # a student trained against a teacher run (train/distill.py)
             from train.distill import distill_and_evaluate
 
             summary = distill_and_evaluate(config, workdir)
         else:
             summary = train_and_evaluate(config, workdir)
-    except ConfigError as e:
+    except NonFiniteError as e:
         print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        return EXIT_NONFINITE
+    if summary.get("preempted"):
+        print(
+            f"preempted at step {summary['step']}: checkpoint saved in {workdir}/checkpoints; "
+            f"resume with: {resume}",
+            flush=True,
+        )
+        return 0
     print(
         f"done: eval loss {summary.get('eval/loss', float('nan')):.4f} nats/token, "
         f"{summary.get('eval/bits_per_byte', float('nan')):.4f} bits/byte, "
         f"{summary['wall_s']:.0f} s; results in {workdir}"
     )
+    return 0
+
+
+def cli(argv: list[str], flag_values: flags.FlagValues | None = None) -> int:
+    """Parses, validates and runs one command line; returns the exit code (2: bad input)."""
+    from train.validate import ConfigError
+
+    try:
+        return execute(parse(argv, flag_values))
+    except ConfigError as e:
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr, flush=True)
+        return EXIT_BAD_INPUT
+
+
+_HOLDERS: dict = {}  # the flags of the real command line (parse() with FLAGS uses these)
 
 
 if __name__ == "__main__":
-    flags.mark_flags_as_required(["config"])
-    app.run(main)
+    # Orbax and TFDS log every file operation at INFO; keep the console for progress and results.
+    logging.set_verbosity(logging.WARNING)
+    logging.get_absl_logger().addFilter(_drop_expected_warnings)
+    app.define_help_flags()  # --help, --helpfull
+    _HOLDERS.update(define_flags(flags.FLAGS))
+    sys.exit(cli(sys.argv, flags.FLAGS))

@@ -25,6 +25,7 @@ import traceback
 import jax
 
 from models.sizes import resolved_dims
+from train import preemption
 from train.checkpoint import latest_step
 from train.loop import ConfigError, claim_workdir, train_and_evaluate, validate
 from train.optim import wsd_decay_start
@@ -271,12 +272,23 @@ def run_sweep(config, experiment: str, workdir: str, *, dry_run: bool = False) -
     if done:
         print(f"sweep: {len(done)} of {len(points)} points already done in {workdir}")
 
+    with preemption.active() as guard:
+        return _run_pieces(config, experiment, workdir, points, pieces, clock, results, done, guard)
+
+
+def _run_pieces(config, experiment, workdir, points, pieces, clock, results, done, guard) -> dict:
+    """Trains the pieces still needed, recording each point; stops early on a preemption signal."""
+    is_main = jax.process_index() == 0
+    results_path = os.path.join(workdir, "results.jsonl")
     t0 = time.perf_counter()
     broken: dict[str, str] = {}  # trunk dir -> error, for the branches that need it
     order = [pc.point["id"] for pc in pieces if pc.point is not None]
     for i, piece in enumerate(pieces):
         if not _needed(piece, pieces[i:], done):
             continue
+        if guard.signum is not None:  # a signal between two runs: nothing in flight to save
+            print("sweep: preempted between points; rerun the same command to resume")
+            return {"preempted": True}
         remaining = sum(
             clock.estimate(pc)
             for j, pc in enumerate(pieces[i:], i)
@@ -322,6 +334,9 @@ def run_sweep(config, experiment: str, workdir: str, *, dry_run: bool = False) -
                     write_results(results_path, results)
             continue
         wall = time.perf_counter() - t
+        if summary.get("preempted"):  # its checkpoint is saved; a rerun resumes this piece
+            print(f"sweep: preempted in {label}; rerun the same command to resume")
+            return {"preempted": True}
         clock.observe(piece, summary, wall)
         if piece.point is None:
             continue

@@ -244,3 +244,39 @@ def test_failed_point_is_recorded_the_sweep_goes_on_and_a_rerun_retries_it(tmp_p
     assert calls.count(victim) == 1 and not set(calls) & (set(points) - {victim})
     rows = read_results(f"{workdir}/results.jsonl")
     assert all(r["status"] == "ok" for r in rows.values()) and len(rows) == len(points)
+
+
+@pytest.mark.slow
+def test_unfinished_and_preempted_points_are_retried_and_nothing_else(tmp_path, monkeypatch):
+    """A point with no row (killed mid-point) and a preempted point are the only ones rerun."""
+    import launch.sweep
+
+    config = scaling.get_config("preset=smoke,schedule=cosine,bootstrap=20")
+    ids = sorted(p["id"] for p in scaling.get_sweep(config))
+    preempt, calls = [ids[3]], []
+
+    def fake_train(cfg, workdir, *, stop_at=None, init_from=None, keep_steps=(), desc=""):
+        calls.append(desc)
+        if desc in preempt:
+            return {"preempted": True, "step": 1, "resumed_from": 0}
+        loss = 1.0 + 30 / (cfg.model.n_layers * cfg.model.d_model**2) ** 0.3
+        loss += 40 / (cfg.train.steps * 512) ** 0.3
+        return {"eval/loss": loss, "eval/bits_per_byte": loss / 0.69, "compile_s": 0.0}
+
+    monkeypatch.setattr(launch.sweep, "train_and_evaluate", fake_train)
+    workdir = str(tmp_path / "sweep")
+    out = launch.sweep.run_sweep(config, "experiments/scaling.py", workdir)
+    assert out == {"preempted": True}
+    rows = read_results(f"{workdir}/results.jsonl")
+    assert ids[3] not in rows  # neither ok nor failed: unfinished
+    assert calls[-1] == ids[3] and len(calls) == len(rows) + 1  # the sweep stopped there
+
+    # Drop a finished point's row, as if the sweep had been killed before recording it.
+    gone = sorted(rows)[0]
+    del rows[gone]
+    launch.sweep.write_results(f"{workdir}/results.jsonl", rows)
+    preempt[:], calls[:] = [], []
+    launch.sweep.run_sweep(config, "experiments/scaling.py", workdir)
+    assert sorted(calls) == sorted({gone, *ids} - set(rows))
+    rows = read_results(f"{workdir}/results.jsonl")
+    assert sorted(rows) == ids and all(r["status"] == "ok" for r in rows.values())

@@ -5,13 +5,80 @@ its shardings) and `data` (the grain iterator state of this process), so a resum
 with exactly the next batch. Saves are asynchronous: device arrays are copied to host before `save`
 returns (so the next step may donate them), files are written in the background, and Orbax commits
 a step only when it is complete (temporary directory + rename).
+
+Integrity: once a save has committed, a manifest `scalelab_files.json` listing every file of the
+step with its size is written into the step directory. On start the newest step is checked
+against it (and for Orbax's `commit_success.txt`) and then restored; a step that fails either way
+is moved to `<directory>.corrupt/` (never deleted) with a warning naming it, and the next older
+step is tried. Unfinished saves (Orbax's `*.orbax-checkpoint-tmp-*` directories, left by a kill
+during an async write) are moved there too.
 """
 
+import asyncio
+import json
 import os
+import shutil
+import time
+from collections.abc import Callable
 
 import grain
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
+from orbax.checkpoint.path import atomicity
+
+MANIFEST = "scalelab_files.json"
+COMMIT_FILE = "commit_success.txt"
+TMP_MARK = ".orbax-checkpoint-tmp"
+# Test hook: `<step>` makes the commit of that step's async save wait 120 s, so that a test can
+# SIGKILL the process while the save is written but not yet committed.
+SLOW_COMMIT_ENV = "SCALELAB_TEST_SLOW_COMMIT"
+
+
+class _SlowCommit(atomicity.AtomicRenameTemporaryPath):
+    async def finalize(self, *args, **kwargs):
+        if self.get_final().name == os.environ.get(SLOW_COMMIT_ENV):
+            print(f"checkpoint {self.get_final().name}: written, commit delayed", flush=True)
+            await asyncio.sleep(120)
+        return await super().finalize(*args, **kwargs)
+
+
+def _files(step_dir: str) -> dict[str, int]:
+    out = {}
+    for root, _, names in os.walk(step_dir):
+        for name in names:
+            path = os.path.join(root, name)
+            rel = os.path.relpath(path, step_dir)
+            if not rel.startswith(MANIFEST):
+                out[rel] = os.path.getsize(path)
+    return out
+
+
+def check_step_dir(step_dir: str) -> str | None:
+    """What is wrong with a committed step directory (None: it looks intact).
+
+    Checks Orbax's commit marker and, when the manifest exists, that every listed file is there
+    with its size (a truncated or deleted file). A step without a manifest (killed between the
+    commit and the manifest) is only checked by restoring it.
+    """
+    if not os.path.isdir(step_dir):
+        return "missing"
+    if not os.path.exists(os.path.join(step_dir, COMMIT_FILE)):
+        return f"no {COMMIT_FILE} (an unfinished save)"
+    manifest = os.path.join(step_dir, MANIFEST)
+    if not os.path.exists(manifest):
+        return None
+    try:
+        with open(manifest) as f:
+            expected = json.load(f)
+    except (OSError, ValueError) as e:
+        return f"unreadable {MANIFEST} ({e})"
+    found = _files(step_dir)
+    for rel, size in sorted(expected.items()):
+        if rel not in found:
+            return f"{rel} is missing"
+        if found[rel] != size:
+            return f"{rel} has {found[rel]} bytes, {size} were written (truncated?)"
+    return None
 
 
 class Checkpointer:
@@ -38,18 +105,22 @@ class Checkpointer:
           read_only: open another run's checkpoints to restore from, never writing or deleting.
         """
         self.every = every
+        self.directory = _absolute(directory)  # Orbax's async writer rejects relative paths
+        self.read_only = read_only
+        self._local = "://" not in self.directory
         policy = checkpoint_managers.LatestN(keep)
         if keep_steps:
             policy = checkpoint_managers.AnyPreservationPolicy(
                 [policy, checkpoint_managers.CustomSteps(list(keep_steps))]
             )
         self.manager = ocp.CheckpointManager(
-            directory,
+            self.directory,
             options=ocp.CheckpointManagerOptions(
                 preservation_policy=None if read_only else policy,
                 create=not read_only,
                 read_only=read_only,
                 enable_async_checkpointing=async_save,
+                temporary_path_class=_SlowCommit if os.environ.get(SLOW_COMMIT_ENV) else None,
             ),
         )
 
@@ -61,10 +132,70 @@ class Checkpointer:
 
     def save(self, step: int, state, data_iter, *, force: bool = False) -> bool:
         """Starts an async save of `state` and the iterator position after `step` updates."""
+        self.manager.wait_until_finished()  # Orbax waits anyway; then the manifests are due
+        self._write_manifests()
         args = ocp.args.Composite(
             state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(data_iter)
         )
         return self.manager.save(step, args=args, force=force)
+
+    def _step_dir(self, step: int) -> str:
+        return os.path.join(self.directory, str(step))
+
+    def _write_manifests(self) -> None:
+        """Writes the manifest of every committed step that lacks one (main process, local)."""
+        if self.read_only or not self._local or not _is_main():
+            return
+        for step in self.manager.all_steps():
+            step_dir = self._step_dir(step)
+            path = os.path.join(step_dir, MANIFEST)
+            if os.path.exists(path) or not os.path.exists(os.path.join(step_dir, COMMIT_FILE)):
+                continue
+            files, tmp = _files(step_dir), f"{path}.tmp"
+            with open(tmp, "w") as f:
+                json.dump(files, f, sort_keys=True)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+
+    def quarantine(self, name: str) -> str:
+        """Moves `<directory>/<name>` into `<directory>.corrupt/` (never deletes); returns it."""
+        dest_root = f"{self.directory}.corrupt"
+        os.makedirs(dest_root, exist_ok=True)
+        dest = os.path.join(dest_root, f"{name}.{time.strftime('%Y%m%d-%H%M%S')}")
+        shutil.move(os.path.join(self.directory, name), dest)
+        return dest
+
+    def restore_newest(
+        self, abstract_state, data_iter, warn: Callable[[str], None] = print
+    ) -> tuple[int | None, object]:
+        """Restores the newest intact step, moving unusable ones aside with a warning.
+
+        Returns:
+          (step, state), or (None, None) if no step is usable.
+        """
+        if self._local and not self.read_only and _is_main():
+            for name in sorted(os.listdir(self.directory)):
+                if TMP_MARK in name:
+                    dest = self.quarantine(name)
+                    warn(f"warning: {self.directory}/{name} is an unfinished save; moved to {dest}")
+            self.manager.reload()
+        for step in sorted(self.manager.all_steps(), reverse=True):
+            problem = check_step_dir(self._step_dir(step)) if self._local else None
+            if problem is None:
+                try:
+                    return step, self.restore(step, abstract_state, data_iter)
+                except Exception as e:  # tensorstore raises bare Exceptions on bad files
+                    problem = " ".join(str(e).split())[:200] or type(e).__name__
+            where = "left in place"
+            if self._local and not self.read_only and _is_main():
+                where = f"moved to {self.quarantine(str(step))}"
+                self.manager.reload()
+            warn(
+                f"warning: checkpoint step {step} in {self.directory} is unusable ({problem}); "
+                f"{where}; falling back to the previous step"
+            )
+        return None, None
 
     def restore(self, step: int, abstract_state, data_iter):
         """Restores `state` into the shardings of `abstract_state` and rewinds `data_iter`."""
@@ -76,12 +207,24 @@ class Checkpointer:
 
     def close(self) -> None:
         self.manager.wait_until_finished()
+        self._write_manifests()
         self.manager.close()
+
+
+def _absolute(directory) -> str:
+    directory = os.fspath(directory)
+    return directory if "://" in directory else os.path.abspath(directory)
+
+
+def _is_main() -> bool:
+    import jax
+
+    return jax.process_index() == 0
 
 
 def load_state(directory: str, step: int | None = None):
     """The saved train state as host numpy arrays (newest step by default), for tools and tests."""
-    with ocp.CheckpointManager(directory) as manager:
+    with ocp.CheckpointManager(_absolute(directory)) as manager:
         step = manager.latest_step() if step is None else step
         if step is None:
             raise FileNotFoundError(f"no checkpoint in {directory}")

@@ -1,12 +1,16 @@
 """The training loop: config -> data -> model -> loss -> jitted sharded step -> checkpoints.
 
 `train_and_evaluate(config, workdir)` is the one function `launch/run.py` calls for a single run.
-It resumes automatically from the newest checkpoint in `workdir/checkpoints`.
+It resumes automatically from the newest intact checkpoint in `workdir/checkpoints` (bitwise: the
+same parameters, optimizer state, RNG and data position; metrics.jsonl is cut back to that step, so
+no step is written twice). SIGTERM/SIGINT stop it after the current step with a checkpoint
+(train/preemption.py); a non-finite loss or gradient is handled by `train.nan_policy`.
 """
 
 import contextlib
 import json
 import os
+import sys
 import time
 
 import flax.linen as nn
@@ -30,6 +34,7 @@ from objectives.transforms import eval_rng
 from parallel.mesh import make_mesh
 from parallel.rules import get_rules
 from parallel.sharding import batch_shardings, check_batch
+from train import adapt, preemption
 from train.checkpoint import Checkpointer
 from train.metrics import MetricWriter
 from train.optim import make_optimizer, make_schedule
@@ -38,10 +43,15 @@ from train.progress import Progress
 from train.prune import maybe_masked
 from train.state import abstract_with_shardings, create_train_state
 from train.step import make_eval_step, make_train_step
+from train.validate import ConfigError, check_config, check_workdir
+
+validate = check_config  # the config checks, under the name launch/sweep.py uses
+
+__all__ = ["ConfigError", "NonFiniteError", "Run", "claim_workdir", "train_and_evaluate"]
 
 
-class ConfigError(ValueError):
-    """Bad input found before anything compiled or was written; `launch/run.py` exits 2."""
+class NonFiniteError(FloatingPointError):
+    """A non-finite loss or gradient stopped the run (`train.nan_policy`); launch/run.py exits 3."""
 
 
 def write_json_atomic(path: str, obj) -> None:
@@ -57,35 +67,12 @@ def claim_workdir(workdir: str, config, what: str = "run", *, write: bool = True
     """Creates `workdir` with config.json, or checks that it already holds this very config.
 
     Raises:
-      ConfigError: `workdir` holds a `what` of a different config.
+      ConfigError: `workdir` is not writable or holds a `what` of a different config.
     """
-    config_path = os.path.join(workdir, "config.json")
-    if os.path.exists(config_path):
-        with open(config_path) as f:
-            if json.load(f) != json.loads(json.dumps(config.to_dict())):
-                raise ConfigError(
-                    f"{workdir} holds a {what} of a different config; pass another "
-                    "--workdir (or delete it to start over)"
-                )
+    check_workdir(workdir, config, what)
     os.makedirs(workdir, exist_ok=True)
     if write:
-        write_json_atomic(config_path, config.to_dict())
-
-
-def validate(config) -> None:
-    """Cheap config checks that must fail before anything compiles or writes."""
-    m, d, t = config.model, config.data, config.train
-    if m.positions == "learned" and d.seq_len > m.max_len:
-        raise ValueError(
-            f"data.seq_len={d.seq_len} exceeds model.max_len={m.max_len} (learned "
-            "position table); raise model.max_len or lower data.seq_len"
-        )
-    if t.grad_accum < 1 or d.batch_size % t.grad_accum:
-        raise ValueError(
-            f"data.batch_size={d.batch_size} is not divisible by train.grad_accum={t.grad_accum}"
-        )
-    if t.steps < 1:
-        raise ValueError(f"train.steps={t.steps} must be at least 1")
+        write_json_atomic(os.path.join(workdir, "config.json"), config.to_dict())
 
 
 class Run:
@@ -98,7 +85,7 @@ class Run:
           config: the run config.
           synthetic_data: random-token benchmarks may use a vocabulary smaller than the tokenizer's.
         """
-        validate(config)
+        check_config(config)
         self.config = config
         self.mesh = make_mesh(config.parallel.mesh)
         self.rules = get_rules(config.parallel.rules, pipeline=self.mesh.shape["stage"] > 1)
@@ -114,6 +101,7 @@ class Run:
                 f"tokenizer vocabulary ({self.tokenizer.vocab_size}); raise it"
             )
         self.model = get_model(config.model.family)
+        self.model = adapt.wrap_model(self.model, config, self.tokenizer.vocab_size)
         # Host-side batch transform of the objective (masking, span corruption), or None.
         self.transform = objectives.get_batch_transform(config, self.tokenizer)
         target_len = getattr(self.transform, "target_len", None)
@@ -121,11 +109,12 @@ class Run:
         self.counts = count_params(config.model)
         self.flops = flops_per_token(config.model, config.data.seq_len, target_len=target_len)
         self.schedule = make_schedule(config.train)
-        # Compression switches (issue 8), both no-ops by default: pruning masks kept by the
-        # optimizer (train.prune_*) and fake-quantized weights (model.weight_bits).
+        # Compression switch (issue 8), a no-op by default: pruning masks kept by the optimizer
+        # (train.prune_*); fake-quantized weights (model.weight_bits) wrap the apply below.
         self.optimizer = maybe_masked(
             make_optimizer(config.train), config.train, self.model, config.model
         )
+        self.optimizer = adapt.wrap_optimizer(self.optimizer, config)  # frozen: no state
         self.loss_fn = objectives.get_loss_fn(config.objective)(
             config.model,
             wrap_apply(self.model, config.model),
@@ -133,14 +122,16 @@ class Run:
         )
         with self.activate():
             check_batch(config.data.batch_size, self.mesh, self.rules, config.train.grad_accum)
-            self.state, self.state_shardings = create_train_state(
-                self.model, config.model, self.optimizer, self.mesh, self.rules, config.seed
-            )
+            self.state, self.state_shardings = self.init_state()
             self.batch_shardings = batch_shardings(self.batch_keys, self.mesh, self.rules)
             replicated = NamedSharding(self.mesh, P())
             self.train_step = jax.jit(
                 make_train_step(
-                    self.loss_fn, self.optimizer, self.schedule, config.train.grad_accum
+                    self.loss_fn,
+                    self.optimizer,
+                    self.schedule,
+                    config.train.grad_accum,
+                    poison_step=config.train.get("debug_poison_step", 0),
                 ),
                 in_shardings=(self.state_shardings, self.batch_shardings),
                 out_shardings=(self.state_shardings, replicated),
@@ -150,6 +141,15 @@ class Run:
                 make_eval_step(self.loss_fn),
                 in_shardings=(self.state_shardings.params, self.batch_shardings),
                 out_shardings=replicated,
+            )
+        self.state = adapt.load_init_from(self.state, config)  # --config.init_from=DIR
+
+    def init_state(self):
+        """A freshly initialised sharded train state and its shardings."""
+        c = self.config
+        with self.activate():
+            return create_train_state(
+                self.model, c.model, self.optimizer, self.mesh, self.rules, c.seed
             )
 
     @contextlib.contextmanager
@@ -199,7 +199,26 @@ def train_and_evaluate(
         branch). Ignored once `workdir` holds checkpoints of its own.
       keep_steps: checkpoints never deleted (a WSD trunk keeps its branch points).
       desc: label of the progress bar and lines (a sweep names its point here).
+
+    Returns:
+      The summary (final eval metrics, counts, timings); `preempted=True` if a signal stopped
+      the run early with a checkpoint at `step`.
+
+    Raises:
+      ConfigError: bad input, found before anything was written.
+      NonFiniteError: a non-finite loss or gradient under `train.nan_policy`.
     """
+    check_workdir(workdir, config)
+    with preemption.active() as guard:
+        return _train_and_evaluate(config, workdir, stop_at, init_from, keep_steps, desc, guard)
+
+
+def _warn(msg: str) -> None:
+    if jax.process_index() == 0:
+        print(msg, file=sys.stderr, flush=True)
+
+
+def _train_and_evaluate(config, workdir, stop_at, init_from, keep_steps, desc, guard) -> dict:
     t_start = time.perf_counter()
     is_main = jax.process_index() == 0
     try:
@@ -232,8 +251,21 @@ def train_and_evaluate(
         keep_steps=tuple(keep_steps),
     )
     state = run.state
-    start = ckpt.latest_step() or 0
-    source = ckpt
+    start, source = 0, ckpt
+    if ckpt.manager.all_steps() or any(
+        ".orbax-checkpoint-tmp" in n for n in os.listdir(ckpt.directory)
+    ):
+        abstract = abstract_with_shardings(run.state_shardings, jax.eval_shape(lambda: state))
+        del run.state, state  # free the fresh state before restoring into the same shardings
+        restored, state = ckpt.restore_newest(abstract, train_iter, warn=_warn)
+        start = restored or 0
+        if restored is None:  # nothing intact: start over (the bad steps were moved, not deleted)
+            state, _ = run.init_state()
+        writer.truncate_after(start)
+    else:
+        del run.state
+        writer.truncate_after(-1)  # a run killed before its first checkpoint left rows behind
+    own_start = start
     if not start and init_from is not None:
         source = Checkpointer(init_from[0], read_only=True)
         start = init_from[1]
@@ -246,16 +278,12 @@ def train_and_evaluate(
         print(f"{workdir} already holds a finished run (step {start}); nothing to do")
         with open(summary_path) as f:
             return json.load(f)
-    if start:
-        abstract = abstract_with_shardings(run.state_shardings, jax.eval_shape(lambda: state))
-        del run.state, state  # free the fresh state before restoring into the same shardings
-        state = source.restore(start, abstract, train_iter)
-        writer.truncate_after(start)
-    else:
-        del run.state
     if source is not ckpt:
+        abstract = abstract_with_shardings(run.state_shardings, jax.eval_shape(lambda: state))
+        del state
+        state = source.restore(start, abstract, train_iter)
         source.close()
-    if not ckpt.latest_step():  # a fresh run or a fresh branch: the counts, once, at step 0
+    if not own_start:  # a fresh run or a fresh branch: the counts, once, at step 0
         writer.write(
             0,
             {
@@ -276,45 +304,63 @@ def train_and_evaluate(
     pending = None  # (step, device metrics): fetched one step late so the device never waits
     clock = {"t": time.perf_counter(), "step": start}  # last point the host saw the device idle
     summary: dict = {}
-    with run.activate():
-        last = tcfg.steps if stop_at is None else min(stop_at, tcfg.steps)
-        for step in range(start + 1, last + 1):
-            batch = run.global_batch(next(train_iter))
-            if step == start + 1:
-                # Tracing (Python) and XLA compilation apart: only the second is what the
-                # persistent compilation cache saves.
-                t = time.perf_counter()
-                lowered = run.train_step.lower(state, batch)
-                trace_s, t = time.perf_counter() - t, time.perf_counter()
-                compiled = lowered.compile()
-                compile_s = time.perf_counter() - t
-                writer.write(step, {"perf/trace_s": trace_s, "perf/compile_s": compile_s})
-                progress.write(f"{desc}: traced in {trace_s:.2f} s, compiled in {compile_s:.2f} s")
-                clock = {"t": time.perf_counter(), "step": start}
-            state, metrics = compiled(state, batch)
-            if pending is not None:
-                _log_train(*pending, writer, progress, run, peak, tokens_per_step, clock)
-                pending = None
-            if step % tcfg.log_every == 0 or step == tcfg.steps:
-                pending = (step, metrics)
-            if step % tcfg.eval_every == 0 or step == tcfg.steps:
+    faults = _Faults(tcfg, ckpt, jax.device_get(state.nonfinite))
+    log = lambda step, m: _log_train(
+        step, m, writer, progress, run, peak, tokens_per_step, clock, faults
+    )
+    last = tcfg.steps if stop_at is None else min(stop_at, tcfg.steps)
+    preempted = False
+    try:
+        with run.activate():
+            for step in range(start + 1, last + 1):
+                batch = run.global_batch(next(train_iter))
+                if step == start + 1:
+                    # Tracing (Python) and XLA compilation apart: only the second is what the
+                    # persistent compilation cache saves.
+                    t = time.perf_counter()
+                    lowered = run.train_step.lower(state, batch)
+                    trace_s, t = time.perf_counter() - t, time.perf_counter()
+                    compiled = lowered.compile()
+                    compile_s = time.perf_counter() - t
+                    writer.write(step, {"perf/trace_s": trace_s, "perf/compile_s": compile_s})
+                    progress.write(
+                        f"{desc}: traced in {trace_s:.2f} s, compiled in {compile_s:.2f} s"
+                    )
+                    clock = {"t": time.perf_counter(), "step": start}
+                state, metrics = compiled(state, batch)
                 if pending is not None:
-                    _log_train(*pending, writer, progress, run, peak, tokens_per_step, clock)
+                    log(*pending)
                     pending = None
-                ev = run.evaluate(state.params, eval_batches)
-                writer.write(step, {f"eval/{k}": v for k, v in ev.items()})
-                progress.write(
-                    f"step {step}: eval loss {ev['loss']:.4f} nats/token, "
-                    f"{ev['bits_per_byte']:.4f} bits/byte"
-                )
-                summary.update({f"eval/{k}": v for k, v in ev.items()})
-                clock = {"t": time.perf_counter(), "step": step}
-            if ckpt.should_save(step, tcfg.steps) or step == last:
-                ckpt.save(step, state, train_iter)
-        if pending is not None:
-            _log_train(*pending, writer, progress, run, peak, tokens_per_step, clock)
-    ckpt.close()
-    progress.close()
+                if step % tcfg.log_every == 0 or step == tcfg.steps:
+                    pending = (step, metrics)
+                if step % tcfg.eval_every == 0 or step == tcfg.steps:
+                    if pending is not None:
+                        log(*pending)
+                        pending = None
+                    ev = run.evaluate(state.params, eval_batches)
+                    writer.write(step, {f"eval/{k}": v for k, v in ev.items()})
+                    progress.write(
+                        f"step {step}: eval loss {ev['loss']:.4f} nats/token, "
+                        f"{ev['bits_per_byte']:.4f} bits/byte"
+                    )
+                    summary.update({f"eval/{k}": v for k, v in ev.items()})
+                    clock = {"t": time.perf_counter(), "step": step}
+                # Every host asks at every step (multi-host: JAX's preemption sync point).
+                preempted = guard.requested(step) and step < last
+                if ckpt.should_save(step, tcfg.steps) or step == last or preempted:
+                    # The save copies the state to host anyway; check it is one worth keeping.
+                    faults.check(jax.device_get(state.nonfinite))
+                    ckpt.save(step, state, train_iter, force=preempted)
+                if preempted:
+                    last = step
+                    progress.write(f"{desc}: preempted; saving a checkpoint at step {step}")
+                    break
+            if pending is not None:
+                log(*pending)
+    finally:  # also on errors: finish the async save in flight, flush the metrics
+        ckpt.close()
+        progress.close()
+        writer.close()
     wall = time.perf_counter() - t_start
     summary.update(
         {
@@ -327,31 +373,62 @@ def train_and_evaluate(
             "params_non_embedding": run.counts["non_embedding"],
             "flops_per_token": run.flops["flops_per_token"],
             "resumed_from": start,
+            "skipped_steps": faults.seen,
+            "preempted": preempted,
         }
     )
-    if is_main and last == tcfg.steps:
+    if is_main and last == tcfg.steps and not preempted:
         write_json_atomic(summary_path, summary)
-    writer.close()
     return summary
 
 
-def _log_train(step, metrics, writer, progress, run, peak, tokens_per_step, clock):
+class _Faults:
+    """Applies `train.nan_policy` to the device's `nonfinite` counter whenever it is fetched."""
+
+    def __init__(self, train_cfg, ckpt: Checkpointer, nonfinite):
+        self.policy = train_cfg.get("nan_policy", "stop")
+        self.limit = train_cfg.get("max_nonfinite", 10)
+        self.ckpt = ckpt
+        self.seen = int(nonfinite[0])  # skips before this run (restored with the state)
+
+    def check(self, nonfinite) -> None:
+        count, step, cause = (int(x) for x in nonfinite)
+        if count <= self.seen:
+            return
+        metric = "train/loss" if cause == 1 else "train/grad_norm"
+        self.seen = count
+        if self.policy == "stop" or count > self.limit:
+            latest = self.ckpt.latest_step()
+            good = f"{self.ckpt.directory}/{latest}" if latest is not None else "none"
+            why = (
+                "train.nan_policy=stop"
+                if self.policy == "stop"
+                else f"train.max_nonfinite={self.limit} skipped updates exceeded"
+            )
+            raise NonFiniteError(
+                f"{metric} is not finite at step {step} ({why}); the update was not applied; "
+                f"last good checkpoint: {good}; lower train.lr or check the data "
+                "(train.nan_policy=skip skips such steps)"
+            )
+        _warn(
+            f"warning: {metric} is not finite at step {step}; update skipped "
+            f"({count} skipped so far, train.nan_policy=skip)"
+        )
+
+
+def _log_train(step, metrics, writer, progress, run, peak, tokens_per_step, clock, faults):
     """Writes a finished step's metrics; blocks only on that step, not on the one queued after."""
     m = jax.device_get(metrics)
+    faults.check(m["nonfinite"])
     now = time.perf_counter()
-    loss = float(m["loss"])
-    if not np.isfinite(loss):
-        raise FloatingPointError(
-            f"train/loss is {loss} at step {step}; lower train.lr or check "
-            "the data; the last checkpoint is in the workdir"
-        )
     tok_s = tokens_per_step * max(step - clock["step"], 1) / max(now - clock["t"], 1e-9)
     clock.update(t=now, step=step)
     out = {
-        "train/loss": loss,
+        "train/loss": float(m["loss"]),  # written as null if it was not finite (and skipped)
         "train/bits_per_byte": objectives.summarize(m)["bits_per_byte"],
         "train/grad_norm": float(m["grad_norm"]),
         "train/lr": float(m["lr"]),
+        "train/skipped_steps": float(m["nonfinite"][0]),
         "perf/tokens_per_s": tok_s,
         "perf/mfu": mfu(tok_s, run.flops["flops_per_token"], peak, jax.device_count()),
     }

@@ -43,6 +43,12 @@ def default_train_config() -> ml_collections.ConfigDict:
             keep_ckpts=2,
             log_every=10,
             peak_flops=0.0,  # Per-device peak FLOP/s for MFU; 0 means measure.
+            # A non-finite loss or gradient norm never reaches the parameters: the update is
+            # skipped in the step (no host sync). 'stop' then ends the run naming the step, the
+            # metric and the last good checkpoint (exit 3); 'skip' counts it and goes on.
+            nan_policy="stop",
+            max_nonfinite=10,  # 'skip': stop anyway after this many skipped updates.
+            debug_poison_step=0,  # Tests: > 0 makes that step's loss and gradients NaN.
             # Magnitude pruning during training (train/prune.py): 0 = off; else the final
             # fraction of the layers' matmul weights zeroed, reached by a cubic ramp pruning every
             # `prune_every` steps from `prune_start` to `prune_end` (-1: 75% of `steps`); scope

@@ -5,12 +5,14 @@ mesh axes; optimizer-state shardings mirror the parameters'; `jax.jit(init, out_
 builds every array directly in its shards, so full parameters never exist on one device.
 """
 
+import dataclasses
 from typing import Any
 
 import flax.linen as nn
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -24,10 +26,32 @@ class TrainState:
     params: Any
     opt_state: Any
     rng: jax.Array  # raw uint32 key data, so checkpoints hold plain arrays
+    # int32[3]: updates skipped for a non-finite loss or gradient, the last such step (-1: none)
+    # and its cause (1 loss, 2 gradient norm); kept on device so that detection needs no sync.
+    nonfinite: jax.Array = dataclasses.field(default_factory=lambda: np.array([0, -1, 0], np.int32))
 
 
 def _is_spec(x) -> bool:
     return isinstance(x, P)
+
+
+def _opt_specs_by_path(abstract_opt_state, param_specs):
+    """Optimizer-state specs: a leaf whose trailing dict-key path is a parameter takes its spec."""
+    specs = {
+        tuple(k.key for k in path): spec
+        for path, spec in jax.tree_util.tree_leaves_with_path(param_specs, is_leaf=_is_spec)
+    }
+
+    def spec_of(path, leaf):
+        keys = []
+        for k in reversed(path):
+            if not isinstance(k, jax.tree_util.DictKey):
+                break
+            keys.insert(0, k.key)
+        spec = specs.get(tuple(keys))
+        return spec if spec is not None and len(spec) <= leaf.ndim else P()
+
+    return jax.tree_util.tree_map_with_path(spec_of, abstract_opt_state)
 
 
 def create_train_state(
@@ -49,6 +73,7 @@ def create_train_state(
             params=params,
             opt_state=optimizer.init(params),
             rng=jax.random.key_data(train_key),
+            nonfinite=jnp.array([0, -1, 0], jnp.int32),
         )
 
     key_data = jax.random.key_data(jax.random.key(seed))
@@ -56,15 +81,18 @@ def create_train_state(
     param_specs = nn.logical_to_mesh(nn.get_partition_spec(boxed), rules)
     abstract = jax.eval_shape(init_fn, key_data)
     check_divisible(abstract.params, param_specs, mesh)
-    opt_specs = optax.tree_utils.tree_map_params(
-        optimizer,
-        lambda _, spec: spec,
-        abstract.opt_state,
-        param_specs,
-        transform_non_params=lambda _: P(),
-        is_leaf=_is_spec,
-    )
-    specs = TrainState(step=P(), params=param_specs, opt_state=opt_specs, rng=P())
+    try:
+        opt_specs = optax.tree_utils.tree_map_params(
+            optimizer,
+            lambda _, spec: spec,
+            abstract.opt_state,
+            param_specs,
+            transform_non_params=lambda _: P(),
+            is_leaf=_is_spec,
+        )
+    except ValueError:  # partitioned states (frozen parameters: train/adapt.py) hold MaskedNodes
+        opt_specs = _opt_specs_by_path(abstract.opt_state, param_specs)
+    specs = TrainState(step=P(), params=param_specs, opt_state=opt_specs, rng=P(), nonfinite=P())
     shardings = named_shardings(specs, mesh)
     state = jax.jit(init_fn, out_shardings=shardings)(key_data)
     return state, shardings

@@ -3,6 +3,11 @@
 Gradient accumulation is a `lax.scan` over microbatches inside the step. Gradients are accumulated
 as sums of per-token NLL gradients and divided by the total token count, so k microbatches give
 exactly the update of one batch of k x b (the loss is a token mean, not a mean of means).
+
+Numerical faults: when the loss or the gradient norm is not finite, the step keeps the old
+parameters and optimizer state (a `jnp.where`, so the device never waits for the host) and counts
+the skip in `state.nonfinite`; the loop reads that counter with the metrics it fetches anyway and
+applies `train.nan_policy`.
 """
 
 from collections.abc import Callable
@@ -25,8 +30,18 @@ def make_train_step(
     optimizer: optax.GradientTransformation,
     schedule: Callable,
     grad_accum: int = 1,
+    poison_step: int = 0,
 ) -> Callable:
-    """Builds `train_step(state, batch) -> (state, metrics)` (pure; jit it with shardings)."""
+    """Builds `train_step(state, batch) -> (state, metrics)` (pure; jit it with shardings).
+
+    Args:
+      loss_fn: `loss_fn(params, batch, rng) -> (loss, aux)` with `nll_sum`, `tokens`, `bytes`.
+      optimizer: the optax transformation.
+      schedule: the learning-rate schedule (logged).
+      grad_accum: microbatches per step.
+      poison_step: test hook (`train.debug_poison_step`): > 0 makes the loss and gradients of that
+        step NaN, as a bad batch would.
+    """
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
     def micro_step(params, batch, rng):
@@ -54,18 +69,32 @@ def make_train_step(
             (grads, aux), _ = jax.lax.scan(body, (zeros, zero_aux), (micro, keys))
         tokens = jnp.maximum(aux["tokens"], 1.0)
         grads = jax.tree.map(lambda g: g / tokens, grads)
+        nll_sum = aux["nll_sum"]
+        if poison_step > 0:
+            poison = jnp.where(state.step + 1 == poison_step, jnp.nan, 1.0)
+            grads, nll_sum = jax.tree.map(lambda g: g * poison, grads), nll_sum * poison
+        loss, grad_norm = nll_sum / tokens, optax.global_norm(grads)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        keep = lambda new, old: jnp.where(finite, new, old)
+        cause = jnp.where(jnp.isfinite(loss), 2, 1)
+        skipped = jnp.stack([state.nonfinite[0] + 1, state.step + 1, cause]).astype(jnp.int32)
         metrics = {
-            "loss": aux["nll_sum"] / tokens,
-            "nll_sum": aux["nll_sum"],
+            "loss": loss,
+            "nll_sum": nll_sum,
             "tokens": aux["tokens"],
             "bytes": aux["bytes"],
-            "grad_norm": optax.global_norm(grads),
+            "grad_norm": grad_norm,
             "lr": schedule(state.step),
+            "nonfinite": keep(state.nonfinite, skipped),
         }
         new_state = state.replace(
-            step=state.step + 1, params=params, opt_state=opt_state, rng=jax.random.key_data(key)
+            step=state.step + 1,
+            params=jax.tree.map(keep, params, state.params),
+            opt_state=jax.tree.map(keep, opt_state, state.opt_state),
+            rng=jax.random.key_data(key),
+            nonfinite=metrics["nonfinite"],
         )
         return new_state, metrics
 

@@ -1,0 +1,74 @@
+"""Instruction set from source: pairs, deterministic split, response-only loss after packing."""
+
+import jax.numpy as jnp
+import numpy as np
+
+from data import instructions
+from data.tokenizer import ByteTokenizer
+from objectives import causal_lm
+
+SOURCE = '''
+def add(a, b):
+    """Adds two numbers."""
+    return a + b
+
+
+def nodoc(x):
+    return x
+
+
+class Box:
+    @staticmethod
+    def make(n):
+        """Makes a box
+        of size n.
+        """
+        return Box()
+
+    def only_doc(self):
+        """Nothing else."""
+'''
+
+
+def test_pairs_are_documented_functions_without_their_docstring():
+    pairs = instructions.extract_pairs(SOURCE, "m.py")
+    assert [p["id"] for p in pairs] == ["m.py:add", "m.py:Box.make"]
+    assert pairs[0] == {
+        "id": "m.py:add",
+        "instruction": "Adds two numbers.",
+        "response": "def add(a, b):\n    return a + b",
+    }
+    assert pairs[1]["instruction"] == "Makes a box\nof size n."
+    assert pairs[1]["response"] == "@staticmethod\ndef make(n):\n    return Box()"
+    assert instructions.extract_pairs("def broken(:\n", "x.py") == []
+
+
+def test_split_is_deterministic_and_disjoint():
+    files = instructions.stdlib_files("json")
+    train = instructions.instruction_set(files, "train", val_percent=20)
+    val = instructions.instruction_set(files, "validation", val_percent=20)
+    assert train and val
+    assert not {p["id"] for p in train} & {p["id"] for p in val}
+    again = instructions.instruction_set(list(reversed(files)), "validation", val_percent=20)
+    assert sorted(p["id"] for p in again) == sorted(p["id"] for p in val)
+
+
+def test_packed_loss_counts_response_tokens_only():
+    tok = ByteTokenizer()
+    pairs = instructions.extract_pairs(SOURCE, "m.py")
+    examples = [instructions.format_pair(p, tok) for p in pairs]
+    batch = instructions.pack(examples, seq_len=256)
+    assert batch["tokens"].shape == (1, 256)  # both fit one row, as two segments
+    np.testing.assert_array_equal(np.unique(batch["segment_ids"]), [0, 1, 2])
+    # the loss mask covers exactly each response and its EOS
+    for s, pair in zip([1, 2], pairs, strict=True):
+        seg = batch["segment_ids"][0] == s
+        masked = batch["tokens"][0][seg & (batch["loss_mask"][0] == 1)]
+        assert tok.decode(masked[:-1]) == pair["response"] and masked[-1] == tok.eos_id
+    # with uniform logits the causal-LM loss counts exactly the masked targets
+    logits = jnp.zeros((1, 256, 384))
+    loss_fn = causal_lm.make_loss_fn(
+        type("C", (), {"vocab_size": 384})(), lambda p, b, c, rngs=None: logits
+    )
+    _, aux = loss_fn(None, {k: jnp.asarray(v) for k, v in batch.items()})
+    assert float(aux["tokens"]) == sum(len(tok.encode(p["response"])) + 1 for p in pairs)

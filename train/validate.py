@@ -1,0 +1,362 @@
+"""Input validation that runs before anything compiles or writes: config, data and workdir.
+
+Every check raises `ConfigError` with one line that starts with the field it is about and says what
+to do (`launch/run.py` prints it as `error: <line>` and exits 2). Nothing here writes a file or
+creates a directory: a rejected run leaves its workdir exactly as it was.
+
+Known names (model families, objectives, rule tables, tokenizers, datasets) come from their
+registries (`models.get_model`, `objectives.get_loss_fn`, `parallel.rules.get_rules`, TFDS), so a
+family or objective another module adds is accepted without touching this file.
+"""
+
+import glob as globlib
+import json
+import math
+import os
+import tempfile
+
+NAN_POLICIES = ("skip", "stop")
+
+
+class ConfigError(ValueError):
+    """Bad input found before anything compiled or was written; `launch/run.py` exits 2."""
+
+
+def _one_line(e: BaseException) -> str:
+    """The first line of an exception's message (registries list their choices on later lines)."""
+    text = str(e).strip().strip("'\"")
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def _registry_check(fn, *args) -> None:
+    try:
+        fn(*args)
+    except (ValueError, KeyError) as e:
+        raise ConfigError(_one_line(e)) from e
+
+
+def _positive(value, field: str, minimum: int = 1) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{field}={value!r} must be an integer")
+    if value < minimum:
+        raise ConfigError(f"{field}={value} must be at least {minimum}")
+
+
+def _axis_size(rules, logical: str, mesh: dict[str, int]) -> tuple[tuple[str, ...], int]:
+    """The mesh axes `logical` maps to under `rules` (first matching rule) and their product."""
+    for name, axes in rules:
+        if name == logical:
+            axes = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
+            return axes, math.prod(mesh[a] for a in axes)
+    return (), 1
+
+
+def check_config(config, n_devices: int | None = None) -> None:
+    """Config-only checks (no files): names, numbers, and every size a mesh axis must divide.
+
+    Args:
+      config: the run config (`experiments/common.base_config` fields).
+      n_devices: global device count for the mesh check (None: `jax.device_count()`).
+
+    Raises:
+      ConfigError: naming the first bad field and the fix.
+    """
+    import jax
+
+    import objectives
+    from models import get_model
+    from models.sizes import resolved_dims
+    from parallel.mesh import AXES, mesh_shape
+    from parallel.rules import get_rules
+    from parallel.sharding import batch_spec
+    from train.optim import make_schedule
+
+    m, d, t = config.model, config.data, config.train
+    for field in ("steps", "eval_every", "log_every", "keep_ckpts", "grad_accum"):
+        _positive(t[field], f"train.{field}")
+    _positive(t.ckpt_every, "train.ckpt_every", 0)
+    _positive(t.eval_batches, "train.eval_batches", 0)
+    _positive(d.batch_size, "data.batch_size")
+    _positive(d.seq_len, "data.seq_len", 2)
+    for field in ("n_layers", "d_model", "n_heads", "d_ff", "vocab_size"):
+        _positive(m[field], f"model.{field}")
+    if not t.lr > 0:
+        raise ConfigError(f"train.lr={t.lr} must be positive")
+    policy = t.get("nan_policy", "stop")
+    if policy not in NAN_POLICIES:
+        raise ConfigError(f"train.nan_policy={policy!r} is unknown; use one of {NAN_POLICIES}")
+
+    _registry_check(get_model, m.family)
+    _registry_check(objectives.get_loss_fn, config.objective)
+    _registry_check(make_schedule, t)
+    try:
+        resolved_dims(m)
+    except ValueError as e:
+        raise ConfigError(_one_line(e)) from e
+    if m.get("positions") == "learned" and d.seq_len > m.max_len:
+        raise ConfigError(
+            f"data.seq_len={d.seq_len} exceeds model.max_len={m.max_len} (learned position "
+            "table); raise model.max_len or lower data.seq_len"
+        )
+    if d.batch_size % t.grad_accum:
+        raise ConfigError(
+            f"train.grad_accum={t.grad_accum} does not divide data.batch_size={d.batch_size}; "
+            "choose a divisor of the batch as the number of microbatches"
+        )
+
+    try:
+        sizes = mesh_shape(
+            config.parallel.mesh, jax.device_count() if n_devices is None else n_devices
+        )
+    except ValueError as e:
+        raise ConfigError(_one_line(e)) from e
+    mesh = dict(zip(AXES, sizes, strict=True))
+    if m.n_layers % mesh["stage"]:
+        raise ConfigError(
+            f"model.n_layers={m.n_layers} is not divisible by parallel.mesh.stage="
+            f"{mesh['stage']}; every pipeline stage needs the same number of layers"
+        )
+    microbatches = config.parallel.get("microbatches", 0)
+    if microbatches and d.batch_size % microbatches:
+        raise ConfigError(
+            f"parallel.microbatches={microbatches} does not divide data.batch_size="
+            f"{d.batch_size}; choose a divisor of the batch"
+        )
+    _registry_check(get_rules, config.parallel.rules)
+    rules = get_rules(config.parallel.rules, pipeline=mesh["stage"] > 1)
+    n_heads = m.n_heads
+    dims = (
+        ("heads", "model.n_heads", n_heads),
+        ("kv_heads", "model.n_kv_heads", m.n_kv_heads or n_heads),
+        ("mlp", "model.d_ff", m.d_ff),
+        ("vocab", "model.vocab_size", m.vocab_size),
+        ("embed", "model.d_model", m.d_model),
+    )
+    for logical, field, size in dims:
+        axes, n = _axis_size(rules, logical, mesh)
+        if size % n:
+            names = " x ".join(f"parallel.mesh.{a}={mesh[a]}" for a in axes)
+            raise ConfigError(
+                f"{field}={size} is not divisible by {names} (parallel.rules="
+                f"{config.parallel.rules!r} shards {logical} over it); change one of them"
+            )
+    spec = batch_spec(rules)[0]
+    axes = () if spec is None else (spec,) if isinstance(spec, str) else tuple(spec)
+    n = math.prod(mesh[a] for a in axes)
+    rows = d.batch_size // t.grad_accum
+    if rows % n:
+        per = f" / train.grad_accum={t.grad_accum} = {rows} rows" if t.grad_accum > 1 else ""
+        names = " x ".join(f"parallel.mesh.{a}={mesh[a]}" for a in axes)
+        raise ConfigError(
+            f"data.batch_size={d.batch_size}{per} is not divisible by {names}; change "
+            "data.batch_size, train.grad_accum or parallel.mesh"
+        )
+    _check_model_traces(config)
+
+
+def _check_model_traces(config) -> None:
+    """Traces (never compiles) the model's init, which checks every family-specific field."""
+    import jax
+
+    from models import get_model
+
+    model = get_model(config.model.family)
+    try:
+        jax.eval_shape(lambda k: model.init(k, config.model), jax.random.key(0))
+    except (ValueError, KeyError, TypeError) as e:
+        raise ConfigError(_one_line(e)) from e
+
+
+def _check_tokenizer(data_cfg) -> None:
+    from data.tokenizer import get_tokenizer
+    from data.vocabulary import TRAINED_KINDS
+
+    name = data_cfg.tokenizer
+    if name.endswith(".model"):
+        path = os.path.abspath(os.path.expanduser(name))
+        if not os.path.isfile(path) or not os.access(path, os.R_OK):
+            raise ConfigError(
+                f"data.tokenizer={name!r}: no readable SentencePiece model file there; fix the "
+                "path or use byte, bpe or unigram"
+            )
+    elif name not in TRAINED_KINDS:
+        try:
+            get_tokenizer(name, num_sentinels=data_cfg.num_sentinels)
+        except ValueError as e:
+            raise ConfigError(
+                f"data.tokenizer={name!r} is unknown; use byte, {', '.join(TRAINED_KINDS)} or the "
+                "path of a .model file"
+            ) from e
+
+
+def _check_catalog(data_cfg) -> None:
+    import tensorflow_datasets as tfds
+
+    from data.corpus import resolve_data_dir
+
+    name = data_cfg.dataset
+    try:
+        tfds.builder_cls(name.split("/")[0].split(":")[0])
+    except ValueError as e:  # tfds' DatasetNotFoundError is a ValueError
+        raise ConfigError(
+            f"data.dataset={name!r} is neither 'stdlib' nor a TFDS catalog name; fix the name or "
+            "set data.glob to local text files"
+        ) from e
+    data_dir = resolve_data_dir(data_cfg)
+    if "://" not in data_dir and not tfds.builder(name, data_dir=data_dir).data_path.exists():
+        raise ConfigError(
+            f"data.dataset={name!r} is not prepared under data.data_dir={data_dir!r}; build it "
+            f"there (tfds build {name} --data_dir={data_dir}) or point data.data_dir at it"
+        )
+
+
+def _check_glob(data_cfg) -> None:
+    """A user glob must match readable, non-empty text; read only while its dataset is unbuilt."""
+    from data import cleaning, corpus
+
+    config = corpus.make_builder_config(
+        data_cfg.glob, data_cfg.val_fraction, cleaning.from_config(data_cfg)
+    )
+    data_dir = corpus.resolve_data_dir(data_cfg)
+    built = os.path.join(data_dir, "scalelab_text_files", config.name)
+    if os.path.isdir(built) and any(not n.startswith(".") for n in os.listdir(built)):
+        return  # built before: the files are not read again
+    field = f"data.glob={data_cfg.glob!r}"
+    matched = [p for p in globlib.glob(config.pattern, recursive=True) if not os.path.isdir(p)]
+    if not matched:
+        root = os.path.dirname(config.pattern.split("*")[0]) or "/"
+        why = "its directory does not exist" if not os.path.isdir(root) else "nothing matches"
+        raise ConfigError(
+            f"{field} matches no files ({why}); fix the pattern (a recursive glob looks like "
+            "'/path/**/*.txt')"
+        )
+    total = not_utf8 = 0
+    first_bad = ""
+    for path in sorted(matched):
+        try:
+            with open(path, "rb") as f:
+                raw = f.read()
+        except OSError as e:
+            raise ConfigError(
+                f"{field}: cannot read {path} ({e.strerror or e}); fix it or narrow the glob"
+            ) from e
+        total += len(raw.strip())
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError:
+            not_utf8 += 1
+            first_bad = first_bad or path
+    if total == 0:
+        raise ConfigError(
+            f"{field} matches {len(matched)} file(s) holding no text; point it at non-empty files"
+        )
+    utf8_filter = "utf8" in tuple(data_cfg.filters.get("enabled", ()))
+    if not_utf8 == len(matched) or (not_utf8 and not utf8_filter):
+        raise ConfigError(
+            f"{field}: {not_utf8} of {len(matched)} files are not UTF-8 text (first: {first_bad}); "
+            "re-encode them as UTF-8 or narrow the glob"
+        )
+
+
+def check_data(data_cfg) -> None:
+    """The tokenizer, and the corpus a data config names, without building or writing anything.
+
+    Raises:
+      ConfigError: unknown tokenizer or dataset; a glob that matches nothing, an unreadable, empty
+        or non-UTF-8 corpus.
+    """
+    _check_tokenizer(data_cfg)
+    if data_cfg.glob:
+        _check_glob(data_cfg)
+    elif data_cfg.dataset != "stdlib":
+        _check_catalog(data_cfg)
+
+
+def _nearest_existing(path: str) -> str:
+    path = os.path.abspath(path)
+    while not os.path.exists(path):
+        path = os.path.dirname(path)
+    return path
+
+
+def check_workdir(workdir: str, config, what: str = "run") -> None:
+    """`workdir` can be written and holds nothing but (perhaps) an earlier run of this very config.
+
+    The config is compared first (reading only); writability is then probed with a temporary
+    file in the nearest existing directory, removed at once.
+
+    Raises:
+      ConfigError: not writable, not a directory, or holding a `what` of another config.
+    """
+    field = f"--workdir={workdir}"
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise ConfigError(f"{field} is a file, not a directory; pass another --workdir")
+    config_path = os.path.join(workdir, "config.json")
+    if os.path.exists(config_path):
+        try:
+            with open(config_path) as f:
+                saved = json.load(f)
+        except (OSError, ValueError) as e:
+            raise ConfigError(
+                f"{field}: {config_path} is unreadable ({_one_line(e)}); move it away or pass "
+                "another --workdir"
+            ) from e
+        if saved != json.loads(json.dumps(config.to_dict())):
+            changed = sorted(_diff(saved, json.loads(json.dumps(config.to_dict()))))
+            raise ConfigError(
+                f"{field} holds a {what} of a different config (differs in "
+                f"{', '.join(changed[:3])}{', ...' if len(changed) > 3 else ''}); pass another "
+                "--workdir (or delete it to start over)"
+            )
+    base = _nearest_existing(workdir)
+    if not os.path.isdir(base):
+        raise ConfigError(
+            f"{field}: {base} is a file, so the directory cannot be made; pass another --workdir"
+        )
+    try:
+        fd, probe = tempfile.mkstemp(dir=base, prefix=".scalelab-probe-")
+        os.close(fd)
+        os.remove(probe)
+    except OSError as e:
+        raise ConfigError(
+            f"{field} is not writable ({base}: {e.strerror or e}); pass a writable --workdir"
+        ) from e
+
+
+def _diff(a, b, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two nested dicts."""
+    if not (isinstance(a, dict) and isinstance(b, dict)):
+        return [prefix or "(root)"] if a != b else []
+    out = []
+    for k in sorted(set(a) | set(b)):
+        out += _diff(a.get(k), b.get(k), f"{prefix}.{k}" if prefix else k)
+    return out
+
+
+def check_vocab(config) -> None:
+    """The model's embedding table holds every id the tokenizer can produce."""
+    from data.tokenizer import get_tokenizer
+    from data.vocabulary import TRAINED_KINDS
+
+    name, d = config.data.tokenizer, config.data
+    if name in TRAINED_KINDS:
+        n = d.vocab_size
+    elif name.endswith(".model"):
+        return  # known once the file is loaded (Run checks it)
+    else:
+        n = get_tokenizer(name, num_sentinels=d.num_sentinels).vocab_size
+    if n > config.model.vocab_size:
+        raise ConfigError(
+            f"model.vocab_size={config.model.vocab_size} is smaller than the {name} tokenizer's "
+            f"{n} ids; raise model.vocab_size (a multiple of 128 is fastest)"
+        )
+
+
+def check_run(config, workdir: str, what: str = "run") -> None:
+    """Every check a run (or sweep) needs before it builds anything: config, data, workdir."""
+    if "sweep" not in config:
+        check_config(config)
+    check_data(config.data)
+    if "sweep" not in config:
+        check_vocab(config)
+    check_workdir(workdir, config, what)
