@@ -28,6 +28,10 @@ def default_data_config() -> ml_collections.ConfigDict:
       num_sentinels: sentinel ids reserved by the tokenizer (span corruption).
       seq_len: tokens per packed row (T).
       batch_size: global batch size in rows; split evenly over processes.
+      shards: the training stream is read as this many shards of batch_size / shards rows
+        each, process i of n reading shards i * shards / n ... (i + 1) * shards / n - 1, so runs
+        on different process counts with the same `shards` see the same global batches; 0 means
+        one shard per process.
     """
     cfg = ml_collections.ConfigDict()
     cfg.dataset = "stdlib"
@@ -42,4 +46,5 @@ def default_data_config() -> ml_collections.ConfigDict:
     cfg.num_sentinels = 100
     cfg.seq_len = 256
     cfg.batch_size = 16
+    cfg.shards = 0
     return cfg

@@ -169,16 +169,32 @@ def make_train_dataset(
       An `IterDataset` of batches following the batch contract, with B_local = batch_size //
       process_count rows. Process i packs pieces i, i+n, i+2n, ... of the global shuffled order.
     """
-    rows = local_batch_size(data_cfg, process_count)
-    pieces = _piece_dataset(
-        data_cfg,
-        "train",
-        seed=seed,
-        num_epochs=num_epochs,
-        process_index=process_index,
-        process_count=process_count,
-    )
-    return _pack_and_batch(pieces, data_cfg.seq_len, rows)
+    shards = data_cfg.get("shards", 0) or process_count
+    if shards % process_count:
+        raise ValueError(
+            f"data.shards={shards} is not a multiple of the {process_count} data-loading "
+            "processes; change data.shards (0 = one shard per process)"
+        )
+    per_process = shards // process_count
+    parts = [
+        _pack_and_batch(
+            _piece_dataset(
+                data_cfg,
+                "train",
+                seed=seed,
+                num_epochs=num_epochs,
+                process_index=i,
+                process_count=shards,
+            ),
+            data_cfg.seq_len,
+            local_batch_size(data_cfg, shards),
+        )
+        for i in range(process_index * per_process, (process_index + 1) * per_process)
+    ]
+    if len(parts) == 1:
+        return parts[0]
+    # Several shards per process: their batches side by side, rows in shard order.
+    return grain.experimental.ZipIterDataset(parts).map(_concat_rows)
 
 
 def make_train_iterator(
@@ -206,6 +222,10 @@ def make_train_iterator(
         data_cfg, seed=seed, process_index=process_index, process_count=process_count
     )
     return iter(ds)
+
+
+def _concat_rows(batches: tuple[dict[str, np.ndarray], ...]) -> dict[str, np.ndarray]:
+    return {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
 
 
 def make_eval_batches(

@@ -73,6 +73,10 @@ def base_config(size: str = "small") -> ml_collections.ConfigDict:
         {
             "mesh": {"data": -1, "stage": 1, "fsdp": 1, "tensor": 1},
             "rules": "fsdp_tp",  # see parallel/rules.py; axes of size 1 cost nothing
+            # Used when mesh.stage > 1 (parallel/pipeline.py): M microbatches per pipelined
+            # batch (0 = one per stage) and R passes around the stages (1 = GPipe, more =
+            # circular); the bubble is (P - 1) / (R * M + P - 1).
+            "pipeline": {"microbatches": 0, "repeats": 1},
         }
     )
     return config

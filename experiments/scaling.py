@@ -137,6 +137,9 @@ def get_config(arg: str = ""):
             lr_width_exponent=0.5,
             bootstrap=args.bootstrap,
             seed=0,  # bootstrap resampling seed
+            # Comma-separated point ids: train only these (one cluster job of a sweep handed
+            # out by launch/slurm.py or launch/tpu.py); '' = all points, then the fit.
+            only="",
         )
     )
     return config

@@ -1,11 +1,17 @@
 r"""Times the train step of a config: tokens/s, step time, compile time and MFU.
 
-  python launch/bench.py --config experiments/gpt.py:size=small --steps 20
+  python launch/bench.py                      # the reference config, JAX vs PyTorch, 3 rounds
+  python launch/bench.py --config experiments/gpt.py:size=tiny --torch=false --steps 20
 
 The reference config of the README (4 layers, d_model 256, 4 heads, seq 256, batch 16, vocab 256,
-f32) is `size=small` with `--config.model.vocab_size=256` (the default). MFU is against the peak
-measured in the same run (best of an f32 2048^3 matmul) unless `train.peak_flops` is set.
-Batches are random tokens of the config's shape (the data pipeline is not timed).
+f32) is `size=small` with `--vocab 256` (the default). MFU is against the peak measured in the
+same run (best of an f32 2048^3 matmul) unless `train.peak_flops` is set. Batches are random
+tokens of the config's shape (the data pipeline is not timed).
+
+With `--torch` (the default) the same model's PyTorch eager train step (`launch/bench_torch.py`,
+in a subprocess) is timed too, alternating with JAX for `--rounds` rounds so that both see the
+same machine load; it prints both medians, the ratio and the load average. The JAX step is
+compiled once and timed `--steps` steps per round.
 """
 
 import json
@@ -24,6 +30,8 @@ _CONFIG = config_flags.DEFINE_config_file(
 _STEPS = flags.DEFINE_integer("steps", 20, "Timed steps (after 2 untimed warm-up steps).")
 _VOCAB = flags.DEFINE_integer("vocab", 256, "Model vocabulary (256 = the reference config).")
 _JSON = flags.DEFINE_bool("json", False, "Print one JSON line instead of a table.")
+_TORCH = flags.DEFINE_bool("torch", True, "Also time the PyTorch eager reference, alternating.")
+_ROUNDS = flags.DEFINE_integer("rounds", 3, "Alternating JAX / PyTorch rounds with --torch.")
 _REMAT = flags.DEFINE_list(
     "remat",
     [],
@@ -32,65 +40,137 @@ _REMAT = flags.DEFINE_list(
 )
 
 
+class JaxBench:
+    """The compiled train step of `config` on one random batch, timed in rounds."""
+
+    def __init__(self, config):
+        import jax
+        import numpy as np
+
+        from train.loop import Run
+
+        self.config = config
+        self.run = run = Run(config, synthetic_data=True)
+        B, T = config.data.batch_size, config.data.seq_len
+        rng = np.random.default_rng(0)
+        high = min(config.model.vocab_size, run.tokenizer.vocab_size)
+        local = {
+            "tokens": rng.integers(0, high, (B, T)).astype(np.int32),
+            "segment_ids": np.ones((B, T), np.int32),
+            "positions": np.broadcast_to(np.arange(T, dtype=np.int32), (B, T)).copy(),
+        }
+        with run.activate():
+            self.batch = run.global_batch(local)
+            t = time.perf_counter()
+            self.compiled = run.train_step.lower(run.state, self.batch).compile()
+            self.compile_s = time.perf_counter() - t
+            self.memory = self.compiled.memory_analysis()
+            self.state = run.state
+            for _ in range(2):
+                self.state, m = self.compiled(self.state, self.batch)
+            jax.block_until_ready(m)
+        self.times: list[float] = []
+
+    def time(self, steps: int) -> float:
+        """Times `steps` more steps; returns their median step time in seconds."""
+        import jax
+        import numpy as np
+
+        times = []
+        with self.run.activate():
+            for _ in range(steps):
+                t = time.perf_counter()
+                self.state, m = self.compiled(self.state, self.batch)
+                jax.block_until_ready(m)
+                times.append(time.perf_counter() - t)
+        self.times += times
+        return float(np.median(times))
+
+    def result(self) -> dict:
+        import jax
+        import numpy as np
+
+        from train.perf import measure_peak_flops, mfu
+
+        config, run, memory = self.config, self.run, self.memory
+        peak = config.train.peak_flops or measure_peak_flops()
+        B, T = config.data.batch_size, config.data.seq_len
+        step_s = float(np.median(self.times))
+        tok_s = B * T / step_s
+        return {
+            "impl": "jax",
+            "size": config.model.size,
+            "layers": config.model.n_layers,
+            "d_model": config.model.d_model,
+            "heads": config.model.n_heads,
+            "seq": T,
+            "batch": B,
+            "vocab": config.model.vocab_size,
+            "grad_accum": config.train.grad_accum,
+            "devices": jax.device_count(),
+            "params": run.counts["total"],
+            "flops_per_token": run.flops["flops_per_token"],
+            "remat": config.model.remat,
+            "temp_mb": memory.temp_size_in_bytes / 2**20 if memory else None,
+            "argument_mb": memory.argument_size_in_bytes / 2**20 if memory else None,
+            "compile_s": self.compile_s,
+            "step_ms_median": 1e3 * step_s,
+            "step_ms_mean": 1e3 * float(np.mean(self.times)),
+            "tokens_per_s": tok_s,
+            "peak_gflops": peak / 1e9,
+            "mfu": mfu(tok_s, run.flops["flops_per_token"], peak, jax.device_count()),
+        }
+
+
 def bench(config, steps: int) -> dict:
     """Compiles and times the train step of `config` on random batches."""
-    import jax
-    import numpy as np
+    b = JaxBench(config)
+    b.time(steps)
+    return b.result()
 
-    from train.loop import Run
-    from train.perf import measure_peak_flops, mfu
 
-    run = Run(config, synthetic_data=True)
-    B, T = config.data.batch_size, config.data.seq_len
-    rng = np.random.default_rng(0)
-    high = min(config.model.vocab_size, run.tokenizer.vocab_size)
-    local = {
-        "tokens": rng.integers(0, high, (B, T)).astype(np.int32),
-        "segment_ids": np.ones((B, T), np.int32),
-        "positions": np.broadcast_to(np.arange(T, dtype=np.int32), (B, T)).copy(),
-    }
-    state = run.state
-    with run.activate():
-        batch = run.global_batch(local)
-        t = time.perf_counter()
-        compiled = run.train_step.lower(state, batch).compile()
-        compile_s = time.perf_counter() - t
-        memory = compiled.memory_analysis()
-        for _ in range(2):
-            state, m = compiled(state, batch)
-        jax.block_until_ready(m)
-        times = []
-        for _ in range(steps):
-            t = time.perf_counter()
-            state, m = compiled(state, batch)
-            jax.block_until_ready(m)
-            times.append(time.perf_counter() - t)
-    peak = config.train.peak_flops or measure_peak_flops()
-    step_s = float(np.median(times))
-    tok_s = B * T / step_s
-    return {
-        "impl": "jax",
-        "size": config.model.size,
-        "layers": config.model.n_layers,
-        "d_model": config.model.d_model,
-        "heads": config.model.n_heads,
-        "seq": T,
-        "batch": B,
-        "vocab": config.model.vocab_size,
-        "grad_accum": config.train.grad_accum,
-        "devices": jax.device_count(),
-        "params": run.counts["total"],
-        "flops_per_token": run.flops["flops_per_token"],
-        "remat": config.model.remat,
-        "temp_mb": memory.temp_size_in_bytes / 2**20 if memory else None,
-        "argument_mb": memory.argument_size_in_bytes / 2**20 if memory else None,
-        "compile_s": compile_s,
-        "step_ms_median": 1e3 * step_s,
-        "step_ms_mean": 1e3 * float(np.mean(times)),
-        "tokens_per_s": tok_s,
-        "peak_gflops": peak / 1e9,
-        "mfu": mfu(tok_s, run.flops["flops_per_token"], peak, jax.device_count()),
-    }
+def torch_bench(config, steps: int) -> dict:
+    """Runs launch/bench_torch.py on the shape of `config` in a subprocess; its JSON line."""
+    import subprocess
+
+    m, d = config.model, config.data
+    if m.positions != "rotary" or not m.tie_embeddings or m.d_ff != 4 * m.d_model:
+        raise app.UsageError("--torch mirrors rotary, tied, d_ff = 4 d_model models only")
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bench_torch.py")
+    args = dict(
+        layers=m.n_layers, d_model=m.d_model, heads=m.n_heads, seq=d.seq_len, batch=d.batch_size
+    )
+    args.update(vocab=m.vocab_size, steps=steps, warmup=3)
+    cmd = [sys.executable, script, "--json", *(f"--{k}={v}" for k, v in args.items())]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def compare_with_torch(config, steps: int, rounds: int) -> dict:
+    """JAX and PyTorch eager alternating for `rounds` rounds; both medians and their ratio."""
+    jax_bench = JaxBench(config)
+    jax_ms, torch_ms = [], []
+    tokens = config.data.batch_size * config.data.seq_len
+    for r in range(rounds):
+        jax_ms.append(1e3 * jax_bench.time(steps))
+        torch_ms.append(torch_bench(config, steps)["step_ms_median"])
+        print(
+            f"round {r + 1}/{rounds}: jax {tokens / jax_ms[-1] * 1e3:8.0f} tokens/s   "
+            f"torch {tokens / torch_ms[-1] * 1e3:8.0f} tokens/s   load {os.getloadavg()[0]:.1f}",
+            flush=True,
+        )
+    out = jax_bench.result()
+    jax_tok = 1e3 * tokens / float(sorted(jax_ms)[len(jax_ms) // 2])
+    torch_tok = 1e3 * tokens / float(sorted(torch_ms)[len(torch_ms) // 2])
+    out.update(
+        jax_round_ms=jax_ms,
+        torch_round_ms=torch_ms,
+        jax_tokens_per_s=jax_tok,
+        torch_tokens_per_s=torch_tok,
+        ratio=jax_tok / torch_tok,
+        loadavg=os.getloadavg(),
+    )
+    return out
 
 
 def remat_table(config, names: list[str], steps: int) -> list[dict]:
@@ -130,7 +210,10 @@ def main(argv):
         if _JSON.value:
             print(json.dumps(rows))
         return
-    r = bench(config, _STEPS.value)
+    if _TORCH.value:
+        r = compare_with_torch(config, _STEPS.value, _ROUNDS.value)
+    else:
+        r = bench(config, _STEPS.value)
     if _JSON.value:
         print(json.dumps(r))
         return
@@ -145,6 +228,13 @@ def main(argv):
     print(f"step         {r['step_ms_median']:8.1f} ms (median), {r['step_ms_mean']:.1f} ms (mean)")
     print(f"throughput   {r['tokens_per_s']:8.0f} tokens/s")
     print(f"MFU          {100 * r['mfu']:8.1f} % of {r['peak_gflops']:.0f} GFLOP/s measured peak")
+    if _TORCH.value:
+        load = " ".join(f"{x:.1f}" for x in r["loadavg"])
+        print(
+            f"vs PyTorch   jax {r['jax_tokens_per_s']:.0f} tokens/s, torch eager "
+            f"{r['torch_tokens_per_s']:.0f} tokens/s (medians of {len(r['jax_round_ms'])} "
+            f"alternating rounds): ratio jax/torch {r['ratio']:.3f}; load average {load}"
+        )
 
 
 if __name__ == "__main__":

@@ -63,6 +63,19 @@ def define_flags(flag_values: flags.FlagValues, sys_argv: list[str] | None = Non
             "JAX persistent compilation cache directory ('' disables it).",
             flag_values=flag_values,
         ),
+        # Multi-process runs (parallel/distributed.py): unset = environment, SLURM or Cloud TPU VM.
+        "coordinator_address": flags.DEFINE_string(
+            "coordinator_address",
+            None,
+            "Multi-process: host:port of process 0's coordinator.",
+            flag_values=flag_values,
+        ),
+        "num_processes": flags.DEFINE_integer(
+            "num_processes", None, "Multi-process: process count.", flag_values=flag_values
+        ),
+        "process_id": flags.DEFINE_integer(
+            "process_id", None, "Multi-process: this process's index.", flag_values=flag_values
+        ),
     }
 
 
@@ -73,6 +86,9 @@ class Args:
     workdir: str
     dry_run: bool
     compile_cache: str
+    coordinator_address: str | None = None
+    num_processes: int | None = None
+    process_id: int | None = None
 
 
 def describe_flag_error(e: BaseException, argv: list[str]) -> str:
@@ -137,6 +153,9 @@ def parse(argv: list[str], flag_values: flags.FlagValues | None = None) -> Args:
         workdir=holders["workdir"].value or os.path.join("runs", stem),
         dry_run=holders["dry_run"].value,
         compile_cache=holders["compile_cache"].value,
+        coordinator_address=holders["coordinator_address"].value,
+        num_processes=holders["num_processes"].value,
+        process_id=holders["process_id"].value,
     )
 
 
@@ -144,8 +163,15 @@ def execute(args: Args) -> int:
     """Validates everything, then trains (or sweeps); returns the exit code."""
     import jax
 
-    from train.validate import check_run
+    from parallel.distributed import initialize
+    from train.validate import ConfigError, check_run
 
+    try:  # before anything touches a JAX backend (validation counts devices)
+        where = initialize(args.coordinator_address, args.num_processes, args.process_id)
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
+    if jax.process_count() > 1 and jax.process_index() == 0:
+        print(f"distributed: {where}", flush=True)
     config, workdir = args.config, args.workdir
     if not args.dry_run:  # before the training stack is even imported
         check_run(config, workdir, "sweep" if "sweep" in config else "run")

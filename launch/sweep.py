@@ -257,6 +257,14 @@ def run_sweep(config, experiment: str, workdir: str, *, dry_run: bool = False) -
     module = load_experiment(experiment)
     points = module.get_sweep(config)
     check_points(config, points, module.point_config)
+    only = [s for s in config.sweep.get("only", "").split(",") if s]
+    if only:  # one job of a sweep spread over a cluster: its points, no fit
+        unknown = sorted(set(only) - {p["id"] for p in points})
+        if unknown:
+            raise ConfigError(f"sweep.only names unknown points {unknown}")
+        points = [p for p in points if p["id"] in only]
+        shared = config.copy_and_resolve_references()
+        shared.sweep.only = ""
     pieces = plan(config, points, module.point_config, workdir)
     clock = _Clock(config, points)
     is_main = jax.process_index() == 0
@@ -265,21 +273,37 @@ def run_sweep(config, experiment: str, workdir: str, *, dry_run: bool = False) -
     if dry_run:
         return {}
 
-    claim_workdir(workdir, config, "sweep", write=is_main)
-    results_path = os.path.join(workdir, "results.jsonl")
+    claim_workdir(workdir, shared if only else config, "sweep", write=is_main)
+    # Concurrent jobs must not rewrite one file: each keeps its own rows; the final job (the
+    # sweep without `only`) finds their finished points and fits.
+    results_path = os.path.join(workdir, f"results.{only[0]}.jsonl" if only else "results.jsonl")
     results = read_results(results_path)
     done = {i for i, r in results.items() if r.get("status") == "ok"}
     if done:
         print(f"sweep: {len(done)} of {len(points)} points already done in {workdir}")
 
     with preemption.active() as guard:
-        return _run_pieces(config, experiment, workdir, points, pieces, clock, results, done, guard)
+        return _run_pieces(
+            config,
+            experiment,
+            workdir,
+            points,
+            pieces,
+            clock,
+            results,
+            done,
+            guard,
+            results_path=results_path,
+            fit=not only,
+        )
 
 
-def _run_pieces(config, experiment, workdir, points, pieces, clock, results, done, guard) -> dict:
-    """Trains the pieces still needed, recording each point; stops early on a preemption signal."""
+def _run_pieces(
+    config, experiment, workdir, points, pieces, clock, results, done, guard, *, results_path, fit
+) -> dict:
+    """Trains the pieces still needed, recording each point in `results_path`, then fits unless
+    `fit` is False (one cluster job's share); stops early on a preemption signal."""
     is_main = jax.process_index() == 0
-    results_path = os.path.join(workdir, "results.jsonl")
     t0 = time.perf_counter()
     broken: dict[str, str] = {}  # trunk dir -> error, for the branches that need it
     order = [pc.point["id"] for pc in pieces if pc.point is not None]
@@ -360,7 +384,7 @@ def _run_pieces(config, experiment, workdir, points, pieces, clock, results, don
         f"sweep: {len(ok)}/{len(points)} points ok, {failed} failed, "
         f"{_fmt_s(time.perf_counter() - t0)} in this session; results in {results_path}"
     )
-    if not is_main:
+    if not is_main or not fit:
         return {}
     return _analyze(config, experiment, workdir, [results[i] for i in order if i in results])
 

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
-from models import layers, sparse_attention
+from models import layers, mup, sparse_attention
 from models.layers import (
     ACTIVATIONS,
     NEG_INF,
@@ -208,17 +208,19 @@ def attend(q_BTNH, k_BSKH, v_BSKH, bias, cfg, rng=None) -> Array:
     K = k_BSKH.shape[2]
     G = N // K
     drop = rng is not None and cfg.attn_dropout > 0
+    scale = mup.attention_scale(cfg, H)  # None: 1/sqrt(H); muP: 1/H (models/mup.py)
+    logits_dtype = jnp.dtype(cfg.attn_logits_dtype)
     if bias.shape[1] == 1 and cfg.attn_scale and not drop:
-        return dot_attention(q_BTNH, k_BSKH, v_BSKH, bias)
+        return dot_attention(q_BTNH, k_BSKH, v_BSKH, bias, scale=scale, logits_dtype=logits_dtype)
     if cfg.attn_scale:
-        q_BTNH = q_BTNH * jnp.asarray(H**-0.5, q_BTNH.dtype)
+        q_BTNH = q_BTNH * jnp.asarray(H**-0.5 if scale is None else scale, q_BTNH.dtype)
     q_BTKGH = q_BTNH.reshape(B, T, K, G, H)  # query head n = k * G + g
     logits_BKGTS = jnp.einsum(
-        "BTKGH,BSKH->BKGTS", q_BTKGH, k_BSKH, preferred_element_type=jnp.float32
+        "BTKGH,BSKH->BKGTS", q_BTKGH, k_BSKH, preferred_element_type=logits_dtype
     )
     heads = bias.shape[1]  # 1 (shared mask) or N (per-head bias)
     bias_BKGTS = bias.reshape(bias.shape[0], K if heads > 1 else 1, -1, *bias.shape[2:])
-    probs_BKGTS = jax.nn.softmax(logits_BKGTS + bias_BKGTS, axis=-1)
+    probs_BKGTS = jax.nn.softmax(logits_BKGTS + bias_BKGTS.astype(logits_dtype), axis=-1)
     if drop:
         probs_BKGTS = dropout(probs_BKGTS, cfg.attn_dropout, rng)
     out_BTKGH = jnp.einsum("BKGTS,BSKH->BTKGH", probs_BKGTS.astype(v_BSKH.dtype), v_BSKH)
@@ -441,18 +443,52 @@ def embed(params, tokens_BT, positions_BT, cfg, *, token_types_BT=None, rng=None
     return constrain(x_BTD, ("batch", "length", "embed"))
 
 
-def run_layers(x_BTD, layers: dict, layer_fn, cfg, n_layers: int, rng=None, *, indexed=False):
+def run_layers(
+    x_BTD,
+    layers: dict,
+    layer_fn,
+    cfg,
+    n_layers: int,
+    rng=None,
+    *,
+    indexed=False,
+    side=None,
+    layer_stack=None,
+):
     """Applies `layer_fn(x, p, rng)` over stacked `layers` (Python loop or `lax.scan`), with the
     remat policy `cfg.remat` around each layer.
 
     With `indexed`, `layer_fn(x, p, rng, layer_index)` gets each layer's static index (per-layer
     attention patterns); under scan the layers are then scanned in groups of
     `sparse_attention.layer_period(cfg)` unrolled layers (1 when all layers are alike).
+
+    With `side` (a dict of per-row [B, ...] arrays the layers read: masks, positions, encoder
+    states), `layer_fn` takes it as its last argument; a `layer_stack(fn, stacked, x, side) -> x`
+    then runs the stack instead of the loop (`parallel.pipeline.make_layer_stack`: a pipeline
+    over stages, which hands each stage its microbatch's rows of `side`).
     """
     if cfg.remat not in REMAT_POLICIES:
         raise ValueError(
             f"model.remat={cfg.remat!r} is unknown; choose one of {list(REMAT_POLICIES)}"
         )
+    if layer_stack is not None:
+        if indexed and sparse_attention.layer_period(cfg) != 1:
+            raise ValueError(
+                "layers with different attention patterns cannot be pipelined (one program "
+                "per stage); set parallel.mesh.stage=1 or make all layers alike"
+            )
+        keys = None if rng is None else jax.random.split(rng, n_layers)
+        stacked = {"p": layers} if keys is None else {"p": layers, "key": keys}
+
+        def stage_fn(x, pk, s):
+            index = (0,) if indexed else ()  # all layers alike: the index selects nothing
+            return layer_fn(x, pk["p"], pk.get("key"), *index, s)
+
+        if cfg.remat != "none":
+            stage_fn = jax.checkpoint(stage_fn, policy=REMAT_POLICIES[cfg.remat])
+        return layer_stack(stage_fn, stacked, x_BTD, side)
+    if side is not None:
+        layer_fn = functools.partial(_with_side, layer_fn, side)
 
     def fn_at(i: int):
         fn = (lambda x, p, k: layer_fn(x, p, k, i)) if indexed else layer_fn
@@ -485,20 +521,30 @@ def run_layers(x_BTD, layers: dict, layer_fn, cfg, n_layers: int, rng=None, *, i
     return x_BTD
 
 
+def _with_side(layer_fn, side, *args):
+    return layer_fn(*args, side)
+
+
 def unembed(x_BTD, params, cfg) -> Array:
-    """Output logits [B, T, V] in f32 from the tied embedding or the `unembed` matrix."""
+    """Output logits [B, T, V] in `cfg.loss_dtype` (f32 by default) from the tied embedding or the
+    `unembed` matrix, times muP's output multiplier when `cfg.mup`."""
     dtype = x_BTD.dtype
     if cfg.tie_embeddings:
         if cfg.tied_output_scale:  # T5 v1.0 rescales before the tied projection
             x_BTD = x_BTD * jnp.asarray(cfg.d_model**-0.5, dtype)
         logits_BTV = jnp.einsum(
-            "BTD,VD->BTV", x_BTD, params["embed"].astype(dtype), preferred_element_type=jnp.float32
+            "BTD,VD->BTV",
+            x_BTD,
+            params["embed"].astype(dtype),
+            preferred_element_type=cfg.loss_dtype,
         )
     else:
         logits_BTV = jnp.einsum(
             "BTD,DV->BTV",
             x_BTD,
             params["unembed"].astype(dtype),
-            preferred_element_type=jnp.float32,
+            preferred_element_type=cfg.loss_dtype,
         )
+    if mup.enabled(cfg):
+        logits_BTV = logits_BTV * jnp.asarray(mup.output_mult(cfg), logits_BTV.dtype)
     return constrain(logits_BTV, ("batch", "length", "vocab"))

@@ -11,7 +11,7 @@ Python loop (fastest on XLA:CPU) or `lax.scan` (fastest to compile on TPU).
 import jax
 import jax.numpy as jnp
 
-from models import blocks
+from models import blocks, mup
 from models.blocks import REMAT_POLICIES  # noqa: F401  (re-exported: configs name these)
 from models.layers import normal, param
 from models.sizes import resolved_dims
@@ -33,10 +33,10 @@ def init(rng: jax.Array, cfg) -> dict:
         )
     if not cfg.tie_embeddings:
         params["unembed"] = param(kg("unembed"), (D, V), ("embed", "vocab"), normal(cfg.init_std))
-    return params
+    return mup.scale_init(params, cfg)
 
 
-def hidden(params: dict, batch: dict, cfg, *, rngs=None) -> jax.Array:
+def hidden(params: dict, batch: dict, cfg, *, rngs=None, layer_stack=None) -> jax.Array:
     """Final hidden states [B, T, D] (after the final norm) for `batch['tokens']`."""
     tokens_BT = batch["tokens"]
     B, T = tokens_BT.shape
@@ -65,27 +65,41 @@ def hidden(params: dict, batch: dict, cfg, *, rngs=None) -> jax.Array:
             params["rel_bias"], positions_BT, positions_BT, bidirectional=bidirectional, cfg=cfg
         )
 
-    def layer_fn(x, p, rng, i):
+    def layer_fn(x, p, rng, i, side):
         return blocks.block(
             x,
             p,
-            bias,
+            side["bias"],
             cfg,
-            positions_BT=positions_BT,
+            positions_BT=side["positions"],
             rng=rng,
             layer_index=i,
-            segment_ids_BT=segment_ids_BT,
+            segment_ids_BT=side["segment_ids"],
         )
 
+    # Per-row inputs of every layer, each [B, ...], so a pipeline can split them by microbatch.
+    side = {
+        "bias": jnp.broadcast_to(bias, (B, *bias.shape[1:])),
+        "positions": positions_BT,
+        "segment_ids": segment_ids_BT,
+    }
     x_BTD = blocks.run_layers(
-        x_BTD, params["layers"], layer_fn, cfg, cfg.n_layers, layers_rng, indexed=True
+        x_BTD,
+        params["layers"],
+        layer_fn,
+        cfg,
+        cfg.n_layers,
+        layers_rng,
+        indexed=True,
+        side=side,
+        layer_stack=layer_stack,
     )
     if cfg.norm_position == "pre":
         x_BTD = blocks.norm(x_BTD, params, "final_ln", cfg)
     return x_BTD
 
 
-def apply(params: dict, batch: dict, cfg, *, rngs=None) -> jax.Array:
+def apply(params: dict, batch: dict, cfg, *, rngs=None, layer_stack=None) -> jax.Array:
     """Next-token logits [B, T, V] (f32) for `batch['tokens']`.
 
     Args:
@@ -95,5 +109,8 @@ def apply(params: dict, batch: dict, cfg, *, rngs=None) -> jax.Array:
         (1 on each document's bidirectional prefix) and `token_type_ids`.
       cfg: the model config.
       rngs: a key for dropout (None: no dropout, as in evaluation).
+      layer_stack: runs the stacked blocks instead of the layer loop (`blocks.run_layers`), e.g.
+        as a pipeline over stages (`parallel.pipeline.make_layer_stack`).
     """
-    return blocks.unembed(hidden(params, batch, cfg, rngs=rngs), params, cfg)
+    x_BTD = hidden(params, batch, cfg, rngs=rngs, layer_stack=layer_stack)
+    return blocks.unembed(x_BTD, params, cfg)

@@ -14,7 +14,7 @@ shared across that stack's layers, as in T5). The T5 configurations are in exper
 import jax
 import jax.numpy as jnp
 
-from models import blocks
+from models import blocks, mup
 from models.layers import normal, param
 from models.sizes import resolved_dims
 
@@ -40,7 +40,7 @@ def init(rng: jax.Array, cfg) -> dict:
         params[side] = stack
     if not cfg.tie_embeddings:
         params["unembed"] = param(kg("unembed"), (D, V), ("embed", "vocab"), normal(cfg.init_std))
-    return params
+    return mup.scale_init(params, cfg)
 
 
 def _defaults(batch: dict, name: str):
@@ -58,26 +58,44 @@ def shift_right(targets_BT: jax.Array, segment_ids_BT: jax.Array, start_id: int 
     return jnp.where(prev_seg_BT == segment_ids_BT, prev_BT, start_id)
 
 
-def _stack(x_BTD, stack, bias, cfg, n_layers, rng, positions_BT, enc_BSD=None, cross_bias=None):
-    def layer_fn(x, p, key):
+def _stack(
+    x_BTD,
+    stack,
+    bias,
+    cfg,
+    n_layers,
+    rng,
+    positions_BT,
+    enc_BSD=None,
+    cross_bias=None,
+    layer_stack=None,
+):
+    def layer_fn(x, p, key, side):
         return blocks.block(
             x,
             p,
-            bias,
+            side["bias"],
             cfg,
-            positions_BT=positions_BT,
-            enc_BSD=enc_BSD,
-            cross_bias=cross_bias,
+            positions_BT=side["positions"],
+            enc_BSD=side.get("enc"),
+            cross_bias=side.get("cross_bias"),
             rng=key,
         )
 
-    x_BTD = blocks.run_layers(x_BTD, stack["layers"], layer_fn, cfg, n_layers, rng)
+    B = x_BTD.shape[0]
+    side = {"bias": jnp.broadcast_to(bias, (B, *bias.shape[1:])), "positions": positions_BT}
+    if enc_BSD is not None:
+        side["enc"] = enc_BSD
+        side["cross_bias"] = jnp.broadcast_to(cross_bias, (B, *cross_bias.shape[1:]))
+    x_BTD = blocks.run_layers(
+        x_BTD, stack["layers"], layer_fn, cfg, n_layers, rng, side=side, layer_stack=layer_stack
+    )
     if cfg.norm_position == "pre":
         x_BTD = blocks.norm(x_BTD, stack, "final_ln", cfg)
     return x_BTD
 
 
-def encode(params: dict, batch: dict, cfg, *, rngs=None) -> jax.Array:
+def encode(params: dict, batch: dict, cfg, *, rngs=None, layer_stack=None) -> jax.Array:
     """Encoder hidden states [B, S, D] of `batch['inputs']`."""
     tokens_BS, seg_BS, pos_BS = _defaults(batch, "inputs")
     emb_rng, rng = (None, None) if rngs is None else jax.random.split(rngs)
@@ -86,10 +104,14 @@ def encode(params: dict, batch: dict, cfg, *, rngs=None) -> jax.Array:
     if cfg.positions == "relative":
         table = params["encoder"]["rel_bias"]
         bias = bias + blocks.relative_bias(table, pos_BS, pos_BS, bidirectional=True, cfg=cfg)
-    return _stack(x_BSD, params["encoder"], bias, cfg, cfg.n_layers, rng, pos_BS)
+    return _stack(
+        x_BSD, params["encoder"], bias, cfg, cfg.n_layers, rng, pos_BS, layer_stack=layer_stack
+    )
 
 
-def decode(params: dict, batch: dict, enc_BSD: jax.Array, cfg, *, rngs=None) -> jax.Array:
+def decode(
+    params: dict, batch: dict, enc_BSD: jax.Array, cfg, *, rngs=None, layer_stack=None
+) -> jax.Array:
     """Decoder logits [B, T, V] given encoder states."""
     targets_BT, seg_BT, pos_BT = _defaults(batch, "targets")
     _, enc_seg_BS, _ = _defaults(batch, "inputs")
@@ -104,11 +126,13 @@ def decode(params: dict, batch: dict, enc_BSD: jax.Array, cfg, *, rngs=None) -> 
         bias = bias + blocks.relative_bias(table, pos_BT, pos_BT, bidirectional=False, cfg=cfg)
     cross_bias = blocks.mask_bias(seg_BT, enc_seg_BS, causal=False)
     n_dec = cfg.n_decoder_layers or cfg.n_layers
-    y_BTD = _stack(y_BTD, params["decoder"], bias, cfg, n_dec, rng, pos_BT, enc_BSD, cross_bias)
+    y_BTD = _stack(
+        y_BTD, params["decoder"], bias, cfg, n_dec, rng, pos_BT, enc_BSD, cross_bias, layer_stack
+    )
     return blocks.unembed(y_BTD, params, cfg)
 
 
-def apply(params: dict, batch: dict, cfg, *, rngs=None) -> jax.Array:
+def apply(params: dict, batch: dict, cfg, *, rngs=None, layer_stack=None) -> jax.Array:
     """Decoder logits [B, T_out, V] (f32) for the encoder-decoder batch (module docstring).
 
     Args:
@@ -116,7 +140,9 @@ def apply(params: dict, batch: dict, cfg, *, rngs=None) -> jax.Array:
       batch: the keys listed in the module docstring.
       cfg: the model config.
       rngs: a key for dropout (None: no dropout).
+      layer_stack: runs each stack of layers instead of the layer loop, e.g. as a pipeline
+        over stages (`parallel.pipeline.make_layer_stack`).
     """
     enc_rng, dec_rng = (None, None) if rngs is None else jax.random.split(rngs)
-    enc_BSD = encode(params, batch, cfg, rngs=enc_rng)
-    return decode(params, batch, enc_BSD, cfg, rngs=dec_rng)
+    enc_BSD = encode(params, batch, cfg, rngs=enc_rng, layer_stack=layer_stack)
+    return decode(params, batch, enc_BSD, cfg, rngs=dec_rng, layer_stack=layer_stack)

@@ -14,7 +14,7 @@ The BERT configuration is `norm_position='post'`, `embed_norm=True`, learned pos
 import jax
 import jax.numpy as jnp
 
-from models import blocks
+from models import blocks, mup
 from models.layers import ACTIVATIONS, dense, normal, param
 from models.sizes import resolved_dims
 
@@ -49,7 +49,7 @@ def init(rng: jax.Array, cfg) -> dict:
         C = cfg.num_classes
         params["classifier"] = param(kg("classifier"), (D, C), ("embed", None), normal(std))
         params["classifier_bias"] = param(kg("classifier_bias"), (C,), (None,), zeros)
-    return params
+    return mup.scale_init(params, cfg)
 
 
 def encode(params: dict, batch: dict, cfg, *, rngs=None) -> jax.Array:

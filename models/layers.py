@@ -13,6 +13,7 @@ their logical axes off an abstract `jax.eval_shape(init)`; `apply` functions tak
 Activations are annotated with `constrain`, a no-op unless a mesh and logical rules are active.
 """
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 
@@ -109,55 +110,72 @@ def dense(x: Array, w: Array | dict, n_in: int = 1, act_bits: int = 0) -> Array:
     return y.reshape(*lead, *out)
 
 
-@jax.custom_vjp
-def _softmax_attention(q_BKXH, k_BKSH, v_BKSH, bias_B1XS):
-    return _softmax_attention_fwd(q_BKXH, k_BKSH, v_BKSH, bias_B1XS)[0]
-
-
-def _softmax_attention_fwd(q_BKXH, k_BKSH, v_BKSH, bias_B1XS):
-    logits_BKXS = jnp.einsum("BKXH,BKSH->BKXS", q_BKXH, k_BKSH, preferred_element_type=jnp.float32)
-    probs_BKXS = jax.nn.softmax(logits_BKXS + bias_B1XS, axis=-1).astype(v_BKSH.dtype)
+def _softmax_attention_fwd(q_BKXH, k_BKSH, v_BKSH, bias_B1XS, logits_dtype):
+    logits_BKXS = jnp.einsum("BKXH,BKSH->BKXS", q_BKXH, k_BKSH, preferred_element_type=logits_dtype)
+    logits_BKXS = logits_BKXS + bias_B1XS.astype(logits_dtype)
+    probs_BKXS = jax.nn.softmax(logits_BKXS, axis=-1).astype(v_BKSH.dtype)
     out_BKXH = jnp.einsum("BKXS,BKSH->BKXH", probs_BKXS, v_BKSH)
     return out_BKXH, (q_BKXH, k_BKSH, v_BKSH, probs_BKXS, out_BKXH)
 
 
-def _softmax_attention_bwd(res, dout_BKXH):
+def _softmax_attention_bwd(logits_dtype, res, dout_BKXH):
     # The softmax backward written with the saved output (FlashAttention's D = rowsum(dO * O)):
     # autodiff's version makes more passes over the [X, S] tensors, which dominate on CPU.
     q_BKXH, k_BKSH, v_BKSH, probs_BKXS, out_BKXH = res
     dv_BKSH = jnp.einsum("BKXS,BKXH->BKSH", probs_BKXS, dout_BKXH)
     dprobs_BKXS = jnp.einsum(
-        "BKXH,BKSH->BKXS", dout_BKXH, v_BKSH, preferred_element_type=jnp.float32
+        "BKXH,BKSH->BKXS", dout_BKXH, v_BKSH, preferred_element_type=logits_dtype
     )
-    rowsum_BKX1 = (dout_BKXH * out_BKXH).astype(jnp.float32).sum(-1, keepdims=True)
+    rowsum_BKX1 = (dout_BKXH * out_BKXH).astype(logits_dtype).sum(-1, keepdims=True)
     dlogits_BKXS = (probs_BKXS * (dprobs_BKXS - rowsum_BKX1)).astype(q_BKXH.dtype)
     dq_BKXH = jnp.einsum("BKXS,BKSH->BKXH", dlogits_BKXS, k_BKSH)
     dk_BKSH = jnp.einsum("BKXS,BKXH->BKSH", dlogits_BKXS, q_BKXH)
     return dq_BKXH, dk_BKSH, dv_BKSH, None  # the mask bias gets no gradient
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _softmax_attention(q_BKXH, k_BKSH, v_BKSH, bias_B1XS, logits_dtype):
+    return _softmax_attention_fwd(q_BKXH, k_BKSH, v_BKSH, bias_B1XS, logits_dtype)[0]
+
+
 _softmax_attention.defvjp(_softmax_attention_fwd, _softmax_attention_bwd)
 
 
-def dot_attention(q_BTNH: Array, k_BSKH: Array, v_BSKH: Array, bias_B1TS: Array) -> Array:
+def dot_attention(
+    q_BTNH: Array,
+    k_BSKH: Array,
+    v_BSKH: Array,
+    bias_B1TS: Array,
+    *,
+    scale: float | None = None,
+    logits_dtype=jnp.float32,
+) -> Array:
     """Softmax attention with grouped key/value heads (MHA when K == N, MQA when K == 1).
 
     The G = N / K query heads sharing a key/value head are folded into the query-length axis
     (X = G * T), so every case is one batched [X, H] @ [H, S] matmul per (batch, kv head): on
     XLA:CPU this head-major 4-D layout with an additive bias, plus a hand-written backward, runs
     attention fwd+bwd 2.3x faster than a 'BTNH,BSNH->BNTS' einsum with a select mask and autodiff
-    (37 vs 84 ms at B=16, T=256, N=4, H=64). Logits and softmax are in f32; the output has the
-    dtype of `v`. The bias is not differentiated.
+    (37 vs 84 ms at B=16, T=256, N=4, H=64). The output has the dtype of `v`. The bias is not
+    differentiated.
+
+    Args:
+      q_BTNH, k_BSKH, v_BSKH: queries, keys and values.
+      bias_B1TS: additive mask bias from `attention_bias`.
+      scale: multiplies the logits; None is 1/sqrt(H) (muP passes ~1/H, see models/mup.py).
+      logits_dtype: dtype of the logits q.k, the softmax and its backward (f32 by default,
+        whatever the activation dtype).
     """
     B, T, N, H = q_BTNH.shape
     K = k_BSKH.shape[2]
     G = N // K
-    q_BTNH = q_BTNH * jnp.asarray(H**-0.5, q_BTNH.dtype)
+    scale = H**-0.5 if scale is None else scale
+    q_BTNH = q_BTNH * jnp.asarray(scale, q_BTNH.dtype)
     q_BKXH = q_BTNH.reshape(B, T, K, G, H).transpose(0, 2, 3, 1, 4).reshape(B, K, G * T, H)
     k_BKSH = k_BSKH.transpose(0, 2, 1, 3)
     v_BKSH = v_BSKH.transpose(0, 2, 1, 3)
     bias_B1XS = bias_B1TS if G == 1 else jnp.tile(bias_B1TS, (1, 1, G, 1))
-    out_BKXH = _softmax_attention(q_BKXH, k_BKSH, v_BKSH, bias_B1XS)
+    out_BKXH = _softmax_attention(q_BKXH, k_BKSH, v_BKSH, bias_B1XS, jnp.dtype(logits_dtype))
     return out_BKXH.reshape(B, K, G, T, H).transpose(0, 3, 1, 2, 4).reshape(B, T, N, H)
 
 

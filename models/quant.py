@@ -132,9 +132,10 @@ def fake_quant_params(params, spec, bits: int):
     )
 
 
-def wrap_apply(model, model_cfg) -> Callable:
+def wrap_apply(model, model_cfg, apply_fn: Callable | None = None) -> Callable:
     """`model.apply` that accepts int8-stored trees and, if `model.weight_bits`, fake-quantizes.
 
+    `apply_fn` (default `model.apply`) is what runs the model, e.g. a pipelined apply.
     The returned function has the `apply(params, batch, cfg, *, rngs=None)` signature, so loss
     factories and eval steps use it unchanged. With `weight_bits=0` and an unquantized tree it is
     `model.apply` itself.
@@ -146,6 +147,7 @@ def wrap_apply(model, model_cfg) -> Callable:
         params = dequantize_params(params, jnp.float32)
         if bits:
             params = fake_quant_params(params, spec, bits)
-        return model.apply(params, batch, cfg, rngs=rngs)
+        return run(params, batch, cfg, rngs=rngs)
 
+    run = apply_fn or model.apply
     return apply

@@ -18,6 +18,9 @@ SIZES = {
 }
 
 
+DTYPES = ("float32", "bfloat16")
+
+
 def default_model_config(size: str = "small") -> ml_collections.ConfigDict:
     """The model config with the shape of `size` filled in."""
     if size not in SIZES:
@@ -64,7 +67,14 @@ def default_model_config(size: str = "small") -> ml_collections.ConfigDict:
             # encoder-decoder family: decoder layers (0 = n_layers)
             "n_decoder_layers": 0,
             "init_std": 0.02,
-            "dtype": "float32",  # activation / matmul dtype; parameters stay f32
+            # Precision per part; parameters and optimizer state are always f32.
+            "dtype": "float32",  # activations and matmuls ('bfloat16' for mixed precision)
+            "attn_logits_dtype": "float32",  # attention logits q.k, softmax and its backward
+            "loss_dtype": "float32",  # unembedding output (logits) and the log-softmax
+            # muP (models/mup.py): width-independent init, LRs and forward multipliers.
+            "mup": False,
+            "mup_base_width": 128,  # d_model at which muP equals SP (but for its zero inits)
+            "mup_output_mult": 1.0,  # logits x mup_output_mult * mup_base_width / d_model
             # 'python' (fastest on XLA:CPU) | 'scan' (fastest to compile on TPU)
             "layer_loop": "python",
             "remat": "none",  # a name in models.decoder.REMAT_POLICIES
@@ -102,4 +112,7 @@ def resolved_dims(cfg) -> tuple[int, int, int, int, int, int, int]:
         raise ValueError(f"model.n_heads={N} is not divisible by model.n_kv_heads={K}")
     if H % 2 and cfg.positions == "rotary":
         raise ValueError(f"rotary positions need an even head size, got {H}; set model.d_head")
+    for field in ("dtype", "attn_logits_dtype", "loss_dtype"):
+        if cfg.get(field, "float32") not in DTYPES:
+            raise ValueError(f"model.{field}={cfg.get(field)!r} is not one of {DTYPES}")
     return L, D, N, K, H, cfg.d_ff, cfg.vocab_size

@@ -24,9 +24,9 @@ def next_token_targets(batch: dict) -> tuple[jax.Array, jax.Array]:
     return tokens_BT[:, 1:], mask_BT.astype(jnp.float32)
 
 
-def token_nll(logits_BTV: jax.Array, targets_BT: jax.Array) -> jax.Array:
-    """Per-token negative log-likelihood in f32."""
-    logits_BTV = logits_BTV.astype(jnp.float32)
+def token_nll(logits_BTV: jax.Array, targets_BT: jax.Array, dtype=jnp.float32) -> jax.Array:
+    """Per-token negative log-likelihood, the log-softmax computed in `dtype` (f32 by default)."""
+    logits_BTV = logits_BTV.astype(dtype)
     lse_BT = jax.nn.logsumexp(logits_BTV, axis=-1)
     target_logit_BT = jnp.take_along_axis(logits_BTV, targets_BT[..., None], axis=-1)[..., 0]
     return lse_BT - target_logit_BT
@@ -52,7 +52,8 @@ def make_loss_fn(cfg, apply_fn: Callable, *, bytes_per_token: np.ndarray | None 
     def loss_fn(params, batch: dict, rng: jax.Array | None = None):
         logits_BTV = apply_fn(params, batch, cfg, rngs=rng)
         targets_BT, mask_BT = next_token_targets(batch)
-        nll_BT = token_nll(logits_BTV[:, :-1], targets_BT) * mask_BT
+        nll_BT = token_nll(logits_BTV[:, :-1], targets_BT, getattr(cfg, "loss_dtype", "float32"))
+        nll_BT = nll_BT.astype(jnp.float32) * mask_BT  # sums over tokens always in f32
         tokens = mask_BT.sum()
         aux = {
             "nll_sum": nll_BT.sum(),

@@ -62,3 +62,27 @@ def check_batch(batch_size: int, mesh: Mesh, rules, grad_accum: int = 1) -> None
             f"{what} is not divisible by the batch mesh axes {axes} (size {n}); change "
             "data.batch_size, train.grad_accum or parallel.mesh"
         )
+
+
+def process_batch_block(sharding: NamedSharding, global_rows: int) -> tuple[int, int]:
+    """`(index, count)` of the block of batch rows this process's devices hold.
+
+    The global batch splits into `count` equal blocks of rows, and this process feeds block
+    `index` (its data loader reads only that shard). Usually `(process_index, process_count)`;
+    processes whose devices hold the same rows (a batch replicated over tensor-parallel hosts)
+    read the same block.
+
+    Raises:
+      ValueError: the process's rows are not one contiguous block.
+    """
+    rows = set()
+    for index in sharding.addressable_devices_indices_map((global_rows, 1)).values():
+        start, stop, _ = index[0].indices(global_rows)
+        rows.update(range(start, stop))
+    lo, hi = min(rows), max(rows) + 1
+    if len(rows) != hi - lo or global_rows % (hi - lo) or lo % (hi - lo):
+        raise ValueError(
+            f"this process holds batch rows {sorted(rows)[:4]}... which are not one aligned "
+            "block; order parallel.mesh so that each host holds whole data shards"
+        )
+    return lo // (hi - lo), global_rows // (hi - lo)

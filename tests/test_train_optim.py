@@ -29,7 +29,7 @@ def test_default_config_fields():
         "steps", "lr", "warmup_steps", "schedule", "min_lr_ratio", "decay_fraction",
         "decay_shape", "decay_start", "weight_decay", "b1", "b2", "eps", "clip_norm",
         "grad_accum", "eval_every", "eval_batches", "ckpt_every", "keep_ckpts", "log_every",
-        "peak_flops",
+        "peak_flops", "nan_policy", "max_nonfinite", "debug_poison_step",
     }  # fmt: skip
 
 

@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable
 
 import grain
+import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 from orbax.checkpoint.path import atomicity
@@ -198,7 +199,26 @@ class Checkpointer:
         return None, None
 
     def restore(self, step: int, abstract_state, data_iter):
-        """Restores `state` into the shardings of `abstract_state` and rewinds `data_iter`."""
+        """Restores `state` into the shardings of `abstract_state` and rewinds `data_iter`.
+
+        A checkpoint written by a different number of processes holds no iterator state for
+        this one (grain keeps one file per process); then the train state is restored and
+        `data_iter` is advanced by `step` batches, which is the exact position when both runs
+        read the same `data.shards`.
+        """
+        index, count = jax.process_index(), jax.process_count()
+        data_file = self.manager.directory / str(step) / "data" / f"process_{index}-of-{count}.json"
+        if not data_file.exists():
+            args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))
+            state = self.manager.restore(step, args=args)["state"]
+            if index == 0:
+                print(
+                    f"checkpoint {step} was written by another process count: train state "
+                    f"restored, data iterator advanced by {step} batches"
+                )
+            for _ in range(step):
+                next(data_iter)
+            return state
         args = ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract_state),
             data=grain.checkpoint.CheckpointRestore(data_iter),

@@ -32,8 +32,9 @@ from models.counting import count_params, flops_per_token
 from models.quant import wrap_apply
 from objectives.transforms import eval_rng
 from parallel.mesh import make_mesh
+from parallel.pipeline import pipelined_apply
 from parallel.rules import get_rules
-from parallel.sharding import batch_shardings, check_batch
+from parallel.sharding import batch_shardings, check_batch, process_batch_block
 from train import adapt, preemption
 from train.checkpoint import Checkpointer
 from train.metrics import MetricWriter
@@ -89,11 +90,6 @@ class Run:
         self.config = config
         self.mesh = make_mesh(config.parallel.mesh)
         self.rules = get_rules(config.parallel.rules, pipeline=self.mesh.shape["stage"] > 1)
-        if self.mesh.shape["stage"] > 1:
-            raise ValueError(
-                "parallel.mesh.stage > 1 needs the pipeline schedule, which this "
-                "build does not have yet; set parallel.mesh.stage=1"
-            )
         self.tokenizer = tokenizer_from_config(config.data)
         if self.tokenizer.vocab_size > config.model.vocab_size and not synthetic_data:
             raise ValueError(
@@ -102,6 +98,7 @@ class Run:
             )
         self.model = get_model(config.model.family)
         self.model = adapt.wrap_model(self.model, config, self.tokenizer.vocab_size)
+        self.pipeline, apply_fn = pipelined_apply(self.model, config, self.mesh, self.rules)
         # Host-side batch transform of the objective (masking, span corruption), or None.
         self.transform = objectives.get_batch_transform(config, self.tokenizer)
         target_len = getattr(self.transform, "target_len", None)
@@ -112,12 +109,12 @@ class Run:
         # Compression switch (issue 8), a no-op by default: pruning masks kept by the optimizer
         # (train.prune_*); fake-quantized weights (model.weight_bits) wrap the apply below.
         self.optimizer = maybe_masked(
-            make_optimizer(config.train), config.train, self.model, config.model
+            make_optimizer(config.train, config.model), config.train, self.model, config.model
         )
         self.optimizer = adapt.wrap_optimizer(self.optimizer, config)  # frozen: no state
         self.loss_fn = objectives.get_loss_fn(config.objective)(
             config.model,
-            wrap_apply(self.model, config.model),
+            wrap_apply(self.model, config.model, apply_fn),
             bytes_per_token=self.tokenizer.bytes_per_token,
         )
         with self.activate():
@@ -160,8 +157,11 @@ class Run:
 
     def global_batch(self, local: dict) -> dict:
         """Builds global arrays from this process's slice of the batch (multi-host safe)."""
+        rows = self.config.data.batch_size
         return {
-            k: jax.make_array_from_process_local_data(self.batch_shardings[k], np.asarray(v))
+            k: jax.make_array_from_process_local_data(
+                self.batch_shardings[k], np.asarray(v), (rows, *np.shape(v)[1:])
+            )
             for k, v in local.items()
             if k in self.batch_shardings
         }
@@ -223,18 +223,21 @@ def _train_and_evaluate(config, workdir, stop_at, init_from, keep_steps, desc, g
     is_main = jax.process_index() == 0
     try:
         run = Run(config)
-        shard = dict(process_index=jax.process_index(), process_count=jax.process_count())
+        # This process reads only the block of batch rows its devices hold.
+        any_sharding = next(iter(run.batch_shardings.values()))
+        index, count = process_batch_block(any_sharding, config.data.batch_size)
+        shard = dict(process_index=index, process_count=count)
         if run.transform is None:
             train_iter = make_train_iterator(config.data, seed=config.seed, **shard)
         else:  # seeded per batch by grain, so it resumes with the iterator's checkpoint
             train_ds = make_train_dataset(config.data, seed=config.seed, **shard)
-            seed = config.seed + jax.process_index()
+            seed = config.seed + index
             train_iter = iter(train_ds.random_map(run.transform, seed=seed))
         eval_local = make_eval_batches(
             config.data,
             num_batches=config.train.eval_batches,
-            process_index=jax.process_index(),
-            process_count=jax.process_count(),
+            process_index=index,
+            process_count=count,
         )
         if run.transform is not None:
             eval_local = [run.transform(b, eval_rng(i)) for i, b in enumerate(eval_local)]
@@ -295,6 +298,8 @@ def _train_and_evaluate(config, workdir, stop_at, init_from, keep_steps, desc, g
         )
     peak = tcfg.peak_flops or measure_peak_flops()
     progress = Progress(tcfg.steps, start_step=start, enabled=is_main, desc=desc)
+    if run.pipeline is not None:
+        progress.write(f"{desc}: {run.pipeline.describe()}")
     if start:
         origin = workdir if source is ckpt else init_from[0]
         progress.write(f"{desc}: continuing from step {start} of {origin}")

@@ -158,27 +158,53 @@ def decay_mask(params: Any, stacked_keys: tuple[str, ...] = ("layers",)) -> Any:
     return jax.tree_util.tree_map_with_path(is_matrix, params)
 
 
-def make_optimizer(train_cfg: ml_collections.ConfigDict) -> optax.GradientTransformation:
+def make_optimizer(
+    train_cfg: ml_collections.ConfigDict, model_cfg: ml_collections.ConfigDict | None = None
+) -> optax.GradientTransformation:
     """AdamW with decoupled, masked weight decay and optional global-norm clipping.
 
     The update is `-lr_t * (adam_direction + weight_decay * param)` (optax's `adamw`, like PyTorch's
     AdamW), so the effective per-step decay is `lr_t * weight_decay`, and it follows the schedule.
-    Clipping applies to the raw gradient before Adam's moments see it.
+    Clipping applies to the raw gradient before Adam's moments see it. With `model_cfg.mup` the
+    parameter groups get muP's LR multipliers (1/m for hidden weights, `models/mup.py`) and
+    epsilon is scaled by 1/m.
 
     Args:
       train_cfg: The `train` config block (`default_train_config()` fields).
+      model_cfg: The `model` config block; only read for muP (None: standard parametrization).
 
     Returns:
       An optax transformation; its state holds no hyperparameters (no `inject_hyperparams`).
     """
+    from models import mup  # models/ does not import train/, so no cycle
+
+    mup_on = model_cfg is not None and mup.enabled(model_cfg)
     adamw = optax.adamw(
         make_schedule(train_cfg),
         b1=train_cfg.b1,
         b2=train_cfg.b2,
-        eps=train_cfg.eps,
+        eps=mup.adam_eps(train_cfg.eps, model_cfg) if mup_on else train_cfg.eps,
         weight_decay=train_cfg.weight_decay,
         mask=decay_mask,
     )
+    parts = [adamw]
     if train_cfg.clip_norm > 0:
-        return optax.chain(optax.clip_by_global_norm(train_cfg.clip_norm), adamw)
-    return adamw
+        parts.insert(0, optax.clip_by_global_norm(train_cfg.clip_norm))
+    if mup_on:
+        parts.append(lr_multipliers(lambda params: mup.lr_multipliers(params, model_cfg)))
+    return parts[0] if len(parts) == 1 else optax.chain(*parts)
+
+
+def lr_multipliers(multipliers_fn) -> optax.GradientTransformation:
+    """Multiplies each parameter's update by a constant from `multipliers_fn(params)` (stateless).
+
+    Args:
+      multipliers_fn: params -> a tree of Python floats with the structure of params.
+    """
+
+    def update_fn(updates, state, params=None):
+        del params  # the updates have the parameters' structure and names
+        mults = multipliers_fn(updates)
+        return jax.tree.map(lambda u, k: u * jnp.asarray(k, u.dtype), updates, mults), state
+
+    return optax.GradientTransformation(lambda _: optax.EmptyState(), update_fn)

@@ -1,0 +1,229 @@
+r"""Runs an LR x width transfer grid (experiments/mup_transfer.py), records it and plots it.
+
+  python launch/mup_transfer.py --config experiments/mup_transfer.py --workdir runs/mup_transfer
+
+All LRs of one (parametrization, width) train together: the parameters and Adam state of every
+LR are stacked and the train step is `jax.vmap`ped over them, on the same batches, so the grid
+compiles once per (parametrization, width) instead of once per point (the LR is a constant of the
+compiled schedule otherwise; compiling was most of a point's cost here). The update of AdamW with
+decoupled decay is linear in the peak LR (`-lr * schedule_shape(t) * (adam + wd * w)`, and muP's
+per-group multipliers after it), so each member multiplies the update of the `lr = 1` optimizer
+by its own LR: exactly the run `launch/run.py` would do at that LR. The data pipeline, model,
+loss, schedule and optimizer are the project's own (`train.loop.Run`'s parts, unsharded).
+
+`results.jsonl` gets one line per point, rewritten atomically after each (parametrization,
+width), so a killed grid resumes there; a member whose loss becomes non-finite is recorded as
+diverged. The plot and the optima are redone at the end.
+"""
+
+import json
+import math
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", "experiments/mup_transfer.py", "Experiment config file[:args].", lock_config=True
+)
+_WORKDIR = flags.DEFINE_string("workdir", "runs/mup_transfer", "Grid directory.")
+_MERGE = flags.DEFINE_list(
+    "merge_from",
+    [],
+    "Other grid workdirs (same model and training config, other LRs or widths) whose "
+    "results.jsonl rows join this grid's plot and optima.",
+)
+_CACHE = flags.DEFINE_string(
+    "compile_cache", os.path.expanduser("~/.cache/scalelab/jax"), "JAX compilation cache ('' off)."
+)
+
+
+def point_id(parametrization: str, width: int, lr_exp: int) -> str:
+    return f"{parametrization}_d{width}_lr2e{lr_exp}"
+
+
+def optima(rows: list[dict]) -> dict[str, dict[int, int]]:
+    """{parametrization: {width: log2 of the best LR}} over finished (finite-loss) points."""
+    best: dict = {}
+    for r in rows:
+        if r["status"] != "ok":
+            continue
+        cur = best.setdefault(r["parametrization"], {}).get(r["width"])
+        if cur is None or r["eval_loss"] < cur[1]:
+            best[r["parametrization"]][r["width"]] = (r["lr_exp"], r["eval_loss"])
+    return {p: {w: v[0] for w, v in sorted(ws.items())} for p, ws in best.items()}
+
+
+def plot(rows: list[dict], path: str) -> None:
+    """Held-out loss against log2 LR, one curve per width; SP and muP side by side."""
+    import matplotlib
+    from matplotlib.figure import Figure
+
+    from scaling import atomic
+
+    params = sorted({r["parametrization"] for r in rows}, reverse=True)  # sp, mup
+    widths = sorted({r["width"] for r in rows})
+    colors = matplotlib.colormaps["viridis"](
+        [0.1 + 0.8 * i / max(1, len(widths) - 1) for i in range(len(widths))]
+    )
+    fig = Figure(figsize=(11, 4.2))
+    axes = fig.subplots(1, len(params), sharey=True)
+    axes = axes if len(params) > 1 else [axes]
+    best = optima(rows)
+    finite = [r["eval_loss"] for r in rows if r["status"] == "ok"]
+    for ax, p in zip(axes, params, strict=True):
+        for w, color in zip(widths, colors, strict=True):
+            pts = sorted(
+                (r["lr_exp"], r["eval_loss"])
+                for r in rows
+                if r["parametrization"] == p and r["width"] == w and r["status"] == "ok"
+            )
+            if not pts:
+                continue
+            ax.plot(*zip(*pts, strict=True), marker="o", color=color, label=f"d_model {w}")
+            if w in best.get(p, {}):
+                e = best[p][w]
+                ax.plot([e], [dict(pts)[e]], marker="*", markersize=16, color=color)
+        ax.set_xlabel("log2 learning rate")
+        ax.set_title(f"{p.upper()}: held-out loss vs LR (star = best per width)")
+        ax.grid(alpha=0.3)
+    if finite:
+        lo = min(finite)
+        axes[0].set_ylim(lo - 0.05, min(max(finite), lo + 1.5))
+    axes[0].set_ylabel("eval loss (nats/token)")
+    axes[-1].legend()
+    atomic.save_figure(fig, path)
+
+
+def train_lr_group(config, lrs: list[float]) -> list[tuple[float, float]]:
+    """Trains `config` at every LR in `lrs` at once (vmapped); (eval loss, bits/byte) per LR."""
+    import flax.linen as nn
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    import optax
+
+    import objectives
+    from data.pipeline import (
+        BATCH_KEYS,
+        make_eval_batches,
+        make_train_iterator,
+        tokenizer_from_config,
+    )
+    from models import get_model
+    from train.optim import make_optimizer
+
+    c = config.copy_and_resolve_references()
+    c.train.lr = 1.0  # the update is linear in the peak LR: each member scales it by its own
+    model = get_model(c.model.family)
+    tokenizer = tokenizer_from_config(c.data)
+    loss_fn = objectives.get_loss_fn(c.objective)(
+        c.model, model.apply, bytes_per_token=tokenizer.bytes_per_token
+    )
+    opt = make_optimizer(c.train, c.model)
+
+    def init(key):
+        params = nn.unbox(model.init(key, c.model))
+        return params, opt.init(params)
+
+    def step(params, opt_state, lr, batch):
+        (_, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch, None)
+        updates, opt_state = opt.update(grads, opt_state, params)
+        updates = jax.tree.map(lambda u: u * lr, updates)
+        return optax.apply_updates(params, updates), opt_state, aux["nll_sum"] / aux["tokens"]
+
+    def evaluate(params, batch):
+        return loss_fn(params, batch, None)[1]
+
+    n = len(lrs)
+    key = jax.random.key(c.seed)
+    params, opt_state = jax.jit(jax.vmap(init, axis_size=n, in_axes=None))(key)
+    lr_n = jnp.asarray(lrs, jnp.float32)
+    step_n = jax.jit(jax.vmap(step, in_axes=(0, 0, 0, None)), donate_argnums=(0, 1))
+    eval_n = jax.jit(jax.vmap(evaluate, in_axes=(0, None)))
+    train_iter = make_train_iterator(c.data, seed=c.seed)
+    for _ in range(c.train.steps):
+        batch = {k: jnp.asarray(v) for k, v in next(train_iter).items() if k in BATCH_KEYS}
+        params, opt_state, loss_n = step_n(params, opt_state, lr_n, batch)
+    sums = {"nll_sum": np.zeros(n), "tokens": np.zeros(n), "bytes": np.zeros(n)}
+    for b in make_eval_batches(c.data, num_batches=c.train.eval_batches):
+        aux = jax.device_get(
+            eval_n(params, {k: jnp.asarray(v) for k, v in b.items() if k in BATCH_KEYS})
+        )
+        for k in sums:
+            sums[k] += np.asarray(aux[k], np.float64)
+    out = []
+    for i in range(n):
+        s = objectives.summarize({k: v[i] for k, v in sums.items()})
+        out.append((s["loss"], s["bits_per_byte"]))
+    return out
+
+
+def main(argv):
+    del argv
+    import jax
+
+    logging.set_verbosity(logging.WARNING)
+    if _CACHE.value:
+        jax.config.update("jax_compilation_cache_dir", _CACHE.value)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+        jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    from experiments.mup_transfer import point_config
+    from scaling import atomic
+    from train.loop import claim_workdir
+
+    config, workdir = _CONFIG.value, _WORKDIR.value
+    claim_workdir(workdir, config, "transfer grid")
+    results_path = os.path.join(workdir, "results.jsonl")
+    rows = {}
+    if os.path.exists(results_path):
+        with open(results_path) as f:
+            rows = {r["id"]: r for r in map(json.loads, f)}
+    exps = list(config.transfer.lr_exps)
+    t0 = time.perf_counter()
+    for w in config.transfer.widths:  # width-major: a partial grid compares SP and muP
+        for p in config.transfer.parametrizations:
+            if all(point_id(p, w, e) in rows for e in exps):
+                continue
+            t = time.perf_counter()
+            losses = train_lr_group(point_config(config, p, w, 0), [2.0**e for e in exps])
+            wall = time.perf_counter() - t
+            for e, (loss, bpb) in zip(exps, losses, strict=True):
+                ok = math.isfinite(loss)
+                rows[point_id(p, w, e)] = dict(
+                    id=point_id(p, w, e),
+                    parametrization=p,
+                    width=w,
+                    lr_exp=e,
+                    lr=2.0**e,
+                    status="ok" if ok else "diverged",
+                    eval_loss=loss if ok else None,
+                    bits_per_byte=bpb if ok else None,
+                    group_wall_s=wall,
+                )
+            atomic.write_text(results_path, "".join(json.dumps(r) + "\n" for r in rows.values()))
+            line = " ".join(f"2^{e}:{loss:.3f}" for e, (loss, _) in zip(exps, losses, strict=True))
+            total = time.perf_counter() - t0
+            print(f"{p} d_model {w}: {line} ({wall:.0f} s, {total:.0f} s total)", flush=True)
+    for other in _MERGE.value:
+        with open(os.path.join(other, "results.jsonl")) as f:
+            rows.update({r["id"]: r for r in map(json.loads, f) if r["id"] not in rows})
+    rows_list = list(rows.values())
+    plot(rows_list, os.path.join(workdir, "mup_transfer.png"))
+    best = optima(rows_list)
+    atomic.write_json(
+        os.path.join(workdir, "optima.json"),
+        {p: {str(w): e for w, e in ws.items()} for p, ws in best.items()},
+    )
+    for p, ws in best.items():
+        spread = max(ws.values()) - min(ws.values())
+        print(f"{p.upper()}: best log2 LR per width {ws} (spread {spread} grid step(s))")
+    print(f"wrote {results_path}, {workdir}/mup_transfer.png and optima.json")
+
+
+if __name__ == "__main__":
+    app.run(main)
