@@ -194,7 +194,12 @@ def execute(args: Args) -> int:
         if args.dry_run:
             print(config)
             return 0
-        summary = train_and_evaluate(config, workdir)
+        if "distill" in config:  # a student trained against a teacher run (train/distill.py)
+            from train.distill import distill_and_evaluate
+
+            summary = distill_and_evaluate(config, workdir)
+        else:
+            summary = train_and_evaluate(config, workdir)
     except NonFiniteError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_NONFINITE

@@ -19,12 +19,11 @@ import jax
 import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
-from models import mup, sparse_attention
+from models import layers, mup, sparse_attention
 from models.layers import (
     ACTIVATIONS,
     NEG_INF,
     constrain,
-    dense,
     dot_attention,
     layer_norm,
     normal,
@@ -330,6 +329,7 @@ def attention(
 
     A self-attention layer whose `sparse_attention.layer_pattern` is not dense runs that pattern
     blockwise (causal; with `segment_ids_BT` instead of the bias)."""
+    dense = functools.partial(layers.dense, act_bits=cfg.get("act_bits", 0))  # QAT switch
     kv_BSD = h_BTD if kv_BSD is None else kv_BSD
     q_BTNH = _biased(dense(h_BTD, p[prefix + "q"]), p, prefix + "q")
     k_BSKH = _biased(dense(kv_BSD, p[prefix + "k"]), p, prefix + "k")
@@ -351,6 +351,7 @@ def attention(
 
 def mlp(h_BTD, p, cfg) -> Array:
     """Position-wise MLP, plain `act(x wi) wo` or gated `(act(x wi_0) * x wi_1) wo`."""
+    dense = functools.partial(layers.dense, act_bits=cfg.get("act_bits", 0))  # QAT switch
     if cfg.activation in GATED:
         gate_BTF = _biased(dense(h_BTD, p["wi_0"]), p, "wi_0")
         lin_BTF = _biased(dense(h_BTD, p["wi_1"]), p, "wi_1")

@@ -132,3 +132,33 @@ def flops_per_token(cfg, seq_len: int, target_len: int | None = None) -> dict[st
         "flops_per_token_6n": float(6 * count_params(cfg)["non_embedding"]),
         "attention_flops_per_token": float(attention),
     }
+
+
+def count_tree(params, cfg, seq_len: int) -> dict[str, float]:
+    """Counts of a (possibly compressed) parameter tree, with the conventions above.
+
+    Low-rank factors count their own sizes, pruned weights count in `*_nonzero`; the attention
+    term comes from `cfg` (structured pruning changes it through `n_heads`). For an uncompressed
+    tree `params` and `flops_per_token` equal `count_params(cfg)["total"]` and
+    `flops_per_token(cfg, seq_len)["flops_per_token"]`.
+
+    Args:
+      params: unboxed f32 parameters (dequantize an int8 tree first).
+      cfg: the model config they belong to.
+      seq_len: tokens per sequence (the attention term).
+    """
+    import jax
+    import numpy as np
+
+    L, D, N, K, H, F, V = resolved_dims(cfg)
+    sizes = lambda tree: sum(int(np.size(x)) for x in jax.tree.leaves(tree))
+    nonzero = lambda tree: sum(int(np.count_nonzero(np.asarray(x))) for x in jax.tree.leaves(tree))
+    # Per-layer matrices are the stacked leaves of rank >= 3 ([L, in, out...], or factors).
+    matmul = [x for x in jax.tree.leaves(params["layers"]) if np.ndim(x) >= 3]
+    attention = 12 * L * seq_len * N * H
+    return {
+        "params": float(sizes(params)),
+        "params_nonzero": float(nonzero(params)),
+        "flops_per_token": float(6 * (sizes(matmul) + D * V) + attention),
+        "flops_per_token_nonzero": float(6 * (nonzero(matmul) + D * V) + attention),
+    }

@@ -21,6 +21,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from models.quant import fake_quant_rows
+
 Array = jax.Array
 NEG_INF = -1e30  # finite, so a fully masked row gives a uniform softmax instead of NaN
 
@@ -86,17 +88,25 @@ def attention_bias(
     return jnp.where(mask_BTS, 0.0, NEG_INF).astype(jnp.float32)[:, None]
 
 
-def dense(x: Array, w: Array, n_in: int = 1) -> Array:
+def dense(x: Array, w: Array | dict, n_in: int = 1, act_bits: int = 0) -> Array:
     """Contracts the last `n_in` dims of x with the first `n_in` of w, as one 2-D matmul.
 
     Equivalent to an einsum such as 'BTD,DNH->BTNH', but flattening to [rows, in] @ [in, out]
     first: XLA:CPU fuses the backward pass of 2-D dots with neighbouring elementwise ops (GELU)
     far better than of 3-D einsums (measured: MLP fwd+bwd 171 ms -> 91 ms at B*T=4096, D=256).
+
+    `w` may be low-rank factors `{"a": [in..., r], "b": [r, out...]}` (models/lowrank.py),
+    computed as two matmuls. `act_bits` > 0 fake-quantizes x per row (QAT, models/quant.py).
     """
+    if isinstance(w, dict):
+        return dense(dense(x, w["a"], n_in, act_bits), w["b"], 1, act_bits)
     lead, inner = x.shape[: x.ndim - n_in], x.shape[x.ndim - n_in :]
     assert inner == w.shape[:n_in], (x.shape, w.shape)
     out = w.shape[n_in:]
-    y = x.reshape(-1, math.prod(inner)) @ w.reshape(math.prod(inner), -1).astype(x.dtype)
+    x_RI = x.reshape(-1, math.prod(inner))
+    if act_bits:
+        x_RI = fake_quant_rows(x_RI, act_bits)
+    y = x_RI @ w.reshape(math.prod(inner), -1).astype(x.dtype)
     return y.reshape(*lead, *out)
 
 

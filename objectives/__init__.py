@@ -41,7 +41,7 @@ def default_objective_args() -> ml_collections.ConfigDict:
 
 def get_loss_fn(name: str) -> Callable:
     """The loss factory for `config.objective`."""
-    from objectives import causal_lm, classification, masked_lm, prefix_lm, span_corruption
+    from objectives import causal_lm, classification, distill, masked_lm, prefix_lm, span_corruption
 
     factories = {
         "causal_lm": causal_lm.make_loss_fn,
@@ -49,6 +49,9 @@ def get_loss_fn(name: str) -> Callable:
         "masked_lm": masked_lm.make_loss_fn,
         "span_corruption": span_corruption.make_loss_fn,
         "classification": classification.make_loss_fn,
+        # 'distill' also needs the teacher (keyword arguments): train/distill.py builds it in
+        # the step.
+        "distill": distill.make_loss_fn,
     }
     if name not in factories:
         raise ValueError(f"objective={name!r} is unknown; choose one of {sorted(factories)}")

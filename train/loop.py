@@ -29,6 +29,7 @@ from data.pipeline import (
 )
 from models import get_model
 from models.counting import count_params, flops_per_token
+from models.quant import wrap_apply
 from objectives.transforms import eval_rng
 from parallel.mesh import make_mesh
 from parallel.pipeline import pipelined_apply
@@ -40,6 +41,7 @@ from train.metrics import MetricWriter
 from train.optim import make_optimizer, make_schedule
 from train.perf import measure_peak_flops, mfu
 from train.progress import Progress
+from train.prune import maybe_masked
 from train.state import abstract_with_shardings, create_train_state
 from train.step import make_eval_step, make_train_step
 from train.validate import ConfigError, check_config, check_workdir
@@ -104,10 +106,16 @@ class Run:
         self.counts = count_params(config.model)
         self.flops = flops_per_token(config.model, config.data.seq_len, target_len=target_len)
         self.schedule = make_schedule(config.train)
-        self.optimizer = make_optimizer(config.train, config.model)
+        # Compression switch (issue 8), a no-op by default: pruning masks kept by the optimizer
+        # (train.prune_*); fake-quantized weights (model.weight_bits) wrap the apply below.
+        self.optimizer = maybe_masked(
+            make_optimizer(config.train, config.model), config.train, self.model, config.model
+        )
         self.optimizer = adapt.wrap_optimizer(self.optimizer, config)  # frozen: no state
         self.loss_fn = objectives.get_loss_fn(config.objective)(
-            config.model, apply_fn, bytes_per_token=self.tokenizer.bytes_per_token
+            config.model,
+            wrap_apply(self.model, config.model, apply_fn),
+            bytes_per_token=self.tokenizer.bytes_per_token,
         )
         with self.activate():
             check_batch(config.data.batch_size, self.mesh, self.rules, config.train.grad_accum)

@@ -1,0 +1,103 @@
+"""Pruning during training: a sparsity schedule and an optimizer wrapper that keeps masks fixed.
+
+`masked(inner, ...)` wraps any optax optimizer. Its state holds one keep-mask per parameter
+(a tree of bools with the parameters' structure, so `optax.tree_map_params` shards it like the
+parameters) and a step count. On a pruning step it recomputes the masks by magnitude at the
+scheduled sparsity; on every step it zeroes the gradients of pruned weights before the inner
+optimizer sees them (Adam's moments for them stay at zero) and replaces their update by `-w`,
+so that `w + update` is exactly 0 whatever the inner optimizer (weight decay included) did: a
+pruned weight is never revived.
+
+Schedule (Zhu & Gupta 2017): s(t) = s_f (1 - (1 - p)^3), p = (t - start) / (end - start) clipped
+to [0, 1], pruning every `every` steps from `start` to `end` (and the masks held after).
+"""
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from models.prune import magnitude_masks, prunable_spec
+
+
+class MaskedState(NamedTuple):
+    inner: Any
+    masks: Any  # bool tree with the structure of the parameters; True = kept
+    count: jax.Array  # int32: updates done
+
+
+def sparsity_schedule(final: float, start: int, end: int):
+    """s(t): 0 before `start`, cubic ramp to `final` at `end`, `final` after."""
+
+    def schedule(t):
+        p = jnp.clip((t - start) / max(end - start, 1), 0.0, 1.0)
+        p = jnp.where(t >= end, 1.0, p)
+        return final * (1.0 - (1.0 - p) ** 3)
+
+    return schedule
+
+
+def masked(
+    inner: optax.GradientTransformation,
+    prunable,
+    final_sparsity: float,
+    *,
+    start: int = 0,
+    end: int = 0,
+    every: int = 1,
+    scope: str = "global",
+) -> optax.GradientTransformation:
+    """`inner` with magnitude-pruning masks (see the module docstring).
+
+    Args:
+      inner: the optimizer to wrap.
+      prunable: `models.prune.prunable_spec` tree.
+      final_sparsity: fraction of the prunable weights zero from step `end` on.
+      start, end, every: prune at steps start, start + every, ... up to end (start == end: once).
+      scope: 'global' or 'layer'.
+    """
+    if not 0.0 <= final_sparsity < 1.0:
+        raise ValueError(f"train.prune_sparsity={final_sparsity} must be in [0, 1)")
+    if end < start or every < 1:
+        raise ValueError(
+            f"train.prune_start={start}, prune_end={end}, prune_every={every}: need "
+            "start <= end and every >= 1"
+        )
+    schedule = sparsity_schedule(final_sparsity, start, end)
+
+    def init(params):
+        masks = jax.tree.map(lambda p: jnp.ones(p.shape, bool), params)
+        return MaskedState(inner.init(params), masks, jnp.zeros((), jnp.int32))
+
+    def update(grads, state, params=None):
+        t = state.count
+        prune_now = (t >= start) & (t <= end) & ((t - start) % every == 0)
+        masks = jax.lax.cond(
+            prune_now,
+            lambda: magnitude_masks(params, prunable, schedule(t), scope),
+            lambda: state.masks,
+        )
+        grads = jax.tree.map(lambda g, m: jnp.where(m, g, jnp.zeros((), g.dtype)), grads, masks)
+        updates, inner_state = inner.update(grads, state.inner, params)
+        updates = jax.tree.map(lambda u, p, m: jnp.where(m, u, -p), updates, params, masks)
+        return updates, MaskedState(inner_state, masks, t + 1)
+
+    return optax.GradientTransformation(init, update)
+
+
+def maybe_masked(optimizer, train_cfg, model, model_cfg) -> optax.GradientTransformation:
+    """`optimizer`, wrapped by `masked` when `train.prune_sparsity` > 0 (the training switch)."""
+    sparsity = train_cfg.get("prune_sparsity", 0.0)
+    if not sparsity:
+        return optimizer
+    end = train_cfg.prune_end if train_cfg.prune_end >= 0 else int(0.75 * train_cfg.steps)
+    return masked(
+        optimizer,
+        prunable_spec(model, model_cfg),
+        sparsity,
+        start=train_cfg.prune_start,
+        end=end,
+        every=train_cfg.prune_every,
+        scope=train_cfg.prune_scope,
+    )
