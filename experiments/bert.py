@@ -14,7 +14,7 @@ chosen tokens' text, so it is not comparable to a causal LM's.
 Presets (2-core CPU, shared with other jobs): size=tiny is 300 steps of 16 x 128 tokens.
 """
 
-from experiments.common import base_config, parse_arg, set_tokenizer
+from experiments.common import base_config, parse_arg, set_runlocal, set_schedule, set_tokenizer
 from experiments.families import set_family
 
 # size: (steps, peak lr, warmup)
@@ -32,17 +32,7 @@ def get_config(arg: str = ""):
     config.objective_args.nsp = args.nsp
     config.model.nsp_head = args.nsp
     steps, lr, warmup = PRESETS.get(args.size, (10_000, 1e-4, 1000))
-    config.train.steps = args.steps or steps
-    config.train.lr = lr
-    config.train.warmup_steps = min(warmup, config.train.steps // 10)
-    config.train.eval_every = max(config.train.steps // 5, 1)
-    config.train.ckpt_every = max(config.train.steps // 5, 1)
-    config.train.log_every = 10
+    set_schedule(config, args.steps or steps, lr, warmup)
     if args.runlocal:
-        config.train.steps = 20
-        config.train.warmup_steps = 2
-        config.train.eval_every = 10
-        config.train.ckpt_every = 10
-        config.train.eval_batches = 2
-        config.data.batch_size = 8
+        set_runlocal(config)
     return config

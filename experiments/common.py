@@ -56,6 +56,27 @@ def set_tokenizer(config: ml_collections.ConfigDict, tokenizer: str, vocab: int 
     config.model.vocab_size = -(-vocab // 128) * 128
 
 
+def set_schedule(config: ml_collections.ConfigDict, steps: int, lr: float, warmup: int) -> None:
+    """The single-run schedule of the experiments: warmup capped at 10% of the steps, five evals
+    and five checkpoints over the run, a log line every 10 steps."""
+    config.train.steps = steps
+    config.train.lr = lr
+    config.train.warmup_steps = min(warmup, steps // 10)
+    config.train.eval_every = max(steps // 5, 1)
+    config.train.ckpt_every = max(steps // 5, 1)
+    config.train.log_every = 10
+
+
+def set_runlocal(config: ml_collections.ConfigDict) -> None:
+    """The `runlocal` argument: 20 steps of 8 rows with two evals and checkpoints (a smoke test)."""
+    config.train.steps = 20
+    config.train.warmup_steps = 2
+    config.train.eval_every = 10
+    config.train.ckpt_every = 10
+    config.train.eval_batches = 2
+    config.data.batch_size = 8
+
+
 def base_config(size: str = "small") -> ml_collections.ConfigDict:
     """Every field a single run reads, with defaults; experiments override what they study."""
     config = ml_collections.ConfigDict()

@@ -16,7 +16,7 @@ update is identical (tests/test_train_step.py), and on XLA:CPU the smaller worki
 (measured here: tiny 22.8k -> 30.0k tokens/s, small ~4.9k -> ~5.9k tokens/s).
 """
 
-from experiments.common import base_config, parse_arg, set_tokenizer
+from experiments.common import base_config, parse_arg, set_runlocal, set_schedule, set_tokenizer
 
 # size: (steps, peak lr, warmup, microbatches per step)
 PRESETS = {
@@ -31,19 +31,9 @@ def get_config(arg: str = ""):
     config = base_config(args.size)
     set_tokenizer(config, args.tokenizer, args.vocab)
     steps, lr, warmup, grad_accum = PRESETS.get(args.size, (10_000, 1e-3, 500, 1))
-    config.train.steps = args.steps or steps
-    config.train.lr = lr
-    config.train.warmup_steps = min(warmup, config.train.steps // 10)
-    config.train.eval_every = max(config.train.steps // 5, 1)
-    config.train.ckpt_every = max(config.train.steps // 5, 1)
-    config.train.log_every = 10
+    set_schedule(config, args.steps or steps, lr, warmup)
     config.train.grad_accum = grad_accum
     if args.runlocal:
-        config.train.steps = 20
-        config.train.warmup_steps = 2
-        config.train.eval_every = 10
-        config.train.ckpt_every = 10
-        config.train.eval_batches = 2
-        config.data.batch_size = 8
+        set_runlocal(config)
         config.data.seq_len = 128
     return config

@@ -16,7 +16,7 @@ Reported loss is nats per target token (sentinels and EOS included).
 Presets (2-core CPU, shared with other jobs): size=tiny is 300 steps of 16 x 128 input tokens.
 """
 
-from experiments.common import base_config, parse_arg, set_tokenizer
+from experiments.common import base_config, parse_arg, set_runlocal, set_schedule, set_tokenizer
 from experiments.families import set_family, t5_model
 
 # size: (steps, peak lr, warmup)
@@ -33,17 +33,7 @@ def get_config(arg: str = ""):
     set_family(config, "encdec")
     t5_model(config.model, args.version)
     steps, lr, warmup = PRESETS.get(args.size, (10_000, 1e-3, 1000))
-    config.train.steps = args.steps or steps
-    config.train.lr = lr
-    config.train.warmup_steps = min(warmup, config.train.steps // 10)
-    config.train.eval_every = max(config.train.steps // 5, 1)
-    config.train.ckpt_every = max(config.train.steps // 5, 1)
-    config.train.log_every = 10
+    set_schedule(config, args.steps or steps, lr, warmup)
     if args.runlocal:
-        config.train.steps = 20
-        config.train.warmup_steps = 2
-        config.train.eval_every = 10
-        config.train.ckpt_every = 10
-        config.train.eval_batches = 2
-        config.data.batch_size = 8
+        set_runlocal(config)
     return config
