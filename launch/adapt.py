@@ -16,6 +16,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app, flags, logging  # noqa: E402
 
+from scaling import atomic  # noqa: E402
+
 _WORKDIR = flags.DEFINE_string("workdir", "runs/adapt", "Directory of the four runs.")
 _ARGS = flags.DEFINE_string("args", "", "Extra experiments/adapt.py arguments (k=v,...).")
 
@@ -83,10 +85,7 @@ def main(argv):
         )
     table = "\n".join(lines)
     print(table)
-    tmp = os.path.join(root, "table.md.tmp")
-    with open(tmp, "w") as f:
-        f.write(table + "\n")
-    os.replace(tmp, os.path.join(root, "table.md"))
+    atomic.write_text(os.path.join(root, "table.md"), table + "\n")
 
 
 def _count(config) -> tuple[int, int]:

@@ -18,6 +18,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app, flags, logging  # noqa: E402
 
+from scaling import atomic  # noqa: E402
+
 F = flags
 F.DEFINE_string("workdir", None, "Run directory of the trained model.")
 F.DEFINE_string("out", None, "Output directory (default <workdir>_prune).")
@@ -59,9 +61,7 @@ def plot(rows: list[dict], structured: dict | None, path: str) -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    tmp = f"{path}.tmp.png"
-    fig.savefig(tmp, dpi=120)
-    os.replace(tmp, path)
+    atomic.save_figure(fig, path)
 
 
 def main(argv):

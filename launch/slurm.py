@@ -27,6 +27,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from launch.cluster import ROOT, execute, run_args, show, sweep_jobs  # noqa: E402
+from scaling import atomic  # noqa: E402
 
 
 def batch_script(args, command: list[str], *, array: list[str] | None = None) -> str:
@@ -123,9 +124,7 @@ def main(argv: list[str]) -> None:
         print(f"# {path}\n{text}")
         if not args.dry_run:
             os.makedirs(directory, exist_ok=True)
-            with open(path + ".tmp", "w") as f:
-                f.write(text)
-            os.replace(path + ".tmp", path)
+            atomic.write_text(path, text)
     execute(submit_commands(args, paths), args.dry_run)
 
 

@@ -19,6 +19,8 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from scaling import atomic
+
 SAFETENSORS = "model.safetensors"
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 TORCH_BIN = "pytorch_model.bin"
@@ -92,14 +94,7 @@ def write_hf_dir(hf_dir: str, config: dict, state: dict[str, np.ndarray]) -> Non
     write_json(os.path.join(hf_dir, "config.json"), config)
 
 
-def write_json(path: str, obj) -> None:
-    """Writes `obj` as JSON to `path` atomically (temp file + rename)."""
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+write_json = atomic.write_json  # config.json files, temp file + fsync + rename
 
 
 _PLAIN = {"attention_pattern": "dense", "mup": False}
