@@ -443,6 +443,29 @@ def embed(params, tokens_BT, positions_BT, cfg, *, token_types_BT=None, rng=None
     return constrain(x_BTD, ("batch", "length", "embed"))
 
 
+def embed_batch(params: dict, batch: dict, cfg, rngs=None):
+    """Embeds `batch['tokens']` [B, T] of a single-stack model (decoder or encoder).
+
+    Returns:
+      (x_BTD, segment_ids_BT, positions_BT, layers_rng): the embeddings, the batch's segment ids
+      and positions (one document and 0..T-1 when absent), and the dropout key for the layers.
+    """
+    tokens_BT = batch["tokens"]
+    B, T = tokens_BT.shape
+    segment_ids_BT = batch.get("segment_ids", jnp.ones((B, T), jnp.int32))
+    positions_BT = batch.get("positions", jnp.broadcast_to(jnp.arange(T), (B, T)))
+    emb_rng, layers_rng = (None, None) if rngs is None else jax.random.split(rngs)
+    x_BTD = embed(
+        params,
+        tokens_BT,
+        positions_BT,
+        cfg,
+        token_types_BT=batch.get("token_type_ids"),
+        rng=emb_rng,
+    )
+    return x_BTD, segment_ids_BT, positions_BT, layers_rng
+
+
 def run_layers(
     x_BTD,
     layers: dict,

@@ -38,19 +38,8 @@ def init(rng: jax.Array, cfg) -> dict:
 
 def hidden(params: dict, batch: dict, cfg, *, rngs=None, layer_stack=None) -> jax.Array:
     """Final hidden states [B, T, D] (after the final norm) for `batch['tokens']`."""
-    tokens_BT = batch["tokens"]
-    B, T = tokens_BT.shape
-    segment_ids_BT = batch.get("segment_ids", jnp.ones((B, T), jnp.int32))
-    positions_BT = batch.get("positions", jnp.broadcast_to(jnp.arange(T), (B, T)))
-    emb_rng, layers_rng = (None, None) if rngs is None else jax.random.split(rngs)
-    x_BTD = blocks.embed(
-        params,
-        tokens_BT,
-        positions_BT,
-        cfg,
-        token_types_BT=batch.get("token_type_ids"),
-        rng=emb_rng,
-    )
+    x_BTD, segment_ids_BT, positions_BT, layers_rng = blocks.embed_batch(params, batch, cfg, rngs)
+    B = x_BTD.shape[0]
     if "prefix_mask" in batch and cfg.get("attention_pattern", "dense") != "dense":
         raise ValueError("model.attention_pattern: sparse patterns do not take a prefix_mask")
     # A model whose layers are all sparse never builds the T x T bias (its cost stays below T^2).

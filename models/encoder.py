@@ -54,19 +54,7 @@ def init(rng: jax.Array, cfg) -> dict:
 
 def encode(params: dict, batch: dict, cfg, *, rngs=None) -> jax.Array:
     """Final hidden states [B, T, D] with bidirectional attention within segments."""
-    tokens_BT = batch["tokens"]
-    B, T = tokens_BT.shape
-    segment_ids_BT = batch.get("segment_ids", jnp.ones((B, T), jnp.int32))
-    positions_BT = batch.get("positions", jnp.broadcast_to(jnp.arange(T), (B, T)))
-    emb_rng, layers_rng = (None, None) if rngs is None else jax.random.split(rngs)
-    x_BTD = blocks.embed(
-        params,
-        tokens_BT,
-        positions_BT,
-        cfg,
-        token_types_BT=batch.get("token_type_ids"),
-        rng=emb_rng,
-    )
+    x_BTD, segment_ids_BT, positions_BT, layers_rng = blocks.embed_batch(params, batch, cfg, rngs)
     bias = blocks.mask_bias(segment_ids_BT, segment_ids_BT, causal=False)
     if cfg.positions == "relative":
         bias = bias + blocks.relative_bias(
