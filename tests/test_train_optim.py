@@ -30,6 +30,7 @@ def test_default_config_fields():
         "decay_shape", "decay_start", "weight_decay", "b1", "b2", "eps", "clip_norm",
         "grad_accum", "eval_every", "eval_batches", "ckpt_every", "keep_ckpts", "log_every",
         "peak_flops", "nan_policy", "max_nonfinite", "debug_poison_step",
+        "prune_sparsity", "prune_start", "prune_end", "prune_every", "prune_scope",
     }  # fmt: skip
 
 
