@@ -296,5 +296,6 @@ def make_sft_eval_batches(
     )
     lo = process_index * rows
     return [
-        {k: v[lo : lo + rows] for k, v in batch.items()} for batch in itertools.islice(ds, num_batches)
+        {k: v[lo : lo + rows] for k, v in batch.items()}
+        for batch in itertools.islice(ds, num_batches)
     ]
