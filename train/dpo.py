@@ -28,7 +28,6 @@ import time
 from collections.abc import Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from jax.sharding import NamedSharding
@@ -362,7 +361,7 @@ def train_policy(run: Run, arrays: dict, shardings: dict, logp_fn, writer) -> ob
         )
         for i in range(1, c.train.steps + 1):
             idx = order[(i - 1) * rows : i * rows]
-            batch = {k: jnp.asarray(v[idx]) for k, v in arrays.items()}
+            batch = {k: jax.device_put(v[idx], shardings[k]) for k, v in arrays.items()}
             state, metrics = jitted(state, batch)
             if i % c.train.log_every == 0 or i == c.train.steps:
                 m = jax.device_get(metrics)
