@@ -14,7 +14,8 @@ exhausted) at the last newline, must be accepted by `ast.parse`.
 
 Arguments: sft (the SFT workdir), size (as the SFT run), beta, steps, lr, batch, prompts,
 samples, heldout, heldout_samples, max_new (tokens per completion), max_prompt (longest prompt,
-in tokens), temperature, top_k, top_p, gen_batch (rows per sampling call), seed.
+in tokens), temperature, top_k, top_p, gen_batch (rows per sampling call), seed, pairs (reuse
+the pairs.json of an earlier run: same SFT run and sampling settings, other beta / lr / steps).
 """
 
 import ml_collections
@@ -42,6 +43,7 @@ def get_config(arg: str = ""):
         top_p=1.0,
         gen_batch=128,
         seed=0,
+        pairs="",
     )
     config = base_config(args.size)
     config.data.source = "instructions"  # the prompts' pairs (and the data dir of their cache)
@@ -65,6 +67,9 @@ def get_config(arg: str = ""):
             "top_p": args.top_p,
             "gen_batch": args.gen_batch,
             "seed": args.seed,
+            # pairs.json of an earlier run with the same SFT model, prompts and sampling settings
+            # (its cached reference log-probs included): tune beta / lr / steps without resampling
+            "pairs_from": args.pairs,
         }
     )
     return config

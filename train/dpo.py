@@ -74,15 +74,18 @@ def sample(
     seed: int,
     batch_size: int,
     prompt_len: int,
+    desc: str = "",
 ) -> list[tuple[list[int], bool]]:
     """(completion ids without the stop id, stopped) per prompt, `batch_size` rows per call.
 
     Batch i uses the key `fold_in(key(seed), i)`, so two parameter sets sampled with the same
     arguments see the same random numbers. The last batch is filled with copies of its last
-    prompt (one compiled shape).
+    prompt (one compiled shape). A non-empty `desc` prints a line per call.
     """
-    out = []
+    out, t0, calls = [], time.perf_counter(), -(-len(prompts) // batch_size)
     for i, start in enumerate(range(0, len(prompts), batch_size)):
+        if desc:
+            print(f"{desc}: batch {i + 1}/{calls}, {time.perf_counter() - t0:.0f} s", flush=True)
         chunk = list(prompts[start : start + batch_size])
         n = len(chunk)
         chunk += [chunk[-1]] * (batch_size - n)
@@ -173,7 +176,9 @@ def _settings(d, tokenizer) -> SampleSettings:
     )
 
 
-def sample_and_judge(params, run: Run, prompts: list[dict], k: int, seed: int) -> list[list[dict]]:
+def sample_and_judge(
+    params, run: Run, prompts: list[dict], k: int, seed: int, desc: str = ""
+) -> list[list[dict]]:
     """`k` judged completions per prompt (prompt-major), sampled with `config.dpo`'s settings."""
     d, tok = run.config.dpo, run.tokenizer
     flat = [p["tokens"] for p in prompts for _ in range(k)]
@@ -185,6 +190,7 @@ def sample_and_judge(params, run: Run, prompts: list[dict], k: int, seed: int) -
         seed=seed,
         batch_size=d.gen_batch,
         prompt_len=d.max_prompt_tokens,
+        desc=desc,
     )
     verdicts = [
         judge(tok, prompts[i // k]["header"], ids, stop) for i, (ids, stop) in enumerate(outs)
@@ -248,12 +254,15 @@ def dpo_and_evaluate(config, workdir: str) -> dict:
     pair_shardings = batch_shardings(PAIR_KEYS, run.mesh, run.rules)
     pairs_path = os.path.join(workdir, "pairs.json")
     timings = {}
-    if os.path.exists(pairs_path):  # sampled, judged and scored by an earlier call
-        cached = atomic_read(pairs_path)
+    reuse = d.get("pairs_from", "") or pairs_path
+    if os.path.exists(reuse):  # sampled, judged and scored by an earlier call
+        cached = atomic_read(reuse)
         pairs, pool = cached["pairs"], cached["pool"]
     else:
         t = time.perf_counter()
-        verdicts = sample_and_judge(ref_host, run, train_prompts, d.samples, d.seed + 1)
+        verdicts = sample_and_judge(
+            ref_host, run, train_prompts, d.samples, d.seed + 1, "sampling pairs"
+        )
         timings["sample_pairs_s"] = time.perf_counter() - t
         pool = _summary(verdicts)
         pairs = build_pairs(train_prompts, verdicts)
@@ -277,6 +286,8 @@ def dpo_and_evaluate(config, workdir: str) -> dict:
             pair["ref_chosen_logp"] = float(ref["ref_chosen_logp"][i])
             pair["ref_rejected_logp"] = float(ref["ref_rejected_logp"][i])
         atomic.write_json(pairs_path, {"pool": pool, "pairs": pairs})
+    if reuse != pairs_path:
+        atomic.write_json(pairs_path, {"pool": pool, "pairs": pairs})
     arrays = stack_pairs(tok, pairs, seq_len)
     arrays["ref_chosen_logp"] = np.asarray([p["ref_chosen_logp"] for p in pairs], np.float32)
     arrays["ref_rejected_logp"] = np.asarray([p["ref_rejected_logp"] for p in pairs], np.float32)
@@ -287,7 +298,9 @@ def dpo_and_evaluate(config, workdir: str) -> dict:
     policy_host = jax.device_get(state.params)
     t = time.perf_counter()
     held = {
-        name: _summary(sample_and_judge(params, run, held_prompts, d.heldout_samples, d.seed + 2))
+        name: _summary(
+            sample_and_judge(params, run, held_prompts, d.heldout_samples, d.seed + 2, name)
+        )
         for name, params in (("sft", ref_host), ("dpo", policy_host))
     }
     timings["sample_heldout_s"] = time.perf_counter() - t
