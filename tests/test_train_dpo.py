@@ -3,6 +3,7 @@
 import flax.linen as nn
 import jax
 import numpy as np
+import pytest
 
 from data.tokenizer import ByteTokenizer
 from experiments.dpo import get_config
@@ -90,6 +91,7 @@ def test_cached_reference_logps_equal_recomputation():
     np.testing.assert_allclose(cached["ref_chosen_logp"][0], want, rtol=1e-5)
 
 
+@pytest.mark.slow  # builds a Run and compiles the sharded DPO step
 def test_two_dpo_steps_raise_the_chosen_minus_rejected_margin(tmp_path):
     config = _config()
     run = Run(config)  # random init (no init_from): policy = reference at step 0
