@@ -342,7 +342,9 @@ def train_policy(run: Run, arrays: dict, shardings: dict, logp_fn, writer) -> ob
     """`config.train.steps` DPO updates of `run.state` on shuffled pair batches; returns the state.
 
     Logs the DPO loss, the pair accuracy (policy margin over the reference's > 0) and the mean
-    policy log-prob margin chosen - rejected of each batch.
+    policy log-prob margin chosen - rejected of each batch. Batches are placed with
+    `jax.device_put` on their shardings: one process (every host would need its block of rows
+    through `jax.make_array_from_process_local_data`, as `Run.global_batch` does, to go further).
     """
     c = run.config
     loss_fn = dpo.make_loss_fn(c.model, wrap_apply(run.model, c.model), beta=c.dpo.beta)
