@@ -12,6 +12,9 @@ def default_data_config() -> ml_collections.ConfigDict:
     """Returns the data config with every field the `data/` package reads.
 
     Fields:
+      source: 'text' (documents of the corpus, packed for language modelling) or 'instructions'
+        (docstring -> source pairs of the stdlib with `loss_mask` on the response tokens: data/
+        instructions.py; supervised fine-tuning with objective='causal_lm').
       dataset: 'stdlib' (this interpreter's standard-library source, built locally) or a TFDS
         catalog name such as 'lm1b' or 'c4/en' (read with `tfds.data_source`).
       glob: if non-empty, a glob of local text files (recursive `**` allowed); overrides `dataset`.
@@ -34,6 +37,7 @@ def default_data_config() -> ml_collections.ConfigDict:
         one shard per process.
     """
     cfg = ml_collections.ConfigDict()
+    cfg.source = "text"
     cfg.dataset = "stdlib"
     cfg.glob = ""
     cfg.data_dir = ""

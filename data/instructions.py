@@ -12,14 +12,28 @@ docstring. A pair is in the validation split when crc32('path:qualified name') %
 with `loss_mask` 1 on the response tokens and EOS only; `pack` fills rows of T tokens first-fit
 (each example its own segment, like data/pipeline.py), so the causal-LM loss of
 objectives/causal_lm.py (which honours `loss_mask`) is the SFT loss.
+
+Training runs read the set through grain (`make_sft_dataset`, selected by `data.source =
+'instructions'` in data/pipeline.py): the stdlib pairs are extracted once and cached as JSON under
+the data dir (extraction parses the whole stdlib: about a minute here), examples longer than
+`data.seq_len` are dropped (a cut-off response would teach functions that never end), and the rest
+are shuffled per epoch, sharded over processes and packed first-fit with grain, so the iterator
+checkpoints and resumes like the text pipeline's.
+
+`split_header` cuts a response into its header (decorators and `def` line(s)) and body: the DPO
+prompts (train/dpo.py) are the instruction prompt plus the header, the model writes the body.
 """
 
 import ast
+import json
 import os
+import sys
 import textwrap
 import zlib
 from collections.abc import Iterable, Sequence
 
+import grain
+import ml_collections
 import numpy as np
 
 from data.tokenizer import Tokenizer
@@ -129,3 +143,159 @@ def pack(examples: Sequence[tuple[np.ndarray, np.ndarray]], seq_len: int) -> dic
             out["loss_mask"][r, at : at + n] = mask
             at += n
     return out
+
+
+def split_header(response: str) -> tuple[str, str] | None:
+    """(header, body) of a response: header = the lines before the first body statement (with
+    decorators and a multi-line signature), body = the rest; None when the body starts on the
+    `def` line or the response does not parse as one function."""
+    try:
+        tree = ast.parse(response)
+    except (SyntaxError, ValueError):
+        return None
+    if len(tree.body) != 1 or not isinstance(tree.body[0], (ast.FunctionDef, ast.AsyncFunctionDef)):
+        return None
+    fn = tree.body[0]
+    first = fn.body[0].lineno  # the docstring is gone, so this is the first real statement
+    if first <= fn.lineno:
+        return None
+    lines = response.splitlines(keepends=True)
+    return "".join(lines[: first - 1]), "".join(lines[first - 1 :])
+
+
+def _cache_path(data_cfg) -> str:
+    from data.corpus import resolve_data_dir
+
+    version = "py{}.{}.{}".format(*sys.version_info[:3])
+    return os.path.join(resolve_data_dir(data_cfg), "instructions", f"stdlib-{version}.json")
+
+
+def load_pairs(data_cfg, split: str, val_percent: int = 5) -> list[dict]:
+    """The stdlib instruction pairs of `split`, extracted once and cached under the data dir."""
+    from scaling import atomic
+
+    path = _cache_path(data_cfg)
+    if os.path.exists(path):
+        with open(path) as f:
+            pairs = json.load(f)
+    else:
+        pairs = [p for f in stdlib_files() for p in extract_pairs(f[1], f[0])]
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        atomic.write_json(path, pairs)
+    return [p for p in pairs if split_of(p["id"], val_percent) == split]
+
+
+def fitting_examples(
+    pairs: Sequence[dict], tokenizer: Tokenizer, seq_len: int
+) -> list[dict[str, np.ndarray]]:
+    """`{'tokens', 'loss_mask'}` of the pairs whose formatted example fits `seq_len` tokens."""
+    out = []
+    for pair in pairs:
+        tokens, mask = format_pair(pair, tokenizer)
+        if len(tokens) <= seq_len:
+            out.append({"tokens": tokens, "loss_mask": mask})
+    return out
+
+
+def _examples(data_cfg, split: str) -> list[dict[str, np.ndarray]]:
+    from data.pipeline import tokenizer_from_config
+
+    if data_cfg.glob or data_cfg.dataset != "stdlib":
+        raise ValueError(
+            "data.source='instructions' builds its pairs from the stdlib; set data.dataset="
+            "'stdlib' and data.glob=''"
+        )
+    examples = fitting_examples(
+        load_pairs(data_cfg, split), tokenizer_from_config(data_cfg), data_cfg.seq_len
+    )
+    if not examples:
+        raise ValueError(f"no instruction pair of {split} fits data.seq_len={data_cfg.seq_len}")
+    return examples
+
+
+class _ToBatch:
+    """grain's packing outputs -> the batch contract plus `loss_mask`; pads a short batch."""
+
+    def __init__(self, rows: int):
+        self._rows = rows
+
+    def __call__(self, packed: dict) -> dict[str, np.ndarray]:
+        batch = {
+            "tokens": packed["tokens"],
+            "segment_ids": packed["tokens_segment_ids"],
+            "positions": packed["tokens_positions"],
+            "loss_mask": packed["loss_mask"],
+        }
+        missing = self._rows - len(batch["tokens"])
+        return {
+            k: np.pad(v, ((0, missing), (0, 0))).astype(np.int32, copy=False)
+            for k, v in batch.items()
+        }
+
+
+def _packed(examples, data_cfg, rows: int, *, seed, num_epochs, index, count) -> grain.IterDataset:
+    ds = grain.MapDataset.source(examples)
+    if seed is not None:
+        ds = ds.shuffle(seed=int(np.random.SeedSequence(seed).generate_state(1)[0]))
+    ds = ds.repeat(num_epochs)[index::count]
+    T = data_cfg.seq_len
+    packed = grain.experimental.FirstFitPackIterDataset(
+        ds.to_iter_dataset(grain.ReadOptions(num_threads=0)),
+        length_struct={"tokens": T, "loss_mask": T},
+        num_packing_bins=rows,
+        shuffle_bins=False,
+    )
+    return packed.batch(rows, drop_remainder=False).map(_ToBatch(rows))
+
+
+def make_sft_dataset(
+    data_cfg: ml_collections.ConfigDict,
+    *,
+    seed: int,
+    process_index: int = 0,
+    process_count: int = 1,
+    num_epochs: int | None = None,
+) -> grain.IterDataset:
+    """Packed SFT training batches (tokens, segment_ids, positions, loss_mask) of this process."""
+    from data.pipeline import local_batch_size
+
+    rows = local_batch_size(data_cfg, process_count)
+    return _packed(
+        _examples(data_cfg, "train"),
+        data_cfg,
+        rows,
+        seed=seed,
+        num_epochs=num_epochs,
+        index=process_index,
+        count=process_count,
+    )
+
+
+def make_sft_eval_batches(
+    data_cfg: ml_collections.ConfigDict,
+    *,
+    num_batches: int,
+    process_index: int = 0,
+    process_count: int = 1,
+) -> list[dict[str, np.ndarray]]:
+    """The first `num_batches` packed batches of the validation pairs (fixed order); every
+    process packs the same global batches and keeps its own block of rows."""
+    import itertools
+
+    from data.pipeline import local_batch_size
+
+    rows = local_batch_size(data_cfg, process_count)
+    ds = _packed(
+        _examples(data_cfg, "validation"),
+        data_cfg,
+        data_cfg.batch_size,
+        seed=0,
+        num_epochs=1,
+        index=0,
+        count=1,
+    )
+    lo = process_index * rows
+    return [
+        {k: v[lo : lo + rows] for k, v in batch.items()}
+        for batch in itertools.islice(ds, num_batches)
+    ]

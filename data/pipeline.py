@@ -33,6 +33,7 @@ from data.pieces import PieceIndex, SplitIntoPiecesIterDataset, tokenize_documen
 from data.tokenizer import Tokenizer
 
 __all__ = [
+    "batch_keys",
     "default_data_config",
     "local_batch_size",
     "make_eval_batches",
@@ -42,6 +43,17 @@ __all__ = [
 ]
 
 BATCH_KEYS = ("tokens", "segment_ids", "positions")
+SOURCES = ("text", "instructions")
+
+
+def batch_keys(data_cfg: ml_collections.ConfigDict) -> tuple[str, ...]:
+    """The keys of a batch of `data.source` (instruction batches add `loss_mask`)."""
+    source = data_cfg.get("source", "text")
+    if source not in SOURCES:
+        raise ValueError(f"data.source={source!r} is unknown; choose one of {SOURCES}")
+    return BATCH_KEYS + (("loss_mask",) if source == "instructions" else ())
+
+
 EVAL_SEED = 0  # the evaluation sample is the same for every run
 
 
@@ -169,6 +181,16 @@ def make_train_dataset(
       An `IterDataset` of batches following the batch contract, with B_local = batch_size //
       process_count rows. Process i packs pieces i, i+n, i+2n, ... of the global shuffled order.
     """
+    if "loss_mask" in batch_keys(data_cfg):  # data.source='instructions'
+        from data.instructions import make_sft_dataset
+
+        return make_sft_dataset(
+            data_cfg,
+            seed=seed,
+            process_index=process_index,
+            process_count=process_count,
+            num_epochs=num_epochs,
+        )
     shards = data_cfg.get("shards", 0) or process_count
     if shards % process_count:
         raise ValueError(
@@ -254,6 +276,15 @@ def make_eval_batches(
     Returns:
       A list of batches following the batch contract, each with B_local rows.
     """
+    if "loss_mask" in batch_keys(data_cfg):  # data.source='instructions'
+        from data.instructions import make_sft_eval_batches
+
+        return make_sft_eval_batches(
+            data_cfg,
+            num_batches=num_batches,
+            process_index=process_index,
+            process_count=process_count,
+        )
     rows = local_batch_size(data_cfg, process_count)
     pieces = _piece_dataset(
         data_cfg, "validation", seed=EVAL_SEED, num_epochs=1, process_index=0, process_count=1

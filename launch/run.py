@@ -198,6 +198,12 @@ def execute(args: Args) -> int:
             from train.distill import distill_and_evaluate
 
             summary = distill_and_evaluate(config, workdir)
+        elif "dpo" in config:  # preference tuning of an SFT run (train/dpo.py)
+            from train.dpo import dpo_and_evaluate, report_table
+
+            report = dpo_and_evaluate(config, workdir)
+            print(report_table(report))
+            return 0
         else:
             summary = train_and_evaluate(config, workdir)
     except NonFiniteError as e:

@@ -35,15 +35,16 @@ class SampleSettings:
 
 
 def pad_prompts(
-    prompts: Sequence[Sequence[int]], pad_id: int = 0, *, side: str = "left"
+    prompts: Sequence[Sequence[int]], pad_id: int = 0, *, side: str = "left", length: int = 0
 ) -> tuple[np.ndarray, np.ndarray]:
     """(tokens [B, P] int32, pad or length [B]) for prompts padded to the longest on `side`.
 
-    Returns padding counts for `side='left'`, lengths for `side='right'`.
+    Returns padding counts for `side='left'`, lengths for `side='right'`. `length` > 0 pads to
+    that many tokens instead (one compiled shape for batches of different longest prompts).
     """
     if not prompts or min(len(p) for p in prompts) == 0:
         raise ValueError("every prompt needs at least one token")
-    P = max(len(p) for p in prompts)
+    P = max(max(len(p) for p in prompts), length)
     tokens_BP = np.full((len(prompts), P), pad_id, np.int32)
     for b, p in enumerate(prompts):
         if side == "left":
@@ -126,11 +127,14 @@ def generate_array(
     cfg,
     settings: SampleSettings,
     rng: jax.Array | None = None,
+    *,
+    prompt_len: int = 0,
 ) -> np.ndarray:
-    """The raw [B, max_new_tokens] token array (pad_id after a row's stop id)."""
+    """The raw [B, max_new_tokens] token array (pad_id after a row's stop id); `prompt_len` as
+    `pad_prompts`' `length`."""
     family = cfg.get("family", "decoder")
     side = "left" if family == "decoder" else "right"
-    tokens_BP, aux_B = pad_prompts(prompts, settings.pad_id, side=side)
+    tokens_BP, aux_B = pad_prompts(prompts, settings.pad_id, side=side, length=prompt_len)
     rng = jax.random.key(0) if rng is None else rng
     return np.asarray(_compiled(cfg, settings, family)(params, tokens_BP, aux_B, rng))
 
@@ -141,6 +145,8 @@ def generate(
     cfg,
     settings: SampleSettings = SampleSettings(),
     rng: jax.Array | None = None,
+    *,
+    prompt_len: int = 0,
 ) -> list[list[int]]:
     """One completion per prompt (token ids, up to and including a stop id).
 
@@ -150,8 +156,9 @@ def generate(
       cfg: the model config.
       settings: sampling settings.
       rng: key for sampling (unused when greedy).
+      prompt_len: pad every prompt batch to at least this length (0: the longest prompt).
     """
-    out_BN = generate_array(params, prompts, cfg, settings, rng)
+    out_BN = generate_array(params, prompts, cfg, settings, rng, prompt_len=prompt_len)
     completions = []
     for row in out_BN.tolist():
         cut = next((i + 1 for i, t in enumerate(row) if t in settings.stop_ids), len(row))

@@ -11,7 +11,10 @@ logp is the summed log-probability of the response tokens (`loss_mask` on the pr
 
 Judge: a completion is accepted when `ast.parse` accepts prompt + completion (the prompt is a
 function header, the completion its body); `preference_pairs` pairs every accepted completion of
-a prompt with a rejected one of the same prompt.
+a prompt with a rejected one of the same prompt. `function_body` cuts a sampled continuation of a
+header to the function's body first: up to the first non-blank line at column 0 (the dedent that
+ends the function), else all of it if the sampler stopped at EOS, else up to its last newline (the
+token budget ran out mid-body; that body is judged as it stands).
 """
 
 import ast
@@ -81,10 +84,39 @@ def parses(prompt: str, completion: str) -> bool:
     return True
 
 
-def preference_pairs(prompt: str, completions: Sequence[str]) -> list[tuple[str, str]]:
-    """(chosen, rejected) pairs: each accepted completion with a rejected one, round robin."""
-    good = [c for c in completions if parses(prompt, c)]
-    bad = [c for c in completions if not parses(prompt, c)]
+def function_body(text: str, stopped: bool) -> tuple[str, str]:
+    """(body, how it ended) of a sampled continuation of a function header (module docstring).
+
+    Args:
+      text: the decoded continuation (without the stop token).
+      stopped: whether the sampler emitted the stop token (EOS) before its token budget ran out.
+
+    Returns:
+      (body, 'dedent' | 'stop' | 'truncated').
+    """
+    at = 0
+    for line in text.splitlines(keepends=True):
+        if line.strip() and not line[0].isspace():
+            return text[:at], "dedent"
+        at += len(line)
+    if stopped:
+        return text, "stop"
+    return text[: text.rfind("\n") + 1], "truncated"
+
+
+def preference_pairs(
+    prompt: str, completions: Sequence[str], judge: Callable[[str, str], bool] = parses
+) -> list[tuple[str, str]]:
+    """(chosen, rejected) pairs: each accepted completion with a rejected one, round robin.
+
+    Args:
+      prompt: the text the completions continue (the function header).
+      completions: the sampled completions of that prompt.
+      judge: `judge(prompt, completion) -> accepted` (default: `parses`).
+    """
+    verdicts = [judge(prompt, c) for c in completions]
+    good = [c for c, ok in zip(completions, verdicts, strict=True) if ok]
+    bad = [c for c, ok in zip(completions, verdicts, strict=True) if not ok]
     if not good or not bad:
         return []
     return [(g, bad[i % len(bad)]) for i, g in enumerate(good)]

@@ -72,3 +72,51 @@ def test_packed_loss_counts_response_tokens_only():
     )
     _, aux = loss_fn(None, {k: jnp.asarray(v) for k, v in batch.items()})
     assert float(aux["tokens"]) == sum(len(tok.encode(p["response"])) + 1 for p in pairs)
+
+
+def _sft_config(tmp_path, monkeypatch):
+    """A data config whose 'stdlib' is one generated module of 12 documented functions."""
+    from data.config import default_data_config
+
+    source = "".join(
+        f'def f{i}(x):\n    """Returns x plus {i}."""\n    y = x + {i}\n    return y\n\n'
+        for i in range(12)
+    )
+    monkeypatch.setattr(instructions, "stdlib_files", lambda: [("m.py", source)])
+    cfg = default_data_config()
+    cfg.source, cfg.data_dir, cfg.seq_len, cfg.batch_size = "instructions", str(tmp_path), 192, 2
+    return cfg
+
+
+def test_sft_batches_mask_prompts_out_of_the_loss_and_its_gradient(tmp_path, monkeypatch):
+    import jax
+
+    from data.pipeline import batch_keys, make_train_dataset
+
+    cfg = _sft_config(tmp_path, monkeypatch)
+    assert batch_keys(cfg) == ("tokens", "segment_ids", "positions", "loss_mask")
+    batch = next(iter(make_train_dataset(cfg, seed=0)))
+    tok = ByteTokenizer()
+    tokens, seg, mask = batch["tokens"], batch["segment_ids"], batch["loss_mask"]
+    assert seg.max() >= 2  # packed: several pairs per row
+    for r, s in zip(*np.nonzero(np.diff(seg, prepend=0) > 0), strict=True):  # segment starts
+        piece = tokens[r][seg[r] == seg[r, s]]
+        text = tok.decode(piece[1:-1])  # BOS ... EOS
+        prompt, response = text.split("### Response:\n")
+        assert prompt.startswith("### Instruction:\nReturns x plus")
+        # exactly the response and its EOS carry the mask
+        assert tok.decode(piece[mask[r][seg[r] == seg[r, s]] == 1][:-1]) == response
+    logits = jax.random.normal(jax.random.key(0), (*tokens.shape, 384))
+    loss_fn = causal_lm.make_loss_fn(
+        type("C", (), {"vocab_size": 384})(), lambda p, b, c, rngs=None: p
+    )
+    jbatch = {k: jnp.asarray(v) for k, v in batch.items()}
+    (loss, _), grad = jax.value_and_grad(loss_fn, has_aux=True)(logits, jbatch)
+    # hand-computed masked cross-entropy: targets in the same segment, on response tokens
+    lp = np.asarray(jax.nn.log_softmax(logits, axis=-1))
+    keep = (seg[:, 1:] == seg[:, :-1]) & (seg[:, 1:] != 0) & (mask[:, 1:] == 1)
+    nll = -np.take_along_axis(lp[:, :-1], tokens[:, 1:, None], axis=-1)[..., 0]
+    np.testing.assert_allclose(loss, nll[keep].mean(), rtol=1e-5)
+    # no gradient reaches the logits that predict prompt tokens
+    g = np.abs(np.asarray(grad)[:, :-1]).sum(-1)
+    assert (g[~keep] == 0).all() and (g[keep] > 0).all()

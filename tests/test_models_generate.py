@@ -190,3 +190,15 @@ def test_sampling_stays_in_the_allowed_set_and_follows_temperature():
     # a tiny temperature is greedy
     cold = np.asarray(jax.vmap(lambda k: sampling.sample(logits, k, temperature=1e-4)[0])(keys))
     assert (cold == int(jnp.argmax(logits[0]))).all()
+
+
+@_SLOW
+def test_padding_prompts_to_a_fixed_length_changes_no_token():
+    """`prompt_len` (one compiled shape for batches of any longest prompt) is only more padding."""
+    cfg = _cfg()
+    params = nn.unbox(decoder.init(jax.random.key(1), cfg))
+    prompts = _prompts([3, 9])
+    s = SampleSettings(max_new_tokens=6, temperature=1.0)
+    key = jax.random.key(7)
+    want = generate(params, prompts, cfg, s, key)
+    assert generate(params, prompts, cfg, s, key, prompt_len=16) == want

@@ -21,7 +21,7 @@ from jax.sharding import PartitionSpec as P
 
 import objectives
 from data.pipeline import (
-    BATCH_KEYS,
+    batch_keys,
     make_eval_batches,
     make_train_dataset,
     make_train_iterator,
@@ -102,7 +102,9 @@ class Run:
         # Host-side batch transform of the objective (masking, span corruption), or None.
         self.transform = objectives.get_batch_transform(config, self.tokenizer)
         target_len = getattr(self.transform, "target_len", None)
-        self.batch_keys = self.transform.keys if self.transform else dict.fromkeys(BATCH_KEYS, 2)
+        self.batch_keys = (
+            self.transform.keys if self.transform else dict.fromkeys(batch_keys(config.data), 2)
+        )
         self.counts = count_params(config.model)
         self.flops = flops_per_token(config.model, config.data.seq_len, target_len=target_len)
         self.schedule = make_schedule(config.train)
