@@ -113,6 +113,13 @@ def baseline(data_cfg) -> tuple[int | str, float]:
     return module.majority_baseline(train, held_out)
 
 
+def held_out(data_cfg) -> list[tuple[str, int | str]]:
+    """The held-out examples in evaluation order: one fixed shuffle (not the run seed's), so the
+    first k batches are a uniform sample of the split."""
+    pairs = examples(data_cfg, "validation")
+    return [pairs[i] for i in np.random.default_rng(EVAL_SEED).permutation(len(pairs))]
+
+
 def _row(ids: np.ndarray, length: int) -> dict[str, np.ndarray]:
     n = min(len(ids), length)
     out = {k: np.zeros(length, np.int32) for k in ("", "_segment_ids", "_positions")}
@@ -181,10 +188,7 @@ def make_eval_batches(
     """The first `num_batches` global batches of the held-out split; this process's rows."""
     B = data_cfg.batch_size
     rows = local_batch_size(data_cfg, process_count)
-    held_out = examples(data_cfg, "validation")
-    # A fixed order (not the run seed's), so the first k batches are a uniform sample of the split.
-    order = np.random.default_rng(EVAL_SEED).permutation(len(held_out))
-    arrays = encode(data_cfg, tokenizer, [held_out[i] for i in order])
+    arrays = encode(data_cfg, tokenizer, held_out(data_cfg))
     n = len(arrays["segment_ids" if "segment_ids" in arrays else "inputs_segment_ids"])
     padded = -(-n // B) * B
     pad = {k: np.pad(v, [(0, padded - n)] + [(0, 0)] * (v.ndim - 1)) for k, v in arrays.items()}
