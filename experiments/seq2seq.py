@@ -53,7 +53,7 @@ def get_config(arg: str = ""):
     config.objective = "seq2seq"
     config.data.task.name = "naming"
     config.data.seq_len = args.seq_len  # relative positions: any input length loads
-    config.data.batch_size = 32
+    config.data.batch_size = 16
     set_schedule(config, args.steps, args.lr, args.steps // 10)
     config.train.eval_batches = 1000  # the whole held-out split
     if args.runlocal:
