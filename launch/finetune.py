@@ -63,6 +63,9 @@ def _phase(name, config, workdir, rows, decode_n):
 
     t = time.perf_counter()
     summary = train_and_evaluate(config, workdir, desc=name)
+    if summary.get("preempted"):  # a signal stopped the phase with a checkpoint: stop here too
+        print(f"{name} preempted at step {summary['step']}; rerun the same command to resume")
+        sys.exit(0)
     row = {
         "phase": name,
         "steps": config.train.steps,
