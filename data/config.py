@@ -35,6 +35,8 @@ def default_data_config() -> ml_collections.ConfigDict:
         each, process i of n reading shards i * shards / n ... (i + 1) * shards / n - 1, so runs
         on different process counts with the same `shards` see the same global batches; 0 means
         one shard per process.
+      task: labelled fine-tuning data instead of packed text (data/tasks.py): `name` '' (none),
+        'packages' (classification) or 'naming' (seq2seq), and the task's fields.
     """
     cfg = ml_collections.ConfigDict()
     cfg.source = "text"
@@ -51,4 +53,7 @@ def default_data_config() -> ml_collections.ConfigDict:
     cfg.seq_len = 256
     cfg.batch_size = 16
     cfg.shards = 0
+    from data.tasks import default_task_config  # data/tasks.py imports the pipeline
+
+    cfg.task = default_task_config()
     return cfg

@@ -8,6 +8,9 @@ and the host-side batch transforms some objectives need (objectives/transforms.p
 | masked_lm        | encoder | MaskedLMTransform (+NSP) | the 15% chosen tokens      |
 | span_corruption  | encdec  | SpanCorruptionTransform  | every target token         |
 | classification   | encoder | none (labelled data)     | one label per row          |
+| seq2seq          | encdec  | none (labelled data)     | every target token         |
+
+The last two train on `data.task` (data/tasks.py) instead of packed text.
 """
 
 from collections.abc import Callable
@@ -21,6 +24,7 @@ FAMILIES = {
     "masked_lm": ("encoder",),
     "span_corruption": ("encdec",),
     "classification": ("encoder",),
+    "seq2seq": ("encdec",),
 }
 
 
@@ -41,7 +45,15 @@ def default_objective_args() -> ml_collections.ConfigDict:
 
 def get_loss_fn(name: str) -> Callable:
     """The loss factory for `config.objective`."""
-    from objectives import causal_lm, classification, distill, masked_lm, prefix_lm, span_corruption
+    from objectives import (
+        causal_lm,
+        classification,
+        distill,
+        masked_lm,
+        prefix_lm,
+        seq2seq,
+        span_corruption,
+    )
 
     factories = {
         "causal_lm": causal_lm.make_loss_fn,
@@ -49,6 +61,7 @@ def get_loss_fn(name: str) -> Callable:
         "masked_lm": masked_lm.make_loss_fn,
         "span_corruption": span_corruption.make_loss_fn,
         "classification": classification.make_loss_fn,
+        "seq2seq": seq2seq.make_loss_fn,
         # 'distill' also needs the teacher (keyword arguments): train/distill.py builds it in
         # the step.
         "distill": distill.make_loss_fn,
@@ -59,7 +72,8 @@ def get_loss_fn(name: str) -> Callable:
 
 
 def get_batch_transform(config, tokenizer):
-    """The host-side transform `config.objective` needs (None for causal_lm / classification).
+    """The host-side transform `config.objective` needs (None for causal_lm and the task
+    objectives classification / seq2seq).
 
     Raises:
       ValueError: the objective does not fit `model.family`, or its arguments are invalid.

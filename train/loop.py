@@ -8,6 +8,7 @@ no step is written twice). SIGTERM/SIGINT stop it after the current step with a 
 """
 
 import contextlib
+import functools
 import json
 import os
 import sys
@@ -20,6 +21,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import objectives
+from data import tasks
 from data.pipeline import (
     batch_keys,
     make_eval_batches,
@@ -105,6 +107,11 @@ class Run:
         self.batch_keys = (
             self.transform.keys if self.transform else dict.fromkeys(batch_keys(config.data), 2)
         )
+        # Labelled fine-tuning data (data.task: classification / seq2seq) replaces packed text.
+        self.task = tasks.check(config)
+        if self.task:
+            self.batch_keys = tasks.batch_keys(config.data.task)
+            target_len = config.data.task.target_len if self.task == "naming" else None
         self.counts = count_params(config.model)
         self.flops = flops_per_token(config.model, config.data.seq_len, target_len=target_len)
         self.schedule = make_schedule(config.train)
@@ -174,9 +181,14 @@ class Run:
         with self.activate():
             outs = [self.eval_step(params, b) for b in eval_batches]
         for aux in jax.device_get(outs):
+            if "correct" in aux:  # classification: accuracy over the examples
+                sums.setdefault("correct", 0.0)
             for k in sums:
                 sums[k] += float(aux[k])
-        return objectives.summarize(sums)
+        out = objectives.summarize(sums)
+        if "correct" in sums:
+            out["accuracy"] = sums["correct"] / max(sums["tokens"], 1.0)
+        return out
 
 
 def train_and_evaluate(
@@ -229,13 +241,22 @@ def _train_and_evaluate(config, workdir, stop_at, init_from, keep_steps, desc, g
         any_sharding = next(iter(run.batch_shardings.values()))
         index, count = process_batch_block(any_sharding, config.data.batch_size)
         shard = dict(process_index=index, process_count=count)
-        if run.transform is None:
+        if run.task:
+            train_iter = tasks.make_train_iterator(
+                config.data, run.tokenizer, seed=config.seed, **shard
+            )
+        elif run.transform is None:
             train_iter = make_train_iterator(config.data, seed=config.seed, **shard)
         else:  # seeded per batch by grain, so it resumes with the iterator's checkpoint
             train_ds = make_train_dataset(config.data, seed=config.seed, **shard)
             seed = config.seed + index
             train_iter = iter(train_ds.random_map(run.transform, seed=seed))
-        eval_local = make_eval_batches(
+        eval_from = (
+            functools.partial(tasks.make_eval_batches, tokenizer=run.tokenizer)
+            if run.task
+            else make_eval_batches
+        )
+        eval_local = eval_from(
             config.data,
             num_batches=config.train.eval_batches,
             process_index=index,
@@ -349,6 +370,7 @@ def _train_and_evaluate(config, workdir, stop_at, init_from, keep_steps, desc, g
                     progress.write(
                         f"step {step}: eval loss {ev['loss']:.4f} nats/token, "
                         f"{ev['bits_per_byte']:.4f} bits/byte"
+                        + (f", accuracy {ev['accuracy']:.4f}" if "accuracy" in ev else "")
                     )
                     summary.update({f"eval/{k}": v for k, v in ev.items()})
                     clock = {"t": time.perf_counter(), "step": step}

@@ -1,0 +1,62 @@
+r"""Sequence classification with the encoder: which top-level stdlib package a snippet is from.
+
+A BERT-style encoder (experiments/bert.py) is pre-trained with masked LM on the corpus, then
+fine-tuned with the classification head (pooled first token, cross-entropy) on data/labels.py's
+task: the `classes` packages with the most files (8 by default: test, idlelib, encodings, lib2to3,
+distutils, ctypes, unittest, asyncio), up to 8 leading 127-byte snippets per file, files split 80/20
+by a hash of their path (data/tasks.py). `scratch` fine-tunes the same model from random weights,
+the control that shows what pre-training adds. The held-out accuracy is in `eval/accuracy`;
+launch/finetune.py runs all three phases and prints it beside the majority-class baseline:
+
+  python launch/finetune.py --task=classify --workdir runs/classify     # ~10 min, 2-core CPU
+
+or one phase at a time (`phase=pretrain|finetune|scratch`, `base=` the pre-training workdir):
+
+  python launch/run.py --config experiments/classify.py:phase=pretrain \
+      --workdir runs/classify/pretrain
+  python launch/run.py --config experiments/classify.py:phase=finetune,base=runs/classify/pretrain \
+      --workdir runs/classify/finetune
+
+Arguments: phase, base, size (tiny: 2 x 128), steps (fine-tuning), pre_steps, classes, lr, runlocal.
+"""
+
+from experiments import bert
+from experiments.common import parse_arg, set_runlocal, set_schedule
+
+PHASES = ("pretrain", "finetune", "scratch")
+
+
+def get_config(arg: str = ""):
+    args = parse_arg(
+        arg,
+        phase="pretrain",
+        base="",
+        size="tiny",
+        steps=150,
+        pre_steps=400,
+        classes=8,
+        lr=1e-3,
+        runlocal=False,
+    )
+    if args.phase not in PHASES:
+        raise ValueError(f"phase={args.phase!r} is unknown; choose one of {PHASES}")
+    config = bert.get_config(f"size={args.size},steps={args.pre_steps}")
+    if args.phase == "pretrain":
+        if args.runlocal:
+            set_runlocal(config)
+        return config
+    if args.phase == "finetune":
+        if not args.base:
+            raise ValueError("phase=finetune needs base=<pre-training workdir>")
+        config.init_from = args.base  # the new pooler and classifier keep their initialisation
+    config.objective = "classification"
+    config.data.task.name = "packages"
+    config.data.task.num_classes = args.classes
+    config.model.num_classes = args.classes
+    config.data.batch_size = 32
+    set_schedule(config, args.steps, args.lr, args.steps // 10)
+    config.train.eval_batches = 1000  # the whole held-out split (fewer batches if smaller)
+    if args.runlocal:
+        set_runlocal(config)
+        config.train.eval_batches = 2
+    return config
