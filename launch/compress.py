@@ -2,6 +2,7 @@ r"""Compress a trained checkpoint and report what it buys: one method, one new c
 
   python launch/compress.py --workdir runs/small --method int8 --out runs/small_int8
   python launch/compress.py --workdir runs/small --method int4 --qat --finetune_steps 100 ...
+  python launch/compress.py --workdir runs/small --method w4a8 --bits 3 ...
   python launch/compress.py --workdir runs/small --method prune --sparsity 0.5 --finetune_steps 50
   python launch/compress.py --workdir runs/small --method structured --keep_heads 3 --keep_ff 768
   python launch/compress.py --workdir runs/small --method lowrank --energy 0.9
@@ -26,7 +27,7 @@ from absl import app, flags, logging  # noqa: E402
 F = flags
 F.DEFINE_string("workdir", None, "Run directory of the trained model (config.json, checkpoints/).")
 F.DEFINE_integer("step", -1, "Checkpoint step (-1: the newest).")
-F.DEFINE_string("method", "int8", "none|int8|int4|w8a8|prune|structured|lowrank.")
+F.DEFINE_string("method", "int8", "none|int8|int4|w8a8|w4a8|prune|structured|lowrank.")
 F.DEFINE_string("out", None, "Output directory (default <workdir>_<method>).")
 F.DEFINE_string("report", None, "JSONL file the report line is appended to.")
 F.DEFINE_float("sparsity", 0.5, "prune: fraction of the layers' matmul weights removed.")
@@ -39,7 +40,9 @@ F.DEFINE_float("energy", 0.0, "lowrank: fraction of squared singular values kept
 F.DEFINE_list("targets", ["q", "k", "v", "o", "wi", "wo"], "lowrank: layer weights factorised.")
 F.DEFINE_integer("finetune_steps", 0, "Short fine-tuning (before quantizing, after the others).")
 F.DEFINE_float("finetune_lr", 3e-4, "Peak learning rate of the fine-tuning.")
-F.DEFINE_bool("qat", False, "int8/int4/w8a8: fine-tune with fake quantization (QAT).")
+F.DEFINE_bool("qat", False, "int8/int4/w8a8/w4a8: fine-tune with fake quantization (QAT).")
+F.DEFINE_integer("bits", 0, "int8/int4/w8a8/w4a8: weight bits instead of the method's (2-8).")
+F.DEFINE_integer("act_bits", -1, "int8/int4/w8a8/w4a8: activation bits (0: none; -1: method's).")
 F.DEFINE_integer("eval_batches", -1, "Held-out batches (-1: the run's train.eval_batches).")
 
 
@@ -80,6 +83,8 @@ def main(argv):
             finetune_steps=FL.finetune_steps,
             finetune_lr=FL.finetune_lr,
             qat=FL.qat,
+            bits=FL.bits,
+            act_bits=FL.act_bits,
         )
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)

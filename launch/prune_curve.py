@@ -2,7 +2,7 @@ r"""Loss vs. sparsity of one trained model: magnitude pruning at 0-90% without a
 fine-tuning (masks fixed), plus structured pruning of heads and neurons on the same model.
 
   python launch/prune_curve.py --workdir runs/tiny300 --finetune_steps 30 \
-      --keep_heads 3 --keep_ff 384 --out runs/tiny300_prune
+      --keep_heads 3 --keep_ff 384 --out runs/tiny300_prune --finetune_at 0,0.5,0.7,0.9
 
 Writes `<out>/prune_curve.jsonl` (one line per point: sparsity, loss one-shot, loss fine-tuned,
 parameters and FLOPs), `<out>/structured.json` and `<out>/loss_vs_sparsity.png`. Every point
@@ -26,6 +26,7 @@ F.DEFINE_string("out", None, "Output directory (default <workdir>_prune).")
 F.DEFINE_list("sparsities", [f"{s / 10:.1f}" for s in range(10)], "Sparsities to measure.")
 F.DEFINE_string("scope", "global", "global|layer.")
 F.DEFINE_integer("finetune_steps", 30, "Fine-tuning steps per point (0: one-shot only).")
+F.DEFINE_list("finetune_at", [], "Sparsities that are also fine-tuned (empty: every one).")
 F.DEFINE_float("finetune_lr", 1e-3, "Peak learning rate of the fine-tuning.")
 F.DEFINE_integer("keep_heads", 0, "Structured: heads kept per layer (0: skip structured).")
 F.DEFINE_integer("keep_ff", 0, "Structured: MLP neurons kept per layer.")
@@ -93,19 +94,21 @@ def main(argv):
     seq = config.data.seq_len
     kw = dict(finetune_lr=FL.finetune_lr)
     rows = []
+    tune_at = {round(float(s), 6) for s in FL.finetune_at}
     for s in map(float, FL.sparsities):
+        tune = FL.finetune_steps and (not tune_at or round(s, 6) in tune_at)
         cfg, p, info = compress("prune", config, params, tools, sparsity=s, scope=FL.scope)
         row = {"sparsity": s, "measured_sparsity": info["measured_sparsity"]}
         m = measure(p, cfg, tools, seq)
         row.update(loss_oneshot=m["loss"], params_nonzero=m["params_nonzero"])
         row["flops_per_token_nonzero"] = m["flops_per_token_nonzero"]
-        if FL.finetune_steps and s > 0:
+        if tune and s > 0:
             cfg, p, _ = compress(
                 "prune", config, params, tools, sparsity=s, scope=FL.scope,
                 finetune_steps=FL.finetune_steps, **kw,
             )  # fmt: skip
             row["loss_finetuned"] = tools.evaluate(p, cfg)["loss"]
-        elif FL.finetune_steps:
+        elif tune:
             # Sparsity 0: the same fine-tuning on the dense model, the reference for the rest.
             cfg, p, _ = compress(
                 "none", config, params, tools, finetune_steps=FL.finetune_steps, **kw
@@ -143,6 +146,9 @@ def main(argv):
                 keep_ff=FL.keep_ff or config.model.d_ff, finetune_steps=FL.finetune_steps, **kw,
             )  # fmt: skip
             structured["loss_finetuned"] = tools.evaluate(p, cfg)["loss"]
+            dense = [r for r in rows if r["sparsity"] == 0 and "loss_finetuned" in r]
+            if dense:  # the unpruned model after the same steps: the fair reference
+                structured["loss_f32_finetuned"] = dense[0]["loss_finetuned"]
         print(json.dumps(structured), flush=True)
         write_json_atomic(os.path.join(out, "structured.json"), structured)
     plot(rows, structured, os.path.join(out, "loss_vs_sparsity.png"))

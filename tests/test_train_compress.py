@@ -57,3 +57,22 @@ def test_every_method_reports(trained):
     assert m["params"] < base["params"]
     with pytest.raises(ValueError, match="unknown"):
         compress("zip", config, params, tools)
+
+
+def test_harsher_quantization_with_qat_reports_the_tuned_f32_loss(trained):
+    config = load_config(trained)
+    with config.unlocked():
+        config.model.weight_bits = 0
+    params = load_params(trained)
+    tools = Tools(config, eval_batches=1)
+    cfg, q, info = compress("w4a8", config, params, tools, bits=3, qat=True, finetune_steps=1)
+    assert (info["bits"], info["act_bits"], cfg.act_bits, cfg.weight_bits) == (3, 8, 8, 0)
+    wi = q["layers"]["wi"]
+    assert int(np.abs(np.asarray(wi["int8"])).max()) == 3  # 3 bits: levels -3..3
+    # One step of fine-tuning is at the warmup's lr 0, so the tuned tree is the trained one:
+    # loss_tuned_f32 is its unquantized loss, and 3-bit weights really change the loss.
+    f32_loss = tools.evaluate(params, config.model)["loss"]
+    np.testing.assert_allclose(info["loss_tuned_f32"], f32_loss, rtol=1e-5)
+    assert abs(measure(q, cfg, tools, config.data.seq_len)["loss"] - f32_loss) > 1e-3
+    with pytest.raises(ValueError, match="bits=9"):
+        compress("int8", config, params, tools, bits=9)

@@ -9,9 +9,12 @@ sparsity only lowers `flops_per_token_nonzero`, which a sparse kernel could reac
 
 Methods (options in brackets):
 - `int8`, `int4`: per-channel symmetric weight-only quantization, stored as int8 + scales
-  [finetune_steps first, with `qat` as fake-quant training at the same bits].
-- `w8a8`: int8 weights, and int8 per-row activations at every dense matmul (simulated:
-  `model.act_bits=8` fake-quantizes them) [finetune_steps, qat].
+  [finetune_steps first, with `qat` as fake-quant training at the same bits; `bits` overrides
+  the weight bits, e.g. 3].
+- `w8a8`, `w4a8`: int8 / int4 weights, and int8 per-row activations at every dense matmul
+  (simulated: `model.act_bits=8` fake-quantizes them) [finetune_steps, qat, bits, act_bits].
+  With finetune_steps, `info["loss_tuned_f32"]` is the tuned tree's held-out loss before
+  quantization (unquantized weights and activations): the f32 reference of the same steps.
 - `prune`: unstructured magnitude pruning [sparsity, scope; finetune_steps after, masks fixed].
 - `structured`: remove heads and MLP neurons [keep_heads, keep_ff, importance; finetune_steps].
 - `lowrank`: truncated SVD [rank or energy, targets; finetune_steps].
@@ -33,7 +36,9 @@ from models.quant import dequantize_params, logical_names, quant_spec, quantize_
 from models.structured import importance, prune_structured
 from train.prune import masked
 
-METHODS = ("none", "int8", "int4", "w8a8", "prune", "structured", "lowrank")
+METHODS = ("none", "int8", "int4", "w8a8", "w4a8", "prune", "structured", "lowrank")
+# Quantization methods: (weight bits, activation bits).
+QUANT_BITS = {"int8": (8, 0), "int4": (4, 0), "w8a8": (8, 8), "w4a8": (4, 8)}
 
 
 def save_params(path: str, params) -> None:
@@ -79,8 +84,13 @@ def compress(
     finetune_steps: int = 0,
     finetune_lr: float = 3e-4,
     qat: bool = False,
+    bits: int = 0,
+    act_bits: int = -1,
 ):
     """Applies `method` (see the module docstring) to `params` of `config.model`.
+
+    `bits` (> 0) and `act_bits` (>= 0) override a quantization method's weight and activation
+    bits.
 
     Returns:
       (new model config, new params (host), info dict of what was chosen).
@@ -98,16 +108,21 @@ def compress(
         info["finetune_train_loss"] = loss
         return p
 
-    if method in ("int8", "int4", "w8a8"):
-        bits = 4 if method == "int4" else 8
-        act_bits = 8 if method == "w8a8" else 0
-        info.update(bits=bits, act_bits=act_bits, qat=qat)
+    if method in QUANT_BITS:
+        w_bits, a_bits = QUANT_BITS[method]
+        w_bits = bits or w_bits
+        a_bits = a_bits if act_bits < 0 else act_bits
+        info.update(bits=w_bits, act_bits=a_bits, qat=qat)
         if qat:  # fake-quant training at the deployment setting, then real quantization
-            params = tune(params, _with(cfg, weight_bits=bits, act_bits=act_bits))
+            params = tune(params, _with(cfg, weight_bits=w_bits, act_bits=a_bits))
         else:
             params = tune(params, cfg)
-        new_cfg = _with(cfg, weight_bits=0, act_bits=act_bits)
-        return new_cfg, jax.device_get(quantize_params(params, quant_spec(model, cfg), bits)), info
+        if finetune_steps:
+            f32_cfg = _with(cfg, weight_bits=0, act_bits=0)
+            info["loss_tuned_f32"] = tools.evaluate(params, f32_cfg)["loss"]
+        new_cfg = _with(cfg, weight_bits=0, act_bits=a_bits)
+        q = quantize_params(params, quant_spec(model, cfg), w_bits)
+        return new_cfg, jax.device_get(q), info
     if method == "prune":
         prunable = prunable_spec(model, cfg)
         masks = magnitude_masks(params, prunable, sparsity, scope)
