@@ -9,15 +9,16 @@ workdir, and prints the best LR per width. Rerunning skips finished points. Unde
 LR falls as the model widens; under muP (base width = the smallest) it stays put.
 
 Arguments (comma-separated): steps=N (per point), widths=16/32/64 (slash-separated),
-lr_exps=-9/-4 (the log2 LR range, one point per integer), runlocal (2 widths x 2 LRs x 10 steps).
-Cost on the 2-core CPU: see README (about a minute of compile and training per 3 points).
+lr_exps=-11/0 (the log2 LR range, one point per integer: wide enough that every optimum is
+interior), runlocal (2 widths x 2 LRs x 10 steps). Cost on the shared 2-core CPU at load
+average ~17: 5.5-11 min per (parametrization, width), about 50 min for the grid (README).
 """
 
 from experiments.common import base_config, parse_arg
 
 
 def get_config(arg: str = ""):
-    args = parse_arg(arg, steps=150, widths="16/32/64", lr_exps="-9/-4", runlocal=False)
+    args = parse_arg(arg, steps=300, widths="16/32/64", lr_exps="-11/0", runlocal=False)
     config = base_config("tiny")
     m = config.model
     m.n_layers, m.n_heads = 2, 2

@@ -29,6 +29,7 @@ from models.layers import (
     normal,
     param,
     rotary,
+    rotary_tables,
 )
 
 Array = jax.Array
@@ -324,11 +325,13 @@ def attention(
     rng=None,
     layer_index=0,
     segment_ids_BT=None,
+    rope=None,
 ):
     """Multi-head attention sublayer (self-attention when `kv_BSD` is None) -> [B, T, D].
 
     A self-attention layer whose `sparse_attention.layer_pattern` is not dense runs that pattern
-    blockwise (causal; with `segment_ids_BT` instead of the bias)."""
+    blockwise (causal; with `segment_ids_BT` instead of the bias). `rope`: rotary tables of
+    `positions_BT` computed once for all layers (`layers.rotary_tables`); None: computed here."""
     dense = functools.partial(layers.dense, act_bits=cfg.get("act_bits", 0))  # QAT switch
     kv_BSD = h_BTD if kv_BSD is None else kv_BSD
     q_BTNH = _biased(dense(h_BTD, p[prefix + "q"]), p, prefix + "q")
@@ -337,8 +340,10 @@ def attention(
     q_BTNH = constrain(q_BTNH, ("batch", "length", "heads", "head_dim"))
     k_BSKH = constrain(k_BSKH, ("batch", "length", "kv_heads", "head_dim"))
     if cfg.positions == "rotary" and positions_BT is not None:
-        q_BTNH = rotary(q_BTNH, positions_BT, cfg.rope_theta)
-        k_BSKH = rotary(k_BSKH, positions_BT, cfg.rope_theta)
+        if rope is None:
+            rope = rotary_tables(positions_BT, q_BTNH.shape[-1], cfg.rope_theta)
+        q_BTNH = rotary(q_BTNH, positions_BT, tables=rope)
+        k_BSKH = rotary(k_BSKH, positions_BT, tables=rope)
     q_BTNH, k_BSKH, v_BSKH = (checkpoint_name(a, "qkv") for a in (q_BTNH, k_BSKH, v_BSKH))
     if kv_BSD is h_BTD and sparse_attention.layer_pattern(cfg, layer_index) != "dense":
         attn_fn = sparse_attention.attention_fn(cfg, layer_index)
@@ -384,10 +389,12 @@ def block(
     rng=None,
     layer_index=0,
     segment_ids_BT=None,
+    rope=None,
 ):
     """One Transformer block: self-attention, cross-attention (if `enc_BSD`), MLP.
 
-    `layer_index` selects the self-attention pattern (`sparse_attention.layer_pattern`)."""
+    `layer_index` selects the self-attention pattern (`sparse_attention.layer_pattern`); `rope`
+    optionally holds the self-attention's precomputed rotary tables (`layers.rotary_tables`)."""
     keys = [None] * 5 if rng is None else list(jax.random.split(rng, 5))
     attn = lambda h: attention(
         h,
@@ -398,6 +405,7 @@ def block(
         rng=keys[0],
         layer_index=layer_index,
         segment_ids_BT=segment_ids_BT,
+        rope=rope,
     )
     x_BTD = residual(x_BTD, p, "ln1", attn, cfg, keys[1])
     if enc_BSD is not None:

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 
 from models import blocks, mup
 from models.blocks import REMAT_POLICIES  # noqa: F401  (re-exported: configs name these)
-from models.layers import normal, param
+from models.layers import normal, param, rotary_tables
 from models.sizes import resolved_dims
 from models.sparse_attention import uses_dense
 
@@ -64,6 +64,7 @@ def hidden(params: dict, batch: dict, cfg, *, rngs=None, layer_stack=None) -> ja
             rng=rng,
             layer_index=i,
             segment_ids_BT=side["segment_ids"],
+            rope=side.get("rope"),
         )
 
     # Per-row inputs of every layer, each [B, ...], so a pipeline can split them by microbatch.
@@ -72,6 +73,8 @@ def hidden(params: dict, batch: dict, cfg, *, rngs=None, layer_stack=None) -> ja
         "positions": positions_BT,
         "segment_ids": segment_ids_BT,
     }
+    if cfg.positions == "rotary":  # once for all layers (models/layers.rotary_tables)
+        side["rope"] = rotary_tables(positions_BT, resolved_dims(cfg)[4], cfg.rope_theta)
     x_BTD = blocks.run_layers(
         x_BTD,
         params["layers"],

@@ -60,13 +60,32 @@ def layer_norm(x_BTD: Array, scale_D: Array, bias_D: Array | None, eps: float = 
     return y.astype(x_BTD.dtype)
 
 
-def rotary(x_BTNH: Array, positions_BT: Array, theta: float = 10000.0) -> Array:
-    """Rotary position embedding, 'rotate half' convention over the full head dim."""
-    H = x_BTNH.shape[-1]
-    inv_freq_h = theta ** (-jnp.arange(0, H, 2, dtype=jnp.float32) / H)
+def rotary_tables(positions_BT: Array, head_dim: int, theta: float = 10000.0) -> dict:
+    """cos and sin tables [B, T, H] of `rotary` for these positions.
+
+    A model computes them once per forward pass and hands them to every layer: left inside each
+    layer's `rotary`, XLA:CPU evaluated the cos and sin of [B, T, H/2] twice per layer (q and k,
+    CSE does not merge the hoisted copies), about 2% of the reference train step.
+    """
+    inv_freq_h = theta ** (-jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim)
     angle_BTh = positions_BT[..., None].astype(jnp.float32) * inv_freq_h[None, None]
-    cos_BT1H = jnp.concatenate([jnp.cos(angle_BTh)] * 2, -1)[:, :, None, :]
-    sin_BT1H = jnp.concatenate([jnp.sin(angle_BTh)] * 2, -1)[:, :, None, :]
+    return {
+        "cos": jnp.concatenate([jnp.cos(angle_BTh)] * 2, -1),
+        "sin": jnp.concatenate([jnp.sin(angle_BTh)] * 2, -1),
+    }
+
+
+def rotary(
+    x_BTNH: Array, positions_BT: Array | None, theta: float = 10000.0, *, tables=None
+) -> Array:
+    """Rotary position embedding, 'rotate half' convention over the full head dim.
+
+    `tables` (from `rotary_tables`, same positions) skips recomputing cos and sin;
+    `positions_BT` is then unused.
+    """
+    if tables is None:
+        tables = rotary_tables(positions_BT, x_BTNH.shape[-1], theta)
+    cos_BT1H, sin_BT1H = tables["cos"][:, :, None, :], tables["sin"][:, :, None, :]
     x1, x2 = jnp.split(x_BTNH, 2, axis=-1)
     rotated = jnp.concatenate([-x2, x1], axis=-1)
     return (x_BTNH * cos_BT1H + rotated * sin_BT1H).astype(x_BTNH.dtype)

@@ -37,6 +37,27 @@ def test_sinusoidal_table_values():
     np.testing.assert_allclose(table[2, 1], math.sin(0.05), rtol=1e-5)
 
 
+def test_rotary_tables_match_a_per_position_rotation():
+    """Precomputed tables (shared by all layers) give rotary's pair rotation, exactly as inline."""
+    from models.layers import rotary, rotary_tables
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2, 5, 3, 8)).astype(np.float32)  # B, T, N, H
+    pos = np.array([[0, 1, 2, 3, 4], [7, 3, 0, 1, 9]], np.int32)
+    theta = 100.0
+    ref = np.empty_like(x)  # pair (i, i + H/2) rotated by the angle pos * theta^(-2i/H)
+    for i in range(4):
+        a = pos[..., None] * theta ** (-2 * i / 8)
+        x1, x2 = x[..., i], x[..., i + 4]
+        ref[..., i] = x1 * np.cos(a) - x2 * np.sin(a)
+        ref[..., i + 4] = x2 * np.cos(a) + x1 * np.sin(a)
+    tables = rotary_tables(jnp.asarray(pos), 8, theta)
+    assert tables["cos"].shape == (2, 5, 8)
+    shared = rotary(jnp.asarray(x), None, tables=tables)
+    np.testing.assert_allclose(shared, ref, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(shared, rotary(jnp.asarray(x), jnp.asarray(pos), theta))
+
+
 def test_relative_buckets_hand_worked():
     # rel = key - query. Bidirectional, 32 buckets, max distance 128: 16 per direction, 8 exact.
     rel = jnp.array([0, -1, 1, -7, -8, -20, 20, -200, 200])
