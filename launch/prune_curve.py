@@ -146,6 +146,7 @@ def main(argv):
                 keep_ff=FL.keep_ff or config.model.d_ff, finetune_steps=FL.finetune_steps, **kw,
             )  # fmt: skip
             structured["loss_finetuned"] = tools.evaluate(p, cfg)["loss"]
+            structured["finetune_steps"] = FL.finetune_steps  # of loss_finetuned
             dense = [r for r in rows if r["sparsity"] == 0 and "loss_finetuned" in r]
             if dense:  # the unpruned model after the same steps: the fair reference
                 structured["loss_f32_finetuned"] = dense[0]["loss_finetuned"]
