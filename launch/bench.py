@@ -16,6 +16,7 @@ compiled once and timed `--steps` steps per round.
 
 import json
 import os
+import statistics
 import sys
 import time
 
@@ -160,8 +161,8 @@ def compare_with_torch(config, steps: int, rounds: int) -> dict:
             flush=True,
         )
     out = jax_bench.result()
-    jax_tok = 1e3 * tokens / float(sorted(jax_ms)[len(jax_ms) // 2])
-    torch_tok = 1e3 * tokens / float(sorted(torch_ms)[len(torch_ms) // 2])
+    jax_tok = 1e3 * tokens / float(statistics.median(jax_ms))  # even count: mean of the middle two
+    torch_tok = 1e3 * tokens / float(statistics.median(torch_ms))
     out.update(
         jax_round_ms=jax_ms,
         torch_round_ms=torch_ms,
