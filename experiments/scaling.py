@@ -44,7 +44,7 @@ PRESETS = {
         seq_len=64,
         batch_size=8,
         grad_accum=1,
-        tokens=(10_240, 20_480, 40_960),
+        tokens=(10_240, 20_480),  # 3 x 2 = 6 points: enough for the 5-parameter fit
         budgets=(),
         max_isoflop_tokens=0,
         warmup_steps=4,

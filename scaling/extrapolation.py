@@ -33,7 +33,10 @@ def holdout_mask(compute: np.ndarray, fraction: float = HOLDOUT_FRACTION) -> np.
     return compute >= min(kth_largest, compute.max() / (1.0 + ISO_TOL))
 
 
-CV_STARTS = 4  # grid starts per leave-one-out refit, besides the full fit's optimum
+# Grid starts per leave-one-out refit, besides the full fit's optimum. Dropping one point barely
+# moves the optimum, so the warm start finds it: on the test sweep 1 start gave the same
+# cross-validation errors as 4 (to 1e-8) in 40% of the CPU time, and 0 starts changed them.
+CV_STARTS = 1
 FORMS = {"approach3": fit_parametric, "kaplan_joint": fit_joint}
 
 

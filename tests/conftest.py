@@ -1,13 +1,33 @@
-"""Test set-up: 8 simulated CPU devices, strict rank promotion, repo root importable."""
+"""Test set-up: 8 simulated CPU devices, fast compiles, strict rank promotion, repo root importable.
 
+Most of the suite's time is XLA compiling small programs that then run for milliseconds, so:
+- LLVM optimisation level 0 (`--xla_backend_optimization_level=0`) halves the CPU time of a
+  compile-bound test file here (test_train_step + test_models_lora: 83 s -> 40 s of CPU) and does
+  not change what XLA computes, only how well the machine code is optimised. Subprocess tests that
+  set their own XLA_FLAGS compile as users do.
+- One persistent compilation cache per test process: tests that train the same config twice
+  (resume, preemption, families) compile it once (67 of 717 compiles in the train/parallel files).
+"""
+
+import atexit
 import os
+import shutil
 import sys
+import tempfile
 
 # Must happen before JAX initialises its backends.
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault(
+    "XLA_FLAGS", "--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0"
+)
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
+
+_CACHE = tempfile.mkdtemp(prefix="scalelab-test-jax-cache-")
+atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
+jax.config.update("jax_compilation_cache_dir", _CACHE)
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)

@@ -66,8 +66,8 @@ SWEEP = "experiments/scaling.py:preset=smoke"
 
 def test_sweep_jobs_group_by_trunk():
     wsd = sweep_jobs(SWEEP, [], "runs/sw")
-    # smoke preset: 3 sizes x 3 token budgets; a WSD size is one job (its trunk + branches).
-    assert len(wsd) == 3 and all(len(j.split(",")) == 3 for j in wsd)
+    # smoke preset: 3 sizes x 2 token budgets; a WSD size is one job (its trunk + branches).
+    assert len(wsd) == 3 and all(len(j.split(",")) == 2 for j in wsd)
     assert len({j.split(",")[0].split("@")[0] for j in wsd}) == 3
     cosine = sweep_jobs(SWEEP.replace("smoke", "smoke,schedule=cosine"), [], "runs/sw")
     assert sorted(cosine) == sorted(i for j in wsd for i in j.split(","))

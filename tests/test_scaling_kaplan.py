@@ -61,3 +61,20 @@ def test_joint_law_recovers_kaplans_parameters():
     # Off the grid (10x the largest D) the fitted law predicts within 2%.
     far = truth.predict(np.array([1e6]), np.array([4e7]))
     assert fit.predict(np.array([1e6]), np.array([4e7])) == pytest.approx(far, rel=0.02)
+
+
+def test_joint_law_jacobian_matches_finite_differences():
+    from scaling.kaplan import _joint_log, _joint_log_jac
+
+    rng = np.random.default_rng(0)
+    log_n, log_d = rng.uniform(10, 16, 7), rng.uniform(13, 18, 7)
+    theta = np.array([14.0, 19.0, 0.3, 0.25])
+    eye = 1e-6 * np.eye(4)
+    numeric = np.stack(
+        [
+            (_joint_log(theta + e, log_n, log_d) - _joint_log(theta - e, log_n, log_d)) / 2e-6
+            for e in eye
+        ],
+        axis=1,
+    )
+    np.testing.assert_allclose(_joint_log_jac(theta, log_n, log_d), numeric, atol=1e-7)
