@@ -88,6 +88,9 @@ def check_config(config, n_devices: int | None = None) -> None:
 
     _registry_check(get_model, m.family)
     _registry_check(objectives.get_loss_fn, config.objective)
+    from data import tasks
+
+    _registry_check(tasks.check, config)  # data.task and the objective it trains
     _registry_check(make_schedule, t)
     try:
         resolved_dims(m)
