@@ -45,7 +45,11 @@ def test_every_method_reports(trained):
     base = measure(params, config.model, tools, config.data.seq_len)
     cfg, q, _ = compress("int8", config, params, tools)
     m = measure(q, cfg, tools, config.data.seq_len)
-    assert m["ckpt_bytes"] < 0.4 * base["ckpt_bytes"]
+    # Stored arrays: int8 + per-channel scales against f32 (deterministic). The files on disk
+    # shrink less here, and by a different amount on each save (88-94 kB of 226 kB): Orbax
+    # compresses the f32 tree, half zeros after pruning, and adds metadata of its own.
+    assert m["param_bytes"] < 0.3 * base["param_bytes"]
+    assert m["ckpt_bytes"] < 0.5 * base["ckpt_bytes"]
     assert abs(m["loss"] / base["loss"] - 1) < 0.01
     assert m["params"] == base["params"] and m["flops_per_token"] == base["flops_per_token"]
     cfg, s, info = compress("structured", config, params, tools, keep_heads=1, keep_ff=128)
