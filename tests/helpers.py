@@ -5,6 +5,10 @@ import sysconfig
 
 from experiments.gpt import get_config
 
+# XLA flag for test subprocesses: LLVM at -O0 compiles in about half the CPU time and computes the
+# same values (the smoke sweep gave identical losses, 143 -> 105 s of CPU); see tests/conftest.py.
+FAST_COMPILE = "--xla_backend_optimization_level=0"
+
 
 def make_corpus(root: str, n_files: int = 40) -> str:
     """Copies `n_files` stdlib modules into `root`; returns a glob over them."""

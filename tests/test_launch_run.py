@@ -7,13 +7,13 @@ import sys
 
 import pytest
 
-from tests.helpers import make_corpus
+from tests.helpers import FAST_COMPILE, make_corpus
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _run(args, tmp_path):
-    env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
+    env = dict(os.environ, XLA_FLAGS=FAST_COMPILE, JAX_PLATFORMS="cpu")
     return subprocess.run(
         [sys.executable, "launch/run.py", *args],
         cwd=ROOT,

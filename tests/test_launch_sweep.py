@@ -12,7 +12,7 @@ import pytest
 
 from experiments import scaling
 from launch.sweep import plan, read_results
-from tests.helpers import make_corpus
+from tests.helpers import FAST_COMPILE, make_corpus
 from train.optim import make_schedule
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -97,7 +97,7 @@ def _sweep_cmd(tmp_path, workdir, *extra):
     ]
 
 
-_ENV = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
+_ENV = dict(os.environ, XLA_FLAGS=FAST_COMPILE, JAX_PLATFORMS="cpu")
 
 
 def _run_sweep(tmp_path, workdir, *extra, timeout=None):

@@ -16,7 +16,7 @@ from jax.sharding import PartitionSpec as P
 from parallel.distributed import resolve
 from parallel.mesh import make_mesh
 from parallel.sharding import process_batch_block
-from tests.helpers import make_corpus
+from tests.helpers import FAST_COMPILE, make_corpus
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -109,7 +109,7 @@ def _cmd(workdir, corpus, steps=6):
 
 def _run(workdir, corpus, processes: int):
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={8 // processes}"
+    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={8 // processes} {FAST_COMPILE}"
     if processes == 1:
         out = subprocess.run(
             _cmd(workdir, corpus), cwd=ROOT, env=env, capture_output=True, text=True

@@ -18,7 +18,7 @@ import jax
 import numpy as np
 import pytest
 
-from tests.helpers import make_corpus
+from tests.helpers import FAST_COMPILE, make_corpus
 from train.checkpoint import SLOW_COMMIT_ENV, load_state
 from train.metrics import read_metrics
 
@@ -241,7 +241,7 @@ def test_two_hosts_stop_at_the_same_step_when_one_gets_sigterm(tmp_path):
         port = s.getsockname()[1]
     script = tmp_path / "worker.py"
     script.write_text(_WORKER.format(root=ROOT, port=port))
-    env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
+    env = dict(os.environ, XLA_FLAGS=FAST_COMPILE, JAX_PLATFORMS="cpu")
     procs = [
         subprocess.Popen(
             [sys.executable, str(script), str(i)], env=env, stdout=subprocess.PIPE, text=True
