@@ -213,39 +213,15 @@ def _examples(data_cfg, split: str) -> list[dict[str, np.ndarray]]:
     return examples
 
 
-class _ToBatch:
-    """grain's packing outputs -> the batch contract plus `loss_mask`; pads a short batch."""
-
-    def __init__(self, rows: int):
-        self._rows = rows
-
-    def __call__(self, packed: dict) -> dict[str, np.ndarray]:
-        batch = {
-            "tokens": packed["tokens"],
-            "segment_ids": packed["tokens_segment_ids"],
-            "positions": packed["tokens_positions"],
-            "loss_mask": packed["loss_mask"],
-        }
-        missing = self._rows - len(batch["tokens"])
-        return {
-            k: np.pad(v, ((0, missing), (0, 0))).astype(np.int32, copy=False)
-            for k, v in batch.items()
-        }
-
-
 def _packed(examples, data_cfg, rows: int, *, seed, num_epochs, index, count) -> grain.IterDataset:
     ds = grain.MapDataset.source(examples)
     if seed is not None:
         ds = ds.shuffle(seed=int(np.random.SeedSequence(seed).generate_state(1)[0]))
     ds = ds.repeat(num_epochs)[index::count]
-    T = data_cfg.seq_len
-    packed = grain.experimental.FirstFitPackIterDataset(
-        ds.to_iter_dataset(grain.ReadOptions(num_threads=0)),
-        length_struct={"tokens": T, "loss_mask": T},
-        num_packing_bins=rows,
-        shuffle_bins=False,
-    )
-    return packed.batch(rows, drop_remainder=False).map(_ToBatch(rows))
+    from data.pipeline import _pack_and_batch
+
+    pieces = ds.to_iter_dataset(grain.ReadOptions(num_threads=0))
+    return _pack_and_batch(pieces, data_cfg.seq_len, rows, extra=("loss_mask",))
 
 
 def make_sft_dataset(

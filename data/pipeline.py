@@ -130,14 +130,15 @@ def _piece_dataset(
 class _ToBatch:
     """Renames grain's packing outputs to the batch contract; pads a short batch with zero rows."""
 
-    def __init__(self, rows: int):
-        self._rows = rows
+    def __init__(self, rows: int, extra: tuple[str, ...] = ()):
+        self._rows, self._extra = rows, extra
 
     def __call__(self, packed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         batch = {
             "tokens": packed["tokens"],
             "segment_ids": packed["tokens_segment_ids"],
             "positions": packed["tokens_positions"],
+            **{k: packed[k] for k in self._extra},  # e.g. SFT's loss_mask
         }
         # Only the final batch of a finite stream is short; zero rows carry no loss.
         missing = self._rows - len(batch["tokens"])
@@ -147,16 +148,19 @@ class _ToBatch:
         }
 
 
-def _pack_and_batch(pieces: grain.IterDataset, seq_len: int, rows: int) -> grain.IterDataset:
-    """First-fit packs pieces into rows of `seq_len` and batches `rows` of them."""
+def _pack_and_batch(
+    pieces: grain.IterDataset, seq_len: int, rows: int, extra: tuple[str, ...] = ()
+) -> grain.IterDataset:
+    """First-fit packs pieces into rows of `seq_len` and batches `rows` of them; `extra` names
+    per-token fields packed beside the tokens."""
     packed = grain.experimental.FirstFitPackIterDataset(
         pieces,
-        length_struct={"tokens": seq_len},
+        length_struct={"tokens": seq_len, **dict.fromkeys(extra, seq_len)},
         num_packing_bins=rows,
         # Pieces are already shuffled; row order within a batch does not matter.
         shuffle_bins=False,
     )
-    return packed.batch(rows, drop_remainder=False).map(_ToBatch(rows))
+    return packed.batch(rows, drop_remainder=False).map(_ToBatch(rows, extra))
 
 
 def make_train_dataset(
