@@ -8,17 +8,18 @@ stdlib corpus (byte tokenizer), writes `results.jsonl` (one line per point) and
 workdir, and prints the best LR per width. Rerunning skips finished points. Under SP the best
 LR falls as the model widens; under muP (base width = the smallest) it stays put.
 
-Arguments (comma-separated): steps=N (per point), widths=16/32/64 (slash-separated),
-lr_exps=-11/0 (the log2 LR range, one point per integer: wide enough that every optimum is
-interior), runlocal (2 widths x 2 LRs x 10 steps). Cost on the shared 2-core CPU at load
-average ~17: 5.5-11 min per (parametrization, width), about 50 min for the grid (README).
+Arguments (comma-separated): steps=N (per point), widths=32/64/128 (slash-separated; the first
+is muP's base width), lr_exps=-12/-2 (the log2 LR range, one point per integer: wide enough that
+every optimum is interior), seeds=N (every point trains N times, seeds config.seed..+N-1, each
+with its own init and data order; the curves and optima use the mean held-out loss), runlocal
+(2 widths x 2 LRs x 2 seeds x 10 steps). Measured cost is in the README.
 """
 
 from experiments.common import base_config, parse_arg
 
 
 def get_config(arg: str = ""):
-    args = parse_arg(arg, steps=300, widths="16/32/64", lr_exps="-11/0", runlocal=False)
+    args = parse_arg(arg, steps=300, widths="32/64/128", lr_exps="-12/-2", seeds=3, runlocal=False)
     config = base_config("tiny")
     m = config.model
     m.n_layers, m.n_heads = 2, 2
@@ -32,13 +33,16 @@ def get_config(arg: str = ""):
     t.grad_accum = 1
     t.eval_every = t.ckpt_every = t.steps
     t.log_every = max(1, t.steps // 5)
-    t.eval_batches = 2 if args.runlocal else 8
+    t.eval_batches = 2 if args.runlocal else 16
     config.data.seq_len, config.data.batch_size = 64, 8
     config.transfer = dict(
         parametrizations=("sp", "mup"),
         widths=tuple(int(w) for w in args.widths.split("/"))[: 2 if args.runlocal else None],
         lr_exps=tuple(range(lo, hi + 1))[: 2 if args.runlocal else None],
+        seeds=2 if args.runlocal else args.seeds,
     )
+    if lo > hi or config.transfer.seeds < 1:
+        raise ValueError(f"lr_exps={args.lr_exps} must be lo/hi with lo <= hi, seeds >= 1")
     return config
 
 

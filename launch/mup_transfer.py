@@ -11,6 +11,10 @@ per-group multipliers after it), so each member multiplies the update of the `lr
 by its own LR: exactly the run `launch/run.py` would do at that LR. The data pipeline, model,
 loss, schedule and optimizer are the project's own (`train.loop.Run`'s parts, unsharded).
 
+With `seeds=N` every point also trains N times with its own initialisation and data order (the
+seeds are more members of the same vmap); a point's loss is the mean over seeds, and the plot
+shades the range between the seeds.
+
 `results.jsonl` gets one line per point, rewritten atomically after each (parametrization,
 width), so a killed grid resumes there; a member whose loss becomes non-finite is recorded as
 diverged. The plot and the optima are redone at the end.
@@ -85,6 +89,16 @@ def plot(rows: list[dict], path: str) -> None:
             if not pts:
                 continue
             ax.plot(*zip(*pts, strict=True), marker="o", color=color, label=f"d_model {w}")
+            spread = sorted(  # the range over seeds, where a point has several
+                (r["lr_exp"], min(r["seed_losses"]), max(r["seed_losses"]))
+                for r in rows
+                if r["parametrization"] == p
+                and r["width"] == w
+                and r["status"] == "ok"
+                and len(r.get("seed_losses") or ()) > 1
+            )
+            if spread:
+                ax.fill_between(*zip(*spread, strict=True), color=color, alpha=0.2, lw=0)
             if w in best.get(p, {}):
                 e = best[p][w]
                 ax.plot([e], [dict(pts)[e]], marker="*", markersize=16, color=color)
@@ -99,8 +113,12 @@ def plot(rows: list[dict], path: str) -> None:
     atomic.save_figure(fig, path)
 
 
-def train_lr_group(config, lrs: list[float]) -> list[tuple[float, float]]:
-    """Trains `config` at every LR in `lrs` at once (vmapped); (eval loss, bits/byte) per LR."""
+def train_lr_group(config, lrs: list[float], seeds: int = 1) -> list[list[tuple[float, float]]]:
+    """Trains `config` at every LR in `lrs` and every seed at once (vmapped over seeds x LRs).
+
+    Seed s (`config.seed + s`) sets both the initialisation and the order of the training data.
+    Returns (eval loss, bits/byte) as `out[s][i]` for seed s and `lrs[i]`.
+    """
     import flax.linen as nn
     import jax
     import jax.numpy as jnp
@@ -130,7 +148,8 @@ def train_lr_group(config, lrs: list[float]) -> list[tuple[float, float]]:
         params = nn.unbox(model.init(key, c.model))
         return params, opt.init(params)
 
-    def step(params, opt_state, lr, batch):
+    def step(params, opt_state, lr, seed_index, batch_S):
+        batch = jax.tree.map(lambda x: x[seed_index], batch_S)  # this member's seed's batch
         (_, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch, None)
         updates, opt_state = opt.update(grads, opt_state, params)
         updates = jax.tree.map(lambda u: u * lr, updates)
@@ -139,16 +158,30 @@ def train_lr_group(config, lrs: list[float]) -> list[tuple[float, float]]:
     def evaluate(params, batch):
         return loss_fn(params, batch, None)[1]
 
-    n = len(lrs)
-    key = jax.random.key(c.seed)
-    params, opt_state = jax.jit(jax.vmap(init, axis_size=n, in_axes=None))(key)
-    lr_n = jnp.asarray(lrs, jnp.float32)
-    step_n = jax.jit(jax.vmap(step, in_axes=(0, 0, 0, None)), donate_argnums=(0, 1))
+    n_lr = len(lrs)
+    n = seeds * n_lr  # member i is seed i // n_lr at lrs[i % n_lr]
+    seed_n = np.repeat(np.arange(seeds), n_lr)
+    keys_n = jax.vmap(lambda s: jax.random.key(c.seed + s))(jnp.asarray(seed_n))
+    params, opt_state = jax.jit(jax.vmap(init))(keys_n)
+    lr_n = jnp.asarray(np.tile(np.asarray(lrs, np.float32), seeds))
+    seed_n = jnp.asarray(seed_n, jnp.int32)
+    step_n = jax.jit(jax.vmap(step, in_axes=(0, 0, 0, 0, None)), donate_argnums=(0, 1))
     eval_n = jax.jit(jax.vmap(evaluate, in_axes=(0, None)))
-    train_iter = make_train_iterator(c.data, seed=c.seed)
-    for _ in range(c.train.steps):
-        batch = {k: jnp.asarray(v) for k, v in next(train_iter).items() if k in BATCH_KEYS}
-        params, opt_state, loss_n = step_n(params, opt_state, lr_n, batch)
+    iters = [make_train_iterator(c.data, seed=c.seed + s) for s in range(seeds)]
+    t0, every = time.perf_counter(), max(1, c.train.steps // 5)
+    for i in range(c.train.steps):
+        bs = [next(it) for it in iters]
+        batch_S = {k: jnp.asarray(np.stack([b[k] for b in bs])) for k in bs[0] if k in BATCH_KEYS}
+        params, opt_state, loss_n = step_n(params, opt_state, lr_n, seed_n, batch_S)
+        if (i + 1) % every == 0 or i == 0:
+            done, wall = i + 1, time.perf_counter() - t0
+            tokens = n * c.data.batch_size * c.data.seq_len * done
+            print(
+                f"  step {done}/{c.train.steps}: lowest member loss "
+                f"{np.nanmin(np.asarray(loss_n)):.3f}, {tokens / wall:,.0f} tokens/s, "
+                f"ETA {wall / done * (c.train.steps - done):.0f} s",
+                flush=True,
+            )
     sums = {"nll_sum": np.zeros(n), "tokens": np.zeros(n), "bytes": np.zeros(n)}
     for b in make_eval_batches(c.data, num_batches=c.train.eval_batches):
         aux = jax.device_get(
@@ -156,16 +189,17 @@ def train_lr_group(config, lrs: list[float]) -> list[tuple[float, float]]:
         )
         for k in sums:
             sums[k] += np.asarray(aux[k], np.float64)
-    out = []
+    out = [[] for _ in range(seeds)]
     for i in range(n):
         s = objectives.summarize({k: v[i] for k, v in sums.items()})
-        out.append((s["loss"], s["bits_per_byte"]))
+        out[i // n_lr].append((s["loss"], s["bits_per_byte"]))
     return out
 
 
 def main(argv):
     del argv
     import jax
+    import numpy as np
 
     logging.set_verbosity(logging.WARNING)
     if _CACHE.value:
@@ -190,9 +224,14 @@ def main(argv):
             if all(point_id(p, w, e) in rows for e in exps):
                 continue
             t = time.perf_counter()
-            losses = train_lr_group(point_config(config, p, w, 0), [2.0**e for e in exps])
+            per_seed = train_lr_group(
+                point_config(config, p, w, 0), [2.0**e for e in exps], config.transfer.seeds
+            )
             wall = time.perf_counter() - t
-            for e, (loss, bpb) in zip(exps, losses, strict=True):
+            for j, e in enumerate(exps):
+                seed_losses = [per_seed[s][j][0] for s in range(len(per_seed))]
+                loss = float(np.mean(seed_losses))
+                bpb = float(np.mean([per_seed[s][j][1] for s in range(len(per_seed))]))
                 ok = math.isfinite(loss)
                 rows[point_id(p, w, e)] = dict(
                     id=point_id(p, w, e),
@@ -203,10 +242,13 @@ def main(argv):
                     status="ok" if ok else "diverged",
                     eval_loss=loss if ok else None,
                     bits_per_byte=bpb if ok else None,
+                    seed_losses=[x if math.isfinite(x) else None for x in seed_losses],
                     group_wall_s=wall,
                 )
             atomic.write_text(results_path, "".join(json.dumps(r) + "\n" for r in rows.values()))
-            line = " ".join(f"2^{e}:{loss:.3f}" for e, (loss, _) in zip(exps, losses, strict=True))
+            line = " ".join(
+                f"2^{e}:{rows[point_id(p, w, e)]['eval_loss'] or float('nan'):.3f}" for e in exps
+            )
             total = time.perf_counter() - t0
             print(f"{p} d_model {w}: {line} ({wall:.0f} s, {total:.0f} s total)", flush=True)
     for other in _MERGE.value:
