@@ -21,9 +21,7 @@ Arguments: phase, base, size (tiny: 2 x 128), steps (fine-tuning), pre_steps, cl
 """
 
 from experiments import bert
-from experiments.common import parse_arg, set_runlocal, set_schedule
-
-PHASES = ("pretrain", "finetune", "scratch")
+from experiments.common import parse_arg, task_phase
 
 
 def get_config(arg: str = ""):
@@ -38,25 +36,13 @@ def get_config(arg: str = ""):
         lr=1e-3,
         runlocal=False,
     )
-    if args.phase not in PHASES:
-        raise ValueError(f"phase={args.phase!r} is unknown; choose one of {PHASES}")
-    config = bert.get_config(f"size={args.size},steps={args.pre_steps}")
-    if args.phase == "pretrain":
-        if args.runlocal:
-            set_runlocal(config)
-        return config
-    if args.phase == "finetune":
-        if not args.base:
-            raise ValueError("phase=finetune needs base=<pre-training workdir>")
-        config.init_from = args.base  # the new pooler and classifier keep their initialisation
-    config.objective = "classification"
-    config.data.task.name = "packages"
-    config.data.task.num_classes = args.classes
-    config.model.num_classes = args.classes
-    config.data.batch_size = 32
-    set_schedule(config, args.steps, args.lr, args.steps // 10)
-    config.train.eval_batches = 1000  # the whole held-out split (fewer batches if smaller)
-    if args.runlocal:
-        set_runlocal(config)
-        config.train.eval_batches = 2
-    return config
+    pretrain = bert.get_config(f"size={args.size},steps={args.pre_steps}")
+
+    def set_task(config):
+        config.objective = "classification"
+        config.data.task.name = "packages"
+        config.data.task.num_classes = args.classes
+        config.model.num_classes = args.classes
+        config.data.batch_size = 32
+
+    return task_phase(pretrain, args, set_task)

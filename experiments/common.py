@@ -77,6 +77,39 @@ def set_runlocal(config: ml_collections.ConfigDict) -> None:
     config.data.batch_size = 8
 
 
+TASK_PHASES = ("pretrain", "finetune", "scratch")
+
+
+def task_phase(
+    pretrain: ml_collections.ConfigDict, args: ml_collections.ConfigDict, set_task
+) -> ml_collections.ConfigDict:
+    """One phase of a pre-train -> fine-tune experiment (experiments/classify.py, seq2seq.py).
+
+    `args.phase` 'pretrain' is the `pretrain` config as it is; 'finetune' is the task from the
+    weights of `args.base` (a pre-training workdir); 'scratch' the same task from random weights,
+    the control. `set_task(config)` turns the pre-training config into the task's; the task then
+    trains `args.steps` steps at `args.lr` and evaluates on the whole held-out split.
+    """
+    if args.phase not in TASK_PHASES:
+        raise ValueError(f"phase={args.phase!r} is unknown; choose one of {TASK_PHASES}")
+    config = pretrain
+    if args.phase == "pretrain":
+        if args.runlocal:
+            set_runlocal(config)
+        return config
+    if args.phase == "finetune":
+        if not args.base:
+            raise ValueError("phase=finetune needs base=<pre-training workdir>")
+        config.init_from = args.base  # new heads keep their initialisation
+    set_task(config)
+    set_schedule(config, args.steps, args.lr, args.steps // 10)
+    config.train.eval_batches = 1000  # the whole held-out split (fewer batches if smaller)
+    if args.runlocal:
+        set_runlocal(config)
+        config.train.eval_batches = 2
+    return config
+
+
 def base_config(size: str = "small") -> ml_collections.ConfigDict:
     """Every field a single run reads, with defaults; experiments override what they study."""
     config = ml_collections.ConfigDict()

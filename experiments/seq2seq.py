@@ -22,9 +22,7 @@ Arguments: phase, base, size (tiny: 2 + 2 layers x 128), steps (fine-tuning), pr
 """
 
 from experiments import t5
-from experiments.common import parse_arg, set_runlocal, set_schedule
-
-PHASES = ("pretrain", "finetune", "scratch")
+from experiments.common import parse_arg, task_phase
 
 
 def get_config(arg: str = ""):
@@ -39,24 +37,12 @@ def get_config(arg: str = ""):
         lr=2e-3,
         runlocal=False,
     )
-    if args.phase not in PHASES:
-        raise ValueError(f"phase={args.phase!r} is unknown; choose one of {PHASES}")
-    config = t5.get_config(f"size={args.size},steps={args.pre_steps}")
-    if args.phase == "pretrain":
-        if args.runlocal:
-            set_runlocal(config)
-        return config
-    if args.phase == "finetune":
-        if not args.base:
-            raise ValueError("phase=finetune needs base=<pre-training workdir>")
-        config.init_from = args.base
-    config.objective = "seq2seq"
-    config.data.task.name = "naming"
-    config.data.seq_len = args.seq_len  # relative positions: any input length loads
-    config.data.batch_size = 16
-    set_schedule(config, args.steps, args.lr, args.steps // 10)
-    config.train.eval_batches = 1000  # the whole held-out split
-    if args.runlocal:
-        set_runlocal(config)
-        config.train.eval_batches = 2
-    return config
+    pretrain = t5.get_config(f"size={args.size},steps={args.pre_steps}")
+
+    def set_task(config):
+        config.objective = "seq2seq"
+        config.data.task.name = "naming"
+        config.data.seq_len = args.seq_len  # relative positions: any input length loads
+        config.data.batch_size = 16
+
+    return task_phase(pretrain, args, set_task)

@@ -63,12 +63,12 @@ class JaxBench:
         with run.activate():
             self.batch = run.global_batch(local)
             t = time.perf_counter()
-            self.compiled = run.train_step.lower(run.state, self.batch).compile()
+            self.compiled = run.train_step.lower(run.state, self.batch, run.schedule_args).compile()
             self.compile_s = time.perf_counter() - t
             self.memory = self.compiled.memory_analysis()
             self.state = run.state
             for _ in range(2):
-                self.state, m = self.compiled(self.state, self.batch)
+                self.state, m = self.compiled(self.state, self.batch, self.run.schedule_args)
             jax.block_until_ready(m)
         self.times: list[float] = []
 
@@ -81,7 +81,7 @@ class JaxBench:
         with self.run.activate():
             for _ in range(steps):
                 t = time.perf_counter()
-                self.state, m = self.compiled(self.state, self.batch)
+                self.state, m = self.compiled(self.state, self.batch, self.run.schedule_args)
                 jax.block_until_ready(m)
                 times.append(time.perf_counter() - t)
         self.times += times

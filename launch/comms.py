@@ -158,7 +158,7 @@ def compiled_step_hlo(config) -> str:
             k: jax.ShapeDtypeStruct(shape, np.int32, sharding=s)
             for k, s in run.batch_shardings.items()
         }
-        return run.train_step.lower(run.state, batch).compile().as_text()
+        return run.train_step.lower(run.state, batch, run.schedule_args).compile().as_text()
 
 
 def report(config) -> tuple[str, dict, dict]:

@@ -95,7 +95,7 @@ def activations(cfg, *, lr: float, steps: int, batch: int = 8, seq: int = 64, se
 
     from models import decoder
     from objectives.causal_lm import make_loss_fn
-    from train.optim import default_train_config, make_optimizer, make_schedule
+    from train.optim import default_train_config, make_optimizer, schedule_args
     from train.state import TrainState
     from train.step import make_train_step
 
@@ -112,10 +112,10 @@ def activations(cfg, *, lr: float, steps: int, batch: int = 8, seq: int = 64, se
         opt_state=opt.init(params),
         rng=jax.random.key_data(jax.random.key(seed + 1)),
     )
-    step_fn = jax.jit(make_train_step(make_loss_fn(cfg, decoder.apply), opt, make_schedule(tcfg)))
+    step_fn = jax.jit(make_train_step(make_loss_fn(cfg, decoder.apply), opt))
     *train, probe = _text_batches(steps, batch, seq, seed)
     for tokens in train:
-        state, _ = step_fn(state, {"tokens": tokens})
+        state, _ = step_fn(state, {"tokens": tokens}, schedule_args(tcfg))
 
     names = []  # filled while `forward` is traced (names are static)
 

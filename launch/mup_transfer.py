@@ -4,12 +4,11 @@ r"""Runs an LR x width transfer grid (experiments/mup_transfer.py), records it a
 
 All LRs of one (parametrization, width) train together: the parameters and Adam state of every
 LR are stacked and the train step is `jax.vmap`ped over them, on the same batches, so the grid
-compiles once per (parametrization, width) instead of once per point (the LR is a constant of the
-compiled schedule otherwise; compiling was most of a point's cost here). The update of AdamW with
-decoupled decay is linear in the peak LR (`-lr * schedule_shape(t) * (adam + wd * w)`, and muP's
-per-group multipliers after it), so each member multiplies the update of the `lr = 1` optimizer
-by its own LR: exactly the run `launch/run.py` would do at that LR. The data pipeline, model,
-loss, schedule and optimizer are the project's own (`train.loop.Run`'s parts, unsharded).
+compiles once per (parametrization, width) instead of once per point. Each member's schedule is
+the config's at its own peak LR (`train.optim.schedule_args`, a runtime argument), so a member
+is exactly the run `launch/run.py` would do at that LR (tests/test_launch_mup_transfer.py). The
+data pipeline, model, loss, schedule and optimizer are the project's own (`train.loop.Run`'s
+parts, unsharded).
 
 With `seeds=N` every point also trains N times with its own initialisation and data order (the
 seeds are more members of the same vmap); a point's loss is the mean over seeds, and the plot
@@ -133,10 +132,9 @@ def train_lr_group(config, lrs: list[float], seeds: int = 1) -> list[list[tuple[
         tokenizer_from_config,
     )
     from models import get_model
-    from train.optim import make_optimizer
+    from train.optim import lr_at, make_optimizer, schedule_args
 
     c = config.copy_and_resolve_references()
-    c.train.lr = 1.0  # the update is linear in the peak LR: each member scales it by its own
     model = get_model(c.model.family)
     tokenizer = tokenizer_from_config(c.data)
     loss_fn = objectives.get_loss_fn(c.objective)(
@@ -148,11 +146,10 @@ def train_lr_group(config, lrs: list[float], seeds: int = 1) -> list[list[tuple[
         params = nn.unbox(model.init(key, c.model))
         return params, opt.init(params)
 
-    def step(params, opt_state, lr, seed_index, batch_S):
+    def step(params, opt_state, schedule, seed_index, t, batch_S):
         batch = jax.tree.map(lambda x: x[seed_index], batch_S)  # this member's seed's batch
         (_, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch, None)
-        updates, opt_state = opt.update(grads, opt_state, params)
-        updates = jax.tree.map(lambda u: u * lr, updates)
+        updates, opt_state = opt.update(grads, opt_state, params, lr=lr_at(t, schedule))
         return optax.apply_updates(params, updates), opt_state, aux["nll_sum"] / aux["tokens"]
 
     def evaluate(params, batch):
@@ -163,16 +160,21 @@ def train_lr_group(config, lrs: list[float], seeds: int = 1) -> list[list[tuple[
     seed_n = np.repeat(np.arange(seeds), n_lr)
     keys_n = jax.vmap(lambda s: jax.random.key(c.seed + s))(jnp.asarray(seed_n))
     params, opt_state = jax.jit(jax.vmap(init))(keys_n)
-    lr_n = jnp.asarray(np.tile(np.asarray(lrs, np.float32), seeds))
+    schedules = []  # each member's schedule: the config's at its own peak LR
+    for lr in lrs:
+        with c.train.unlocked():
+            c.train.lr = lr
+        schedules.append(schedule_args(c.train))
+    schedule_n = jnp.asarray(np.tile(np.stack(schedules), (seeds, 1)))
     seed_n = jnp.asarray(seed_n, jnp.int32)
-    step_n = jax.jit(jax.vmap(step, in_axes=(0, 0, 0, 0, None)), donate_argnums=(0, 1))
+    step_n = jax.jit(jax.vmap(step, in_axes=(0, 0, 0, 0, None, None)), donate_argnums=(0, 1))
     eval_n = jax.jit(jax.vmap(evaluate, in_axes=(0, None)))
     iters = [make_train_iterator(c.data, seed=c.seed + s) for s in range(seeds)]
     t0, every = time.perf_counter(), max(1, c.train.steps // 5)
     for i in range(c.train.steps):
         bs = [next(it) for it in iters]
         batch_S = {k: jnp.asarray(np.stack([b[k] for b in bs])) for k in bs[0] if k in BATCH_KEYS}
-        params, opt_state, loss_n = step_n(params, opt_state, lr_n, seed_n, batch_S)
+        params, opt_state, loss_n = step_n(params, opt_state, schedule_n, seed_n, i, batch_S)
         if (i + 1) % every == 0 or i == 0:
             done, wall = i + 1, time.perf_counter() - t0
             tokens = n * c.data.batch_size * c.data.seq_len * done

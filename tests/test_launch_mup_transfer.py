@@ -15,7 +15,7 @@ from experiments.mup_transfer import get_config, point_config
 from launch.mup_transfer import optima, train_lr_group
 from models import get_model
 from tests.helpers import make_corpus
-from train.optim import make_optimizer
+from train.optim import make_optimizer, make_schedule
 
 LR_EXPS = (-7, -4)
 
@@ -32,7 +32,7 @@ def grid_config(tmp_path_factory):
 
 
 def _reference_run(config, seed_offset: int) -> float:
-    """One point trained alone with its true LR in the optimizer (no vmap, no rescaling)."""
+    """One point trained alone at its own LR, a plain loop (no vmap, no stacked schedules)."""
     model = get_model(config.model.family)
     loss_fn = objectives.get_loss_fn(config.objective)(config.model, model.apply)
     opt = make_optimizer(config.train, config.model)
@@ -40,15 +40,16 @@ def _reference_run(config, seed_offset: int) -> float:
     opt_state = opt.init(params)
 
     @jax.jit
-    def step(params, opt_state, batch):
+    def step(params, opt_state, batch, lr):
         grads = jax.grad(lambda p: loss_fn(p, batch, None)[0])(params)
-        updates, opt_state = opt.update(grads, opt_state, params)
+        updates, opt_state = opt.update(grads, opt_state, params, lr=lr)
         return optax.apply_updates(params, updates), opt_state
 
     it = make_train_iterator(config.data, seed=config.seed + seed_offset)
-    for _ in range(config.train.steps):
+    schedule = make_schedule(config.train)
+    for t in range(config.train.steps):
         batch = {k: jnp.asarray(v) for k, v in next(it).items() if k in BATCH_KEYS}
-        params, opt_state = step(params, opt_state, batch)
+        params, opt_state = step(params, opt_state, batch, schedule(t))
     nll = tokens = 0.0
     for b in make_eval_batches(config.data, num_batches=config.train.eval_batches):
         aux = loss_fn(params, {k: jnp.asarray(v) for k, v in b.items() if k in BATCH_KEYS}, None)[1]

@@ -67,7 +67,7 @@ def test_first_adam_step_has_the_lr_and_epsilon_of_each_group(grad_scale):
     params = _params(cfg)
     grads = jax.tree.map(lambda p: jnp.full_like(p, grad_scale), params)
     opt = make_optimizer(tcfg, cfg)
-    updates, _ = opt.update(grads, opt.init(params), params)
+    updates, _ = opt.update(grads, opt.init(params), params, lr=lr)
     g = grad_scale
     for path, u in jax.tree_util.tree_leaves_with_path(updates):
         name = path[-1].key
@@ -75,7 +75,8 @@ def test_first_adam_step_has_the_lr_and_epsilon_of_each_group(grad_scale):
         expected = -lr * lr_mult * g / (g + eps / m)
         np.testing.assert_allclose(u, expected, rtol=1e-4, err_msg=name)
     # Under SP every group gets lr and eps unchanged.
-    sp_updates, _ = make_optimizer(tcfg).update(grads, make_optimizer(tcfg).init(params), params)
+    sp_opt = make_optimizer(tcfg)
+    sp_updates, _ = sp_opt.update(grads, sp_opt.init(params), params, lr=lr)
     for u in jax.tree.leaves(sp_updates):
         np.testing.assert_allclose(u, -lr * g / (g + eps), rtol=1e-4)
 

@@ -18,7 +18,7 @@ from objectives.transforms import special_ids
 from parallel.mesh import make_mesh
 from parallel.rules import get_rules
 from parallel.sharding import batch_shardings
-from train.optim import default_train_config, make_optimizer, make_schedule
+from train.optim import default_train_config, make_optimizer, schedule_args
 from train.state import create_train_state
 from train.step import make_train_step
 
@@ -52,17 +52,19 @@ def _one_step(family, mesh_cfg, devices=None):
     mesh, rules = make_mesh(mesh_cfg, devices), get_rules("fsdp_tp")
     tcfg = default_train_config()
     tcfg.lr, tcfg.warmup_steps, tcfg.eps = 1e-2, 0, 1e-3  # see test_parallel_sharding.py
-    opt, sched = make_optimizer(tcfg), make_schedule(tcfg)
+    opt, sched = make_optimizer(tcfg), schedule_args(tcfg)
     loss_fn = objectives.get_loss_fn(objective)(cfg, model.apply)
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
         state, shardings = create_train_state(model, cfg, opt, mesh, rules, seed=0)
         bs = batch_shardings(keys, mesh, rules)
         step = jax.jit(
-            make_train_step(loss_fn, opt, sched),
-            in_shardings=(shardings, bs),
+            make_train_step(loss_fn, opt),
+            in_shardings=(shardings, bs, NamedSharding(mesh, P())),
             out_shardings=(shardings, NamedSharding(mesh, P())),
         )
-        new_state, metrics = step(state, {k: jax.device_put(v, bs[k]) for k, v in batch.items()})
+        new_state, metrics = step(
+            state, {k: jax.device_put(v, bs[k]) for k, v in batch.items()}, sched
+        )
     return jax.device_get(new_state.params), jax.device_get(metrics)
 
 

@@ -158,7 +158,7 @@ def test_run_train_step_pipelined_with_grad_accum(tmp_path):
         run = Run(config)
         with run.activate():
             batch = run.global_batch(_batch(16, 64))
-            state, metrics = run.train_step(run.state, batch)
+            state, metrics = run.train_step(run.state, batch, run.schedule_args)
         return jax.device_get(state.params), jax.device_get(metrics), run
 
     ref_params, ref_metrics, _ = one_step(data=-1)

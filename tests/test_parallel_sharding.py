@@ -14,7 +14,7 @@ from objectives.causal_lm import make_loss_fn
 from parallel.mesh import make_mesh, mesh_shape
 from parallel.rules import get_rules
 from parallel.sharding import batch_shardings
-from train.optim import default_train_config, make_optimizer, make_schedule
+from train.optim import default_train_config, make_optimizer, schedule_args
 from train.state import create_train_state
 from train.step import make_train_step
 
@@ -44,20 +44,20 @@ def _one_step(mesh_cfg, rules_name, devices=None, grad_accum=1):
     # float-reduction-order noise in near-zero gradients into full-size differences. A larger eps
     # keeps the update proportional to g, so comparing updates compares gradients.
     tcfg.lr, tcfg.warmup_steps, tcfg.eps = 1e-2, 0, 1e-3
-    opt, sched = make_optimizer(tcfg), make_schedule(tcfg)
+    opt, sched = make_optimizer(tcfg), schedule_args(tcfg)
     loss_fn = make_loss_fn(cfg, decoder.apply)
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
         state, shardings = create_train_state(decoder, cfg, opt, mesh, rules, seed=0)
         bs = batch_shardings(("tokens", "segment_ids", "positions"), mesh, rules)
         step = jax.jit(
-            make_train_step(loss_fn, opt, sched, grad_accum),
-            in_shardings=(shardings, bs),
+            make_train_step(loss_fn, opt, grad_accum),
+            in_shardings=(shardings, bs, NamedSharding(mesh, P())),
             out_shardings=(shardings, NamedSharding(mesh, P())),
             donate_argnums=(0,),
         )
         batch = {k: jax.device_put(v, bs[k]) for k, v in _batch().items()}
         init_params = jax.device_get(state.params)
-        new_state, metrics = step(state, batch)
+        new_state, metrics = step(state, batch, sched)
     return new_state, jax.device_get(metrics), init_params
 
 

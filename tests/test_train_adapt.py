@@ -41,7 +41,7 @@ def _train(run, config, steps):
     state = run.state
     with run.activate():
         for _ in range(steps):
-            state, _ = run.train_step(state, run.global_batch(next(it)))
+            state, _ = run.train_step(state, run.global_batch(next(it)), run.schedule_args)
     return state
 
 

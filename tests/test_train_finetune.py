@@ -32,7 +32,7 @@ def test_label_batch_trains_and_evaluates_accuracy(tmp_path):
     state, losses = run.state, []
     with run.activate():
         for _ in range(2):  # the same batch twice: the second loss must be lower
-            state, metrics = run.train_step(state, batch)
+            state, metrics = run.train_step(state, batch, run.schedule_args)
             losses.append(float(metrics["loss"]))
     assert float(metrics["tokens"]) == config.data.batch_size
     assert losses[1] < losses[0]

@@ -18,7 +18,7 @@ from data.tokenizer import ByteTokenizer
 from models import decoder
 from models.sizes import default_model_config
 from objectives.causal_lm import make_loss_fn
-from train.optim import default_train_config, make_optimizer, make_schedule
+from train.optim import default_train_config, make_optimizer, schedule_args
 from train.state import TrainState
 from train.step import make_train_step
 
@@ -43,17 +43,17 @@ def _train(dtype, attn_logits_dtype="float32", loss_dtype="float32"):
     params = nn.unbox(decoder.init(jax.random.key(0), cfg))
     tcfg = default_train_config()
     tcfg.lr, tcfg.warmup_steps, tcfg.steps = 3e-3, 5, STEPS
-    opt, sched = make_optimizer(tcfg), make_schedule(tcfg)
+    opt, sched = make_optimizer(tcfg), schedule_args(tcfg)
     state = TrainState(
         step=np.int32(0),
         params=params,
         opt_state=opt.init(params),
         rng=jax.random.key_data(jax.random.key(1)),
     )
-    step = jax.jit(make_train_step(make_loss_fn(cfg, decoder.apply), opt, sched))
+    step = jax.jit(make_train_step(make_loss_fn(cfg, decoder.apply), opt))
     losses = []
     for batch in _text_batches():
-        state, metrics = step(state, batch)
+        state, metrics = step(state, batch, sched)
         losses.append(float(metrics["loss"]))
     logits = decoder.apply(state.params, _text_batches()[0], cfg)
     return np.array(losses), state, logits

@@ -22,7 +22,7 @@ from objectives.causal_lm import make_loss_fn
 from tests.helpers import make_corpus, small_config
 from train.checkpoint import load_state
 from train.metrics import read_metrics
-from train.optim import default_train_config, make_optimizer, make_schedule
+from train.optim import default_train_config, make_optimizer, schedule_args
 from train.state import TrainState
 from train.step import make_train_step
 
@@ -33,7 +33,7 @@ def _tiny():
     params = nn.unbox(decoder.init(jax.random.key(0), cfg))
     tcfg = default_train_config()
     tcfg.warmup_steps = 0
-    opt, sched = make_optimizer(tcfg), make_schedule(tcfg)
+    opt, sched = make_optimizer(tcfg), schedule_args(tcfg)
     state = TrainState(
         step=jnp.int32(0),
         params=params,
@@ -60,23 +60,23 @@ def test_step_skips_a_nonfinite_update_and_counts_it_on_device():
         loss, aux = loss_fn(params, batch, rng)
         return loss + 0.0 * jnp.sqrt(params["embed"][0, 0] - params["embed"][0, 0]), aux
 
-    poisoned = jax.jit(make_train_step(loss_fn, opt, sched, poison_step=2))
-    bad_grad = jax.jit(make_train_step(nan_grad_loss, opt, sched))
+    poisoned = jax.jit(make_train_step(loss_fn, opt, poison_step=2))
+    bad_grad = jax.jit(make_train_step(nan_grad_loss, opt))
 
-    s1, m1 = poisoned(state, batch)  # step 1: not the poisoned one, a normal update
+    s1, m1 = poisoned(state, batch, sched)  # step 1: not the poisoned one, a normal update
     assert np.isfinite(m1["loss"]) and not _equal(s1.params, state.params)
     assert np.asarray(s1.nonfinite).tolist() == [0, -1, 0]
     s1p = s1
-    s2, m2 = poisoned(s1p, batch)  # step 2: NaN loss and gradients
+    s2, m2 = poisoned(s1p, batch, sched)  # step 2: NaN loss and gradients
     assert not np.isfinite(m2["loss"])
     assert _equal(s2.params, s1.params) and _equal(s2.opt_state, s1.opt_state)
     assert int(s2.step) == 2 and not np.array_equal(s2.rng, s1.rng)  # time still moves on
     assert np.asarray(s2.nonfinite).tolist() == [1, 2, 1]  # one skip, at step 2, cause: loss
-    s3, m3 = poisoned(s2, batch)
+    s3, m3 = poisoned(s2, batch, sched)
     assert np.isfinite(m3["loss"]) and not _equal(s3.params, s2.params)
     assert np.asarray(s3.nonfinite).tolist() == [1, 2, 1]
 
-    sg, mg = bad_grad(state, batch)
+    sg, mg = bad_grad(state, batch, sched)
     assert np.isfinite(mg["loss"]) and not np.isfinite(mg["grad_norm"])
     assert _equal(sg.params, state.params)
     assert np.asarray(sg.nonfinite).tolist() == [1, 1, 2]  # cause: gradient norm

@@ -124,9 +124,9 @@ def _numpy_adamw(params, grads_fn, lrs, cfg, mask):
 def _run_optax(params, grads_fn, cfg, n):
     tx = optim.make_optimizer(cfg)
     p = {k: jnp.asarray(x) for k, x in params.items()}
-    state = tx.init(p)
-    for _ in range(n):
-        updates, state = tx.update(grads_fn(p), state, p)
+    state, schedule = tx.init(p), optim.make_schedule(cfg)
+    for t in range(n):
+        updates, state = tx.update(grads_fn(p), state, p, lr=schedule(t))
         p = optax.apply_updates(p, updates)
     return {k: np.asarray(x, np.float64) for k, x in p.items()}
 

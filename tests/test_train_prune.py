@@ -79,7 +79,7 @@ def test_masks_stay_fixed_through_optimizer_steps():
         grads = jax.tree.unflatten(
             treedef, [jax.random.normal(k, w.shape) for k, w in zip(noise, leaves, strict=True)]
         )
-        updates, state = update(grads, state, params)
+        updates, state = update(grads, state, params, lr=tcfg.lr)
         new = optax.apply_updates(params, updates)
         masks = state.masks
         if first_masks is None:
@@ -118,7 +118,7 @@ def test_schedule_prunes_monotonically_and_state_shards():
     seen, zeros_before = [], None
     for _ in range(6):
         grads = jax.tree.map(jnp.ones_like, params)
-        updates, ostate = update(grads, ostate, params)
+        updates, ostate = update(grads, ostate, params, lr=tcfg.lr)
         params = optax.apply_updates(params, updates)
         seen.append(sparsity_of(params, prunable))
         zeros = np.asarray(params["layers"]["wo"]) == 0

@@ -7,7 +7,7 @@ import numpy as np
 from models import decoder
 from models.sizes import default_model_config
 from objectives.causal_lm import make_loss_fn
-from train.optim import default_train_config, make_optimizer, make_schedule
+from train.optim import default_train_config, make_optimizer, schedule_args
 from train.state import TrainState
 from train.step import make_train_step
 
@@ -18,7 +18,7 @@ def test_grad_accumulation_equals_full_batch():
     params = nn.unbox(decoder.init(jax.random.key(0), cfg))
     tcfg = default_train_config()
     tcfg.warmup_steps, tcfg.eps = 0, 1e-3  # eps: keep Adam's first step proportional to g
-    opt, sched = make_optimizer(tcfg), make_schedule(tcfg)
+    opt, sched = make_optimizer(tcfg), schedule_args(tcfg)
     rng = np.random.default_rng(0)
     B, T = 8, 32
     seg = np.ones((B, T), np.int32)
@@ -34,8 +34,8 @@ def test_grad_accumulation_equals_full_batch():
     loss_fn = make_loss_fn(cfg, decoder.apply)
     outs = {}
     for k in (1, 2, 4):
-        new_state, metrics = jax.jit(make_train_step(loss_fn, opt, sched, grad_accum=k))(
-            state, batch
+        new_state, metrics = jax.jit(make_train_step(loss_fn, opt, grad_accum=k))(
+            state, batch, sched
         )
         outs[k] = (jax.device_get(new_state.params), jax.device_get(metrics))
     for k in (2, 4):

@@ -80,7 +80,9 @@ def distill_and_evaluate(config, workdir: str) -> dict:
                 temperature=d.temperature,
                 bytes_per_token=bytes_per_token,
             )
-        return make_train_step(loss_fn, run.optimizer, run.schedule, tcfg.grad_accum)(state, batch)
+        return make_train_step(loss_fn, run.optimizer, tcfg.grad_accum)(
+            state, batch, run.schedule_args
+        )
 
     teacher_params = None if teacher is None else teacher[2]
     teacher_shardings = jax.tree.map(lambda x: x.sharding, teacher_params)

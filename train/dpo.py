@@ -348,11 +348,11 @@ def train_policy(run: Run, arrays: dict, shardings: dict, logp_fn, writer) -> ob
     """
     c = run.config
     loss_fn = dpo.make_loss_fn(c.model, wrap_apply(run.model, c.model), beta=c.dpo.beta)
-    step_fn = make_train_step(loss_fn, run.optimizer, run.schedule, c.train.grad_accum)
+    step_fn = make_train_step(loss_fn, run.optimizer, c.train.grad_accum)
 
     def step(state, batch):
         logp_c, logp_r = logp_fn(state.params, batch)  # before the update, for the log
-        state, metrics = step_fn(state, batch)
+        state, metrics = step_fn(state, batch, run.schedule_args)
         implicit = (logp_c - batch["ref_chosen_logp"]) - (logp_r - batch["ref_rejected_logp"])
         metrics |= {
             "accuracy": (implicit > 0).mean(),

@@ -40,7 +40,7 @@ from parallel.sharding import batch_shardings, check_batch, process_batch_block
 from train import adapt, preemption
 from train.checkpoint import Checkpointer
 from train.metrics import MetricWriter
-from train.optim import make_optimizer, make_schedule
+from train.optim import make_optimizer, make_schedule, schedule_args
 from train.perf import measure_peak_flops, mfu
 from train.progress import Progress
 from train.prune import maybe_masked
@@ -114,7 +114,7 @@ class Run:
             target_len = config.data.task.target_len if self.task == "naming" else None
         self.counts = count_params(config.model)
         self.flops = flops_per_token(config.model, config.data.seq_len, target_len=target_len)
-        self.schedule = make_schedule(config.train)
+        self.schedule = make_schedule(config.train)  # step -> lr, for logging and reports
         # Compression switch (issue 8), a no-op by default: pruning masks kept by the optimizer
         # (train.prune_*); fake-quantized weights (model.weight_bits) wrap the apply below.
         self.optimizer = maybe_masked(
@@ -131,15 +131,19 @@ class Run:
             self.state, self.state_shardings = self.init_state()
             self.batch_shardings = batch_shardings(self.batch_keys, self.mesh, self.rules)
             replicated = NamedSharding(self.mesh, P())
+            # The schedule is a runtime argument of the step, not compiled in (train/step.py).
+            args = schedule_args(config.train)
+            self.schedule_args = jax.make_array_from_callback(
+                args.shape, replicated, lambda index: args[index]
+            )
             self.train_step = jax.jit(
                 make_train_step(
                     self.loss_fn,
                     self.optimizer,
-                    self.schedule,
                     config.train.grad_accum,
                     poison_step=config.train.get("debug_poison_step", 0),
                 ),
-                in_shardings=(self.state_shardings, self.batch_shardings),
+                in_shardings=(self.state_shardings, self.batch_shardings, replicated),
                 out_shardings=(self.state_shardings, replicated),
                 donate_argnums=(0,),
             )
@@ -346,7 +350,7 @@ def _train_and_evaluate(config, workdir, stop_at, init_from, keep_steps, desc, g
                     # Tracing (Python) and XLA compilation apart: only the second is what the
                     # persistent compilation cache saves.
                     t = time.perf_counter()
-                    lowered = run.train_step.lower(state, batch)
+                    lowered = run.train_step.lower(state, batch, run.schedule_args)
                     trace_s, t = time.perf_counter() - t, time.perf_counter()
                     compiled = lowered.compile()
                     compile_s = time.perf_counter() - t
@@ -355,7 +359,7 @@ def _train_and_evaluate(config, workdir, stop_at, init_from, keep_steps, desc, g
                         f"{desc}: traced in {trace_s:.2f} s, compiled in {compile_s:.2f} s"
                     )
                     clock = {"t": time.perf_counter(), "step": start}
-                state, metrics = compiled(state, batch)
+                state, metrics = compiled(state, batch, run.schedule_args)
                 if pending is not None:
                     log(*pending)
                     pending = None

@@ -1,7 +1,9 @@
 """Optimizer and learning-rate schedules: AdamW with global-norm clipping.
 
-Schedules are plain functions of the optimizer step (jittable, no state), so the loop logs the
-learning rate by calling the schedule on the step instead of carrying it in the optimizer state.
+A schedule is six numbers (`schedule_args`) and one jittable function of the step and them
+(`lr_at`). The train step takes the numbers as a runtime argument and passes the step's learning
+rate to the optimizer (`opt.update(..., lr=lr_t)`), so nothing about the schedule is compiled in:
+every run of a model size, whatever its schedule and length, shares one compiled step.
 """
 
 from typing import Any
@@ -9,6 +11,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 
 SCHEDULES = ("cosine", "wsd", "constant")
@@ -76,8 +79,17 @@ def wsd_decay_start(train_cfg: ml_collections.ConfigDict) -> int:
     return int(round(train_cfg.steps * (1.0 - train_cfg.decay_fraction)))
 
 
-def make_schedule(train_cfg: ml_collections.ConfigDict) -> optax.Schedule:
-    """Builds the learning-rate schedule `step -> lr`.
+# The schedule's kind as a number, so that every kind runs the same compiled program.
+_KINDS = {("constant", None): 0, ("cosine", None): 1, ("wsd", "linear"): 2, ("wsd", "1-sqrt"): 3}
+SCHEDULE_ARGS = ("peak", "floor", "warmup", "decay_start", "steps", "kind")
+
+
+def schedule_args(train_cfg: ml_collections.ConfigDict) -> np.ndarray:
+    """The learning-rate schedule as numbers, `f32[6]` in `SCHEDULE_ARGS` order (see `lr_at`).
+
+    The train step takes them as a runtime argument instead of compiling them in, so runs that
+    differ only in their schedule (a sweep's WSD branches and their constant-LR trunk, a cosine
+    run per token budget) share one compiled step and the compilation cache serves all of them.
 
     All schedules warm up linearly from 0 at step 0 to `lr` at `warmup_steps`, then:
     'cosine' decays to `lr * min_lr_ratio` at `steps`; 'constant' stays at `lr`; 'wsd'
@@ -88,20 +100,17 @@ def make_schedule(train_cfg: ml_collections.ConfigDict) -> optax.Schedule:
     Args:
       train_cfg: The `train` config block (`default_train_config()` fields).
 
-    Returns:
-      A jittable function of an integer step.
-
     Raises:
       ValueError: On an unknown schedule or decay shape, or a cooldown outside the run.
     """
     name = train_cfg.schedule
     if name not in SCHEDULES:
         raise ValueError(f"train.schedule={name!r} is not one of {SCHEDULES}.")
-    peak, floor = float(train_cfg.lr), float(train_cfg.lr * train_cfg.min_lr_ratio)
     warmup, steps = int(train_cfg.warmup_steps), int(train_cfg.steps)
-    shape = train_cfg.decay_shape  # Read now: a later edit of the config must not change lr.
-
+    shape = None
+    start = warmup
     if name == "wsd":
+        shape = train_cfg.decay_shape
         if shape not in DECAY_SHAPES:
             raise ValueError(f"train.decay_shape={shape!r} is not one of {DECAY_SHAPES}.")
         start = wsd_decay_start(train_cfg)
@@ -110,29 +119,49 @@ def make_schedule(train_cfg: ml_collections.ConfigDict) -> optax.Schedule:
                 f"WSD cooldown starts at step {start} (train.decay_start/decay_fraction), outside "
                 f"[warmup_steps={warmup}, steps={steps}]."
             )
-    else:
-        start = warmup
+    peak = float(train_cfg.lr)
+    floor = float(train_cfg.lr * train_cfg.min_lr_ratio)
+    kind = _KINDS[name, shape]
+    return np.asarray([peak, floor, warmup, start, steps, kind], np.float32)
 
-    def after_warmup(step: jax.Array) -> jax.Array:
-        if name == "constant":
-            return jnp.full_like(step, peak)
-        # max(1, .) keeps a zero-length decay (start == steps) from dividing by zero.
-        progress = jnp.clip((step - start) / max(1, steps - start), 0.0, 1.0)
-        if name == "cosine":
-            frac = 0.5 * (1.0 + jnp.cos(jnp.pi * progress))
-        elif shape == "linear":
-            frac = 1.0 - progress
-        else:
-            frac = 1.0 - jnp.sqrt(progress)
-        return floor + (peak - floor) * frac
 
-    def schedule(step: jax.Array | int) -> jax.Array:
-        step = jnp.asarray(step, jnp.float32)
-        if warmup == 0:
-            return after_warmup(step)
-        return jnp.where(step < warmup, peak * step / warmup, after_warmup(step))
+def lr_at(step: jax.Array | int, args: jax.Array) -> jax.Array:
+    """The learning rate at optimizer step `step` of the schedule `args` (`schedule_args`)."""
+    peak, floor, warmup, start, steps, kind = (args[i] for i in range(len(SCHEDULE_ARGS)))
+    step = jnp.asarray(step, jnp.float32)
+    # max(1, .) keeps a zero-length decay (start == steps) from dividing by zero.
+    progress = jnp.clip((step - start) / jnp.maximum(1.0, steps - start), 0.0, 1.0)
+    frac = jnp.select(
+        [kind == 1, kind == 2],
+        [0.5 * (1.0 + jnp.cos(jnp.pi * progress)), 1.0 - progress],
+        1.0 - jnp.sqrt(progress),
+    )
+    after_warmup = jnp.where(kind == 0, peak, floor + (peak - floor) * frac)
+    return jnp.where(step < warmup, peak * step / jnp.maximum(warmup, 1.0), after_warmup)
 
-    return schedule
+
+def make_schedule(train_cfg: ml_collections.ConfigDict) -> optax.Schedule:
+    """The learning-rate schedule `step -> lr` of `train_cfg` (`schedule_args` has the rules).
+
+    Raises:
+      ValueError: On an unknown schedule or decay shape, or a cooldown outside the run.
+    """
+    args = schedule_args(train_cfg)  # Read now: a later edit of the config must not change lr.
+    return lambda step: lr_at(step, args)
+
+
+def scale_by_lr() -> optax.GradientTransformationExtraArgs:
+    """Multiplies the update by the `lr=` extra argument of `update` (stateless).
+
+    Any optimizer of `make_optimizer` takes the step's learning rate this way, `opt.update(grads,
+    opt_state, params, lr=lr_t)`, rather than from a schedule compiled into it.
+    """
+
+    def update_fn(updates, state, params=None, *, lr):
+        del params
+        return jax.tree.map(lambda u: u * jnp.asarray(lr, u.dtype), updates), state
+
+    return optax.GradientTransformationExtraArgs(lambda _: optax.EmptyState(), update_fn)
 
 
 def decay_mask(params: Any, stacked_keys: tuple[str, ...] = ("layers",)) -> Any:
@@ -165,6 +194,8 @@ def make_optimizer(
 
     The update is `-lr_t * (adam_direction + weight_decay * param)` (optax's `adamw`, like PyTorch's
     AdamW), so the effective per-step decay is `lr_t * weight_decay`, and it follows the schedule.
+    `lr_t` is not compiled in: every `update` call passes it, `opt.update(grads, opt_state, params,
+    lr=lr_at(step, schedule_args(train_cfg)))` (`train/step.py` does).
     Clipping applies to the raw gradient before Adam's moments see it. With `model_cfg.mup` the
     parameter groups get muP's LR multipliers (1/m for hidden weights, `models/mup.py`) and
     epsilon is scaled by 1/m.
@@ -174,25 +205,25 @@ def make_optimizer(
       model_cfg: The `model` config block; only read for muP (None: standard parametrization).
 
     Returns:
-      An optax transformation; its state holds no hyperparameters (no `inject_hyperparams`).
+      An optax transformation whose `update` needs `lr=`; its state holds no hyperparameters.
     """
     from models import mup  # models/ does not import train/, so no cycle
 
     mup_on = model_cfg is not None and mup.enabled(model_cfg)
     adamw = optax.adamw(
-        make_schedule(train_cfg),
+        1.0,  # then times the step's lr (scale_by_lr): -(adam + wd * w) * lr_t, as optax's own
         b1=train_cfg.b1,
         b2=train_cfg.b2,
         eps=mup.adam_eps(train_cfg.eps, model_cfg) if mup_on else train_cfg.eps,
         weight_decay=train_cfg.weight_decay,
         mask=decay_mask,
     )
-    parts = [adamw]
+    parts = [adamw, scale_by_lr()]
     if train_cfg.clip_norm > 0:
         parts.insert(0, optax.clip_by_global_norm(train_cfg.clip_norm))
     if mup_on:
         parts.append(lr_multipliers(lambda params: mup.lr_multipliers(params, model_cfg)))
-    return parts[0] if len(parts) == 1 else optax.chain(*parts)
+    return optax.chain(*parts)
 
 
 def lr_multipliers(multipliers_fn) -> optax.GradientTransformation:

@@ -47,7 +47,7 @@ def masked(
     end: int = 0,
     every: int = 1,
     scope: str = "global",
-) -> optax.GradientTransformation:
+) -> optax.GradientTransformationExtraArgs:
     """`inner` with magnitude-pruning masks (see the module docstring).
 
     Args:
@@ -70,7 +70,7 @@ def masked(
         masks = jax.tree.map(lambda p: jnp.ones(p.shape, bool), params)
         return MaskedState(inner.init(params), masks, jnp.zeros((), jnp.int32))
 
-    def update(grads, state, params=None):
+    def update(grads, state, params=None, **extra_args):  # extra_args: the step's lr=
         t = state.count
         prune_now = (t >= start) & (t <= end) & ((t - start) % every == 0)
         masks = jax.lax.cond(
@@ -79,11 +79,11 @@ def masked(
             lambda: state.masks,
         )
         grads = jax.tree.map(lambda g, m: jnp.where(m, g, jnp.zeros((), g.dtype)), grads, masks)
-        updates, inner_state = inner.update(grads, state.inner, params)
+        updates, inner_state = inner.update(grads, state.inner, params, **extra_args)
         updates = jax.tree.map(lambda u, p, m: jnp.where(m, u, -p), updates, params, masks)
         return updates, MaskedState(inner_state, masks, t + 1)
 
-    return optax.GradientTransformation(init, update)
+    return optax.GradientTransformationExtraArgs(init, update)
 
 
 def maybe_masked(optimizer, train_cfg, model, model_cfg) -> optax.GradientTransformation:

@@ -1,4 +1,9 @@
-"""The jitted train and eval steps: `(state, batch) -> (state, metrics)`, one optimizer update each.
+"""The jitted train and eval steps: `(state, batch, schedule) -> (state, metrics)`, one update each.
+
+`schedule` is `train.optim.schedule_args(config.train)`, six numbers passed at run time: the step
+computes its learning rate from them (`lr_at`) and hands it to the optimizer, so two runs that
+differ only in schedule or length run the same compiled program (one compile for a sweep's
+trunk and all its branches, served by the persistent compilation cache).
 
 Gradient accumulation is a `lax.scan` over microbatches inside the step. Gradients are accumulated
 as sums of per-token NLL gradients and divided by the total token count, so k microbatches give
@@ -16,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from train.optim import lr_at
 from train.state import TrainState
 
 
@@ -28,16 +34,15 @@ def _split_microbatches(batch: dict, k: int) -> dict:
 def make_train_step(
     loss_fn: Callable,
     optimizer: optax.GradientTransformation,
-    schedule: Callable,
     grad_accum: int = 1,
     poison_step: int = 0,
 ) -> Callable:
-    """Builds `train_step(state, batch) -> (state, metrics)` (pure; jit it with shardings).
+    """Builds `train_step(state, batch, schedule) -> (state, metrics)` (pure; jit with shardings).
 
     Args:
       loss_fn: `loss_fn(params, batch, rng) -> (loss, aux)` with `nll_sum`, `tokens`, `bytes`.
-      optimizer: the optax transformation.
-      schedule: the learning-rate schedule (logged).
+      optimizer: a `train.optim.make_optimizer` transformation (its `update` takes `lr=`); the
+        step's `schedule` argument is `train.optim.schedule_args(...)`, f32[6].
       grad_accum: microbatches per step.
       poison_step: test hook (`train.debug_poison_step`): > 0 makes the loss and gradients of that
         step NaN, as a bad batch would.
@@ -50,7 +55,7 @@ def make_train_step(
         grads = jax.tree.map(lambda g: g * aux["tokens"], grads)
         return grads, aux
 
-    def train_step(state: TrainState, batch: dict):
+    def train_step(state: TrainState, batch: dict, schedule: jax.Array):
         key = jax.random.wrap_key_data(state.rng)
         key, step_key = jax.random.split(key)
         if grad_accum == 1:
@@ -74,7 +79,8 @@ def make_train_step(
             poison = jnp.where(state.step + 1 == poison_step, jnp.nan, 1.0)
             grads, nll_sum = jax.tree.map(lambda g: g * poison, grads), nll_sum * poison
         loss, grad_norm = nll_sum / tokens, optax.global_norm(grads)
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        lr = lr_at(state.step, schedule)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params, lr=lr)
         params = optax.apply_updates(state.params, updates)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         keep = lambda new, old: jnp.where(finite, new, old)
@@ -86,7 +92,7 @@ def make_train_step(
             "tokens": aux["tokens"],
             "bytes": aux["bytes"],
             "grad_norm": grad_norm,
-            "lr": schedule(state.step),
+            "lr": lr,
             "nonfinite": keep(state.nonfinite, skipped),
         }
         new_state = state.replace(

@@ -27,7 +27,7 @@ from parallel.mesh import make_mesh
 from parallel.rules import get_rules
 from parallel.sharding import batch_shardings
 from train.checkpoint import load_state
-from train.optim import make_optimizer, make_schedule
+from train.optim import make_optimizer, schedule_args
 from train.state import TrainState
 from train.step import make_eval_step, make_train_step
 
@@ -142,9 +142,9 @@ class Tools:
         optimizer = make_optimizer(tcfg)
         if wrap is not None:
             optimizer = wrap(optimizer)
-        schedule = make_schedule(tcfg)
+        schedule = schedule_args(tcfg)  # a runtime argument: every (steps, lr) shares a compile
         step_fn = jax.jit(
-            make_train_step(self.loss_fn(model_cfg), optimizer, schedule, tcfg.grad_accum),
+            make_train_step(self.loss_fn(model_cfg), optimizer, tcfg.grad_accum),
             donate_argnums=(0,),
         )
         # Fresh buffers (via host): the step donates its state, and `params` stays the caller's.
@@ -159,6 +159,6 @@ class Tools:
         loss = float("nan")
         with self.activate():
             for _ in range(steps):
-                state, metrics = step_fn(state, self.global_batch(next(it)))
+                state, metrics = step_fn(state, self.global_batch(next(it)), schedule)
             loss = float(metrics["loss"]) if steps else loss
         return jax.device_get(state.params), loss
