@@ -32,7 +32,13 @@ def test_init_follows_the_table():
         assert abs(float(np.std(mp["layers"][name])) / (std / math.sqrt(2)) - 1) < 0.05
     np.testing.assert_array_equal(mp["embed"], sp["embed"])  # input weights keep SP's std
     np.testing.assert_array_equal(mp["layers"]["ln1_scale"], sp["layers"]["ln1_scale"])
-    assert not np.any(mp["layers"]["q"]) and not np.any(mp["unembed"])  # zero-initialised
+    assert not np.any(mp["layers"]["q"])  # zero-initialised (mup_zero_query, the default)
+    np.testing.assert_array_equal(mp["unembed"], sp["unembed"])  # SP's init; 1/m in the forward
+    zero_cfg = width_config(2 * BASE, "mup", BASE)
+    zero_cfg.mup_zero_readout, zero_cfg.mup_zero_query = True, False
+    zr = _params(zero_cfg)
+    assert not np.any(zr["unembed"])
+    np.testing.assert_allclose(zr["layers"]["q"], sp["layers"]["q"] / math.sqrt(2), rtol=1e-6)
 
 
 def test_mup_at_base_width_is_sp_and_wider_scales_attention_and_logits():
@@ -92,6 +98,7 @@ def test_unknown_parameter_name_is_a_clear_error():
 
 def test_sharded_train_state_builds_with_mup_optimizer():
     cfg = width_config(BASE, "mup", BASE)
+    cfg.mup_zero_readout = True  # the muP init is applied to the sharded parameters too
     mesh = make_mesh(dict(data=2, stage=1, fsdp=2, tensor=2))
     rules = get_rules("fsdp_tp")
     opt = make_optimizer(default_train_config(), cfg)
