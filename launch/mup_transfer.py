@@ -68,12 +68,13 @@ def plot(rows: list[dict], path: str) -> None:
 
     from scaling import atomic
 
-    params = sorted({r["parametrization"] for r in rows}, reverse=True)  # sp, mup
+    order = {"sp": 0, "mup": 1}  # then any merged variants, by name
+    params = sorted({r["parametrization"] for r in rows}, key=lambda p: (order.get(p, 2), p))
     widths = sorted({r["width"] for r in rows})
     colors = matplotlib.colormaps["viridis"](
         [0.1 + 0.8 * i / max(1, len(widths) - 1) for i in range(len(widths))]
     )
-    fig = Figure(figsize=(11, 4.2))
+    fig = Figure(figsize=(4.6 * len(params) + 1, 4.4), layout="constrained")
     axes = fig.subplots(1, len(params), sharey=True)
     axes = axes if len(params) > 1 else [axes]
     best = optima(rows)
@@ -102,13 +103,14 @@ def plot(rows: list[dict], path: str) -> None:
                 e = best[p][w]
                 ax.plot([e], [dict(pts)[e]], marker="*", markersize=16, color=color)
         ax.set_xlabel("log2 learning rate")
-        ax.set_title(f"{p.upper()}: held-out loss vs LR (star = best per width)")
+        ax.set_title(p.upper() if p in order else p)
         ax.grid(alpha=0.3)
     if finite:
         lo = min(finite)
         axes[0].set_ylim(lo - 0.05, min(max(finite), lo + 1.5))
     axes[0].set_ylabel("eval loss (nats/token)")
     axes[-1].legend()
+    fig.suptitle("Held-out loss against learning rate per width (star: best LR; band: seed range)")
     atomic.save_figure(fig, path)
 
 
