@@ -28,21 +28,28 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app, flags, logging  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", "experiments/mup_transfer.py", "Experiment config file[:args].", lock_config=True
-)
-_WORKDIR = flags.DEFINE_string("workdir", "runs/mup_transfer", "Grid directory.")
-_MERGE = flags.DEFINE_list(
-    "merge_from",
-    [],
-    "Other grid workdirs (same model and training config, other LRs or widths) whose "
-    "results.jsonl rows join this grid's plot and optima.",
-)
-_CACHE = flags.DEFINE_string(
-    "compile_cache", os.path.expanduser("~/.cache/scalelab/jax"), "JAX compilation cache ('' off)."
-)
+_FLAGS = {}  # defined when run as a script, so that tests can import this module's functions
+
+
+def _define_flags() -> None:
+    from ml_collections import config_flags
+
+    _FLAGS["config"] = config_flags.DEFINE_config_file(
+        "config", "experiments/mup_transfer.py", "Experiment config file[:args].", lock_config=True
+    )
+    _FLAGS["workdir"] = flags.DEFINE_string("workdir", "runs/mup_transfer", "Grid directory.")
+    _FLAGS["merge_from"] = flags.DEFINE_list(
+        "merge_from",
+        [],
+        "Other grid workdirs (same model and training config, other LRs or widths) whose "
+        "results.jsonl rows join this grid's plot and optima.",
+    )
+    _FLAGS["compile_cache"] = flags.DEFINE_string(
+        "compile_cache",
+        os.path.expanduser("~/.cache/scalelab/jax"),
+        "JAX compilation cache ('' off).",
+    )
 
 
 def point_id(parametrization: str, width: int, lr_exp: int) -> str:
@@ -206,15 +213,16 @@ def main(argv):
     import numpy as np
 
     logging.set_verbosity(logging.WARNING)
-    if _CACHE.value:
-        jax.config.update("jax_compilation_cache_dir", _CACHE.value)
+    cache = _FLAGS["compile_cache"].value
+    if cache:
+        jax.config.update("jax_compilation_cache_dir", cache)
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
         jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
     from experiments.mup_transfer import point_config
     from scaling import atomic
     from train.loop import claim_workdir
 
-    config, workdir = _CONFIG.value, _WORKDIR.value
+    config, workdir = _FLAGS["config"].value, _FLAGS["workdir"].value
     claim_workdir(workdir, config, "transfer grid")
     results_path = os.path.join(workdir, "results.jsonl")
     rows = {}
@@ -255,7 +263,7 @@ def main(argv):
             )
             total = time.perf_counter() - t0
             print(f"{p} d_model {w}: {line} ({wall:.0f} s, {total:.0f} s total)", flush=True)
-    for other in _MERGE.value:
+    for other in _FLAGS["merge_from"].value:
         with open(os.path.join(other, "results.jsonl")) as f:
             rows.update({r["id"]: r for r in map(json.loads, f) if r["id"] not in rows})
     rows_list = list(rows.values())
@@ -272,4 +280,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    _define_flags()
     app.run(main)

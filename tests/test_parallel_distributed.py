@@ -102,17 +102,19 @@ def _cmd(workdir, corpus, steps=6):
         "launch/run.py",
         "--config=experiments/gpt.py:size=tiny,runlocal",
         f"--workdir={workdir}",
-        "--compile_cache=",
         *(f"--config.{k}={v}" for k, v in overrides.items()),
     ]
 
 
 def _run(workdir, corpus, processes: int):
+    """Trains `workdir` with 1 or 2 processes. Each (process count, rank) has its own compile cache
+    beside the corpus, so a resumption compiles nothing its first run compiled."""
+    cache = lambda rank: f"--compile_cache={corpus}_cache_{processes}_{rank}"
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={8 // processes} {FAST_COMPILE}"
     if processes == 1:
         out = subprocess.run(
-            _cmd(workdir, corpus), cwd=ROOT, env=env, capture_output=True, text=True
+            [*_cmd(workdir, corpus), cache(0)], cwd=ROOT, env=env, capture_output=True, text=True
         )
         assert out.returncode == 0, out.stderr[-3000:]
         return out.stdout
@@ -126,7 +128,7 @@ def _run(workdir, corpus, processes: int):
     )
     procs = [
         subprocess.Popen(
-            _cmd(workdir, corpus),
+            [*_cmd(workdir, corpus), cache(i)],
             cwd=ROOT,
             env={**env, "SLURM_PROCID": str(i), "SLURM_LOCALID": str(i)},
             stdout=subprocess.PIPE,

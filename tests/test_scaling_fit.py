@@ -109,7 +109,8 @@ def test_cli_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, conten
 
 def test_analyze_without_out_dir_writes_nothing_and_is_deterministic(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    rows = _sweep_rows()
+    grid = synthetic.grid_rows(LAW, np.geomspace(1e5, 1e7, 3), np.geomspace(1e6, 1e8, 3), seed=1)
+    rows = grid[:4] + [FAILED] + grid[4:]  # 9 points and a failed one: the whole analysis runs
     first = analyze(rows, None, n_bootstrap=10, seed=5)
     second = analyze(rows, None, n_bootstrap=10, seed=5)
     assert first == second and "plots" not in first
