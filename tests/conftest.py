@@ -31,3 +31,24 @@ atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
 jax.config.update("jax_compilation_cache_dir", _CACHE)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+# The longest files first (measured: seconds of one run each), so that with
+# `-n 2 --dist loadfile` the last files to start are short ones and both workers finish together.
+_LONG_FILES = (
+    "test_launch_sweep.py",  # ~220
+    "test_parallel_distributed.py",  # ~130
+    "test_train_preemption.py",  # ~110
+    "test_launch_run.py",  # ~70
+    "test_scaling_parametric.py",  # ~60
+    "test_train_families.py",  # ~60
+    "test_parallel_pipeline.py",  # ~60
+    "test_train_mixed_precision.py",  # ~60
+    "test_scaling_fit.py",  # ~55
+    "test_models_mup.py",  # ~45
+    "test_data_corpus.py",  # ~40
+)
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(_LONG_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: file order kept

@@ -112,11 +112,12 @@ def test_analyze_without_out_dir_writes_nothing_and_is_deterministic(tmp_path, m
     grid = synthetic.grid_rows(LAW, np.geomspace(1e5, 1e7, 3), np.geomspace(1e6, 1e8, 3), seed=1)
     rows = grid[:4] + [FAILED] + grid[4:]  # 9 points and a failed one: the whole analysis runs
     first = analyze(rows, None, n_bootstrap=10, seed=5)
-    second = analyze(rows, None, n_bootstrap=10, seed=5)
-    assert first == second and "plots" not in first
+    assert "plots" not in first and first["n_failed"] == 1
     assert os.listdir(tmp_path) == []
+    # A second analysis, without the failed row, is the same in every number (bootstrap included):
+    # deterministic, and the failed row is ignored.
     failed_free = analyze([r for r in rows if r is not FAILED], None, n_bootstrap=10, seed=5)
-    assert failed_free["ci"] == first["ci"] and failed_free["n_failed"] == 0
+    assert failed_free == first | {"n_failed": 0}
 
 
 def test_scaling_does_not_import_jax():
