@@ -87,7 +87,7 @@ def _sweep_cmd(tmp_path, workdir, *extra):
         sys.executable,
         "launch/run.py",
         "--config",
-        "experiments/scaling.py:preset=smoke,bootstrap=50",
+        "experiments/scaling.py:preset=smoke,bootstrap=20",
         f"--config.data.glob={glob}",
         f"--config.data.data_dir={tmp_path}/tfds",
         "--config.data.val_fraction=0.1",
