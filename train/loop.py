@@ -40,7 +40,7 @@ from parallel.sharding import batch_shardings, check_batch, process_batch_block
 from train import adapt, preemption
 from train.checkpoint import Checkpointer
 from train.metrics import MetricWriter
-from train.optim import make_optimizer, make_schedule, schedule_args
+from train.optim import make_optimizer, schedule_args
 from train.perf import measure_peak_flops, mfu
 from train.progress import Progress
 from train.prune import maybe_masked
@@ -114,7 +114,6 @@ class Run:
             target_len = config.data.task.target_len if self.task == "naming" else None
         self.counts = count_params(config.model)
         self.flops = flops_per_token(config.model, config.data.seq_len, target_len=target_len)
-        self.schedule = make_schedule(config.train)  # step -> lr, for logging and reports
         # Compression switch (issue 8), a no-op by default: pruning masks kept by the optimizer
         # (train.prune_*); fake-quantized weights (model.weight_bits) wrap the apply below.
         self.optimizer = maybe_masked(
