@@ -30,92 +30,12 @@ Small reductions (loss, token counts, softmax statistics) are listed but not exp
 """
 
 import argparse
-import math
 import os
-import re
 import sys
-from collections import defaultdict
 
-KINDS = ("all-reduce", "all-gather", "reduce-scatter", "collective-permute", "all-to-all")
-_DTYPE_BYTES = {
-    "f32": 4,
-    "bf16": 2,
-    "f16": 2,
-    "s32": 4,
-    "u32": 4,
-    "pred": 1,
-    "s8": 1,
-    "u8": 1,
-    "f64": 8,
-    "s64": 8,
-    "u64": 8,
-}
-_ARRAY = re.compile(r"\b(f32|bf16|f16|s32|u32|pred|s8|u8|f64|s64|u64)\[([0-9,]*)\]")
-_OP = re.compile(r"^\s*(?:ROOT )?%\S+ = (.+?) (" + "|".join(KINDS) + r")(-start)?\((.*)$")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-
-def _bytes(types: str) -> list[int]:
-    """Byte sizes of every array in an HLO type string (an array or a tuple)."""
-    return [
-        _DTYPE_BYTES[d] * math.prod(int(s) for s in dims.split(",") if s)
-        for d, dims in _ARRAY.findall(types)
-    ]
-
-
-def _group_size(attrs: str) -> int:
-    """Devices per replica group, from any of the three HLO spellings."""
-    m = re.search(r"replica_groups=mesh\[([^\]]*)\]\s*\{([^}]*)\}", attrs)
-    if m:
-        sizes = dict(re.findall(r"'(\w+)'=(\d+)", m.group(1)))
-        return math.prod(int(sizes[a]) for a in re.findall(r"'(\w+)'", m.group(2)))
-    m = re.search(r"replica_groups=\[([0-9,]+)\]<=", attrs)
-    if m:
-        return int(m.group(1).split(",")[-1])
-    m = re.search(r"replica_groups=\{\{([0-9,]*)\}", attrs)
-    if m:
-        return len(m.group(1).split(","))
-    return 1
-
-
-def parse_hlo(text: str) -> dict[str, dict[str, float]]:
-    """`{kind: {'count': executions per step, 'bytes': bytes per device per step}}`."""
-    comps: dict[str, list[str]] = {}
-    entry, name = None, None
-    for line in text.splitlines():
-        m = re.match(r"^(ENTRY )?%(\S+) .*\{$", line)
-        if m:
-            name = m.group(2)
-            comps[name] = []
-            entry = name if m.group(1) else entry
-        elif name is not None:
-            comps[name].append(line)
-
-    def visit(comp: str, times: int, out):
-        for line in comps.get(comp, ()):
-            m = _OP.match(line)
-            if m:
-                types, kind, start, rest = m.groups()
-                sizes = _bytes(types)
-                size = max(sizes) if start else sum(sizes)
-                if kind == "reduce-scatter":
-                    size *= _group_size(rest)
-                out[kind]["count"] += times
-                out[kind]["bytes"] += times * size
-                continue
-            if " while(" in line:
-                trips = re.search(r'known_trip_count":\{"n":"(\d+)"', line)
-                body = re.search(r"body=%([^,\s]+)", line).group(1)
-                visit(body, times * (int(trips.group(1)) if trips else 1), out)
-            if " call(" in line:
-                visit(re.search(r"to_apply=%([\w.\-]+)", line).group(1), times, out)
-            if " conditional(" in line:  # an upper bound: every branch counted
-                branches = re.search(r"branch_computations=\{([^}]*)\}", line).group(1)
-                for callee in re.findall(r"%([\w.\-]+)", branches):
-                    visit(callee, times, out)
-
-    out = defaultdict(lambda: {"count": 0, "bytes": 0})
-    visit(entry, 1, out)
-    return {k: dict(out[k]) for k in KINDS if k in out}
+from aot.collectives import KINDS, parse_hlo  # noqa: E402
 
 
 def expected(config, counts: dict) -> dict[str, float]:
@@ -146,18 +66,11 @@ def expected(config, counts: dict) -> dict[str, float]:
 
 def compiled_step_hlo(config) -> str:
     """The optimised HLO text of the config's train step (compiled, not run)."""
-    import jax
-    import numpy as np
-
     from train.loop import Run
 
-    run = Run(config, synthetic_data=True)
-    shape = (config.data.batch_size, config.data.seq_len)
+    run = Run(config, synthetic_data=True, abstract=True)
     with run.activate():
-        batch = {
-            k: jax.ShapeDtypeStruct(shape, np.int32, sharding=s)
-            for k, s in run.batch_shardings.items()
-        }
+        batch = run.abstract_batch()
         return run.train_step.lower(run.state, batch, run.schedule_args).compile().as_text()
 
 
@@ -198,5 +111,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     main(sys.argv[1:])

@@ -2,12 +2,19 @@
 
 Axes are `Auto` (not the jax 0.10 default `Explicit`): the models annotate activations with
 logical constraints, which under Explicit axes act as assertions rather than hints.
+
+Devices are laid out by the physical topology (`mesh_utils`): on a TPU torus, neighbouring
+indices of the innermost (most communication-intensive) axes are neighbouring chips. Across
+several slices (multi-slice TPU: devices carry `slice_index`), `data` is the one axis that
+spans slices: its size is a multiple of the slice count and data-parallel gradient reductions
+are the only traffic over the data-centre network (DCN); every other axis stays in a slice (ICI).
 """
 
 import math
 
 import jax
 import numpy as np
+from jax.experimental import mesh_utils
 from jax.sharding import AxisType, Mesh
 
 AXES = ("data", "stage", "fsdp", "tensor")
@@ -38,10 +45,41 @@ def mesh_shape(mesh_cfg, n_devices: int) -> tuple[int, ...]:
     return tuple(sizes)
 
 
+def num_slices(devices) -> int:
+    """How many TPU slices (ICI domains joined by DCN) `devices` span (1 without slice_index)."""
+    return len({getattr(d, "slice_index", 0) or 0 for d in devices})
+
+
+def _device_grid(shape: tuple[int, ...], devices) -> np.ndarray:
+    slices = num_slices(devices)
+    if slices > 1:
+        if shape[0] % slices:
+            raise ValueError(
+                f"parallel.mesh.data={shape[0]} is not a multiple of the {slices} slices; data "
+                "parallelism is what runs over DCN between slices: make it a multiple"
+            )
+        ici = (shape[0] // slices, *shape[1:])
+        dcn = (slices,) + (1,) * (len(shape) - 1)
+        try:
+            return mesh_utils.create_hybrid_device_mesh(
+                ici, dcn, devices, allow_split_physical_axes=True
+            )
+        except (AssertionError, NotImplementedError, ValueError):
+            by_slice = sorted(devices, key=lambda d: (d.slice_index, d.id))
+            return np.asarray(by_slice).reshape(shape)
+    for split in (False, True):  # the torus's own axes first, then split physical axes
+        try:
+            return mesh_utils.create_device_mesh(
+                shape, devices, allow_split_physical_axes=split
+            )
+        except (AssertionError, NotImplementedError, ValueError):
+            continue
+    return np.asarray(devices).reshape(shape)
+
+
 def make_mesh(mesh_cfg, devices=None) -> Mesh:
-    """Builds the mesh, laid out by `jax.make_mesh` for the physical topology when possible."""
-    devices = jax.devices() if devices is None else devices
+    """Builds the mesh over `devices` (None: all devices), laid out for the physical topology."""
+    devices = jax.devices() if devices is None else list(devices)
     shape = mesh_shape(mesh_cfg, len(devices))
-    if len(devices) == len(jax.devices()):
-        return jax.make_mesh(shape, AXES, axis_types=(AxisType.Auto,) * len(AXES))
-    return Mesh(np.asarray(devices).reshape(shape), AXES, axis_types=(AxisType.Auto,) * len(AXES))
+    grid = _device_grid(shape, devices)
+    return Mesh(grid, AXES, axis_types=(AxisType.Auto,) * len(AXES))

@@ -44,7 +44,7 @@ from train.optim import make_optimizer, schedule_args
 from train.perf import measure_peak_flops, mfu
 from train.progress import Progress
 from train.prune import maybe_masked
-from train.state import abstract_with_shardings, create_train_state
+from train.state import abstract_with_shardings, materialize, train_state_shardings
 from train.step import make_eval_step, make_train_step
 from train.validate import ConfigError, check_config, check_workdir
 
@@ -81,16 +81,23 @@ def claim_workdir(workdir: str, config, what: str = "run", *, write: bool = True
 class Run:
     """Everything a run builds before its first step (shared by the loop, bench and tests)."""
 
-    def __init__(self, config, *, synthetic_data: bool = False):
+    def __init__(
+        self, config, *, synthetic_data: bool = False, devices=None, abstract: bool = False
+    ):
         """Builds mesh, model, loss, sharded state and jitted steps for `config`.
 
         Args:
           config: the run config.
           synthetic_data: random-token benchmarks may use a vocabulary smaller than the tokenizer's.
+          devices: the devices of the mesh (None: all of this process's backend); compile-only
+            TPU or GPU devices for ahead-of-time compilation (aot/compile.py).
+          abstract: build `state` and `schedule_args` as ShapeDtypeStructs carrying their
+            shardings and allocate nothing (the steps can then only be lowered and compiled).
         """
-        check_config(config)
+        check_config(config, None if devices is None else len(devices))
         self.config = config
-        self.mesh = make_mesh(config.parallel.mesh)
+        self.abstract = abstract
+        self.mesh = make_mesh(config.parallel.mesh, devices)
         self.rules = get_rules(config.parallel.rules, pipeline=self.mesh.shape["stage"] > 1)
         self.tokenizer = tokenizer_from_config(config.data)
         if self.tokenizer.vocab_size > config.model.vocab_size and not synthetic_data:
@@ -112,6 +119,7 @@ class Run:
         if self.task:
             self.batch_keys = tasks.batch_keys(config.data.task)
             target_len = config.data.task.target_len if self.task == "naming" else None
+        self.target_len = target_len
         self.counts = count_params(config.model)
         self.flops = flops_per_token(config.model, config.data.seq_len, target_len=target_len)
         # Compression switch (issue 8), a no-op by default: pruning masks kept by the optimizer
@@ -125,15 +133,21 @@ class Run:
             wrap_apply(self.model, config.model, apply_fn),
             bytes_per_token=self.tokenizer.bytes_per_token,
         )
+        check_batch(config.data.batch_size, self.mesh, self.rules, config.train.grad_accum)
+        with nn.logical_axis_rules(self.rules):  # outside the mesh: optax runs init eagerly
+            abstract_state, self.state_shardings = train_state_shardings(
+                self.model, config.model, self.optimizer, self.mesh, self.rules, config.seed
+            )
         with self.activate():
-            check_batch(config.data.batch_size, self.mesh, self.rules, config.train.grad_accum)
-            self.state, self.state_shardings = self.init_state()
+            self.state = abstract_state if abstract else self.init_state()
             self.batch_shardings = batch_shardings(self.batch_keys, self.mesh, self.rules)
             replicated = NamedSharding(self.mesh, P())
             # The schedule is a runtime argument of the step, not compiled in (train/step.py).
             args = schedule_args(config.train)
-            self.schedule_args = jax.make_array_from_callback(
-                args.shape, replicated, lambda index: args[index]
+            self.schedule_args = (
+                jax.ShapeDtypeStruct(args.shape, args.dtype, sharding=replicated)
+                if abstract
+                else jax.make_array_from_callback(args.shape, replicated, lambda i: args[i])
             )
             self.train_step = jax.jit(
                 make_train_step(
@@ -151,15 +165,24 @@ class Run:
                 in_shardings=(self.state_shardings.params, self.batch_shardings),
                 out_shardings=replicated,
             )
-        self.state = adapt.load_init_from(self.state, config)  # --config.init_from=DIR
+        if not abstract:
+            self.state = adapt.load_init_from(self.state, config)  # --config.init_from=DIR
 
     def init_state(self):
-        """A freshly initialised sharded train state and its shardings."""
+        """A freshly initialised train state, built directly in its shards."""
         c = self.config
         with self.activate():
-            return create_train_state(
-                self.model, c.model, self.optimizer, self.mesh, self.rules, c.seed
-            )
+            return materialize(self.model, c.model, self.optimizer, self.state_shardings, c.seed)
+
+    def abstract_batch(self) -> dict:
+        """ShapeDtypeStructs of one global batch, carrying their shardings (for `.lower`)."""
+        B, T = self.config.data.batch_size, self.config.data.seq_len
+        shapes = {}
+        for k, sharding in self.batch_shardings.items():
+            rank = self.batch_keys[k]
+            length = self.target_len if k.startswith("targets") and self.target_len else T
+            shapes[k] = jax.ShapeDtypeStruct((B, length)[:rank], np.int32, sharding=sharding)
+        return shapes
 
     @contextlib.contextmanager
     def activate(self):
@@ -289,7 +312,7 @@ def _train_and_evaluate(config, workdir, stop_at, init_from, keep_steps, desc, g
         restored, state = ckpt.restore_newest(abstract, train_iter, warn=_warn)
         start = restored or 0
         if restored is None:  # nothing intact: start over (the bad steps were moved, not deleted)
-            state, _ = run.init_state()
+            state = run.init_state()
         writer.truncate_after(start)
     else:
         del run.state

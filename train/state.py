@@ -54,16 +54,7 @@ def _opt_specs_by_path(abstract_opt_state, param_specs):
     return jax.tree_util.tree_map_with_path(spec_of, abstract_opt_state)
 
 
-def create_train_state(
-    model, model_cfg, optimizer: optax.GradientTransformation, mesh: Mesh, rules, seed: int
-) -> tuple[TrainState, TrainState]:
-    """Builds the sharded initial state.
-
-    Returns:
-      (state, state_shardings): `state_shardings` is a TrainState of NamedShardings for jit
-      in/out shardings and checkpoint restore.
-    """
-
+def _init_fn(model, model_cfg, optimizer):
     def init_fn(key_data):
         key = jax.random.wrap_key_data(key_data)
         params_key, train_key = jax.random.split(key)
@@ -76,10 +67,24 @@ def create_train_state(
             nonfinite=jnp.array([0, -1, 0], jnp.int32),
         )
 
+    return init_fn
+
+
+def train_state_shardings(
+    model, model_cfg, optimizer: optax.GradientTransformation, mesh: Mesh, rules, seed: int
+) -> tuple[TrainState, TrainState]:
+    """The abstract train state (ShapeDtypeStructs carrying shardings) and its shardings.
+
+    Nothing is allocated. Call it outside `jax.set_mesh`: optax's `tree_map_params` runs its
+    `init` eagerly, which fails under a mesh of compile-only (AOT) devices.
+
+    Raises:
+      ValueError: a parameter dimension is not divisible by the mesh axes its rule names.
+    """
     key_data = jax.random.key_data(jax.random.key(seed))
     boxed = jax.eval_shape(lambda k: model.init(jax.random.wrap_key_data(k), model_cfg), key_data)
     param_specs = nn.logical_to_mesh(nn.get_partition_spec(boxed), rules)
-    abstract = jax.eval_shape(init_fn, key_data)
+    abstract = jax.eval_shape(_init_fn(model, model_cfg, optimizer), key_data)
     check_divisible(abstract.params, param_specs, mesh)
     try:
         opt_specs = optax.tree_utils.tree_map_params(
@@ -94,8 +99,29 @@ def create_train_state(
         opt_specs = _opt_specs_by_path(abstract.opt_state, param_specs)
     specs = TrainState(step=P(), params=param_specs, opt_state=opt_specs, rng=P(), nonfinite=P())
     shardings = named_shardings(specs, mesh)
-    state = jax.jit(init_fn, out_shardings=shardings)(key_data)
-    return state, shardings
+    return abstract_with_shardings(shardings, abstract), shardings
+
+
+def create_train_state(
+    model, model_cfg, optimizer: optax.GradientTransformation, mesh: Mesh, rules, seed: int
+) -> tuple[TrainState, TrainState]:
+    """Builds the sharded initial state: abstract first, then materialised in its shards.
+
+    Returns:
+      (state, state_shardings): `state_shardings` is a TrainState of NamedShardings for jit
+      in/out shardings and checkpoint restore.
+    """
+    _, shardings = train_state_shardings(model, model_cfg, optimizer, mesh, rules, seed)
+    return materialize(model, model_cfg, optimizer, shardings, seed), shardings
+
+
+def materialize(
+    model, model_cfg, optimizer: optax.GradientTransformation, shardings: TrainState, seed: int
+) -> TrainState:
+    """The initial state built directly in its shards (`jax.jit(init, out_shardings=...)`)."""
+    key_data = jax.random.key_data(jax.random.key(seed))
+    init_fn = _init_fn(model, model_cfg, optimizer)
+    return jax.jit(init_fn, out_shardings=shardings)(key_data)
 
 
 def abstract_with_shardings(state_shardings: TrainState, abstract_state: TrainState) -> TrainState:
