@@ -100,18 +100,21 @@ def collectives(text: str, device_slices: list[int] | None = None) -> list[Colle
     module = Module(text)
     out: list[Collective] = []
 
-    def add(line: str, times: int) -> None:
+    def add(line: str, times: int, scatter: bool = False) -> None:
         m = _OP.match(line)
         if not m:
             return
         types, kind, start, rest = m.groups()
+        if scatter and kind == "all-reduce":  # its result is the full input, sliced after
+            kind, start = "reduce-scatter-fused", start
         sizes = array_bytes(types)
         # An async start returns (operand, result, ...): the largest is the logical buffer.
         size = max(sizes, default=0) if start else sum(sizes)
         groups = replica_groups(rest)
         n = len(groups[0]) if groups and kind != "collective-permute" else 1 if not groups else 2
         if kind == "reduce-scatter":
-            size *= n
+            size *= n  # the op's result is one shard
+        kind = kind.replace("-fused", "")
         dcn = bool(
             multi
             and groups
@@ -125,14 +128,15 @@ def collectives(text: str, device_slices: list[int] | None = None) -> list[Colle
         add(line, times)
         # The TPU compiler wraps a collective in fusions: `async-collective-start` (counted),
         # continuation fusions that overlap it with compute and `async-collective-done`, which
-        # hold the same op again (not counted).
+        # hold the same op again (not counted); a reduce-scatter is an `all-reduce-scatter`
+        # fusion of an all-reduce and a dynamic slice.
         name = re.match(r"^\s*(?:ROOT )?%(\S+) =", line)
         if " fusion(" not in line or not name or "-done" in name.group(1):
             continue
         for callee in re.findall(r"calls=%([\w.\-]+)", line):
             if not callee.startswith("async_collective_fusion"):
                 for inner in module.comps.get(callee, ()):
-                    add(inner, times)
+                    add(inner, times, scatter=callee.startswith("all-reduce-scatter"))
     return out
 
 

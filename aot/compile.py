@@ -47,6 +47,47 @@ def _memory(compiled) -> dict[str, float]:
     return out
 
 
+def compile_steps(config, slice_: Slice, *, devices=None, eval_step: bool = True):
+    """Builds `config`'s run abstractly on `slice_` and compiles its steps.
+
+    Returns:
+      (run, lowered train step, compiled train step, compiled eval step or None, timings).
+
+    Raises:
+      ValueError: the config does not fit the slice's shape (mesh, divisibility) or is invalid.
+    """
+    from train.loop import Run  # the whole training stack: imported only when compiling
+
+    devices = slice_.devices() if devices is None else devices
+    t0 = time.perf_counter()
+    run = Run(config, synthetic_data=True, devices=devices, abstract=True)
+    # The persistent cache cannot load executables of compile-only devices: keep them out of it.
+    cache = jax.config.jax_enable_compilation_cache
+    jax.config.update("jax_enable_compilation_cache", False)
+    try:
+        return _compile(run, eval_step, t0)
+    finally:
+        jax.config.update("jax_enable_compilation_cache", cache)
+
+
+def _compile(run, eval_step: bool, t0: float):
+    with run.activate():
+        batch = run.abstract_batch()
+        lowered = run.train_step.lower(run.state, batch, run.schedule_args)
+        t1 = time.perf_counter()
+        compiled = lowered.compile()
+        t2 = time.perf_counter()
+        ev = run.eval_step.lower(run.state.params, batch).compile() if eval_step else None
+    t3 = time.perf_counter()
+    return (
+        run,
+        lowered,
+        compiled,
+        ev,
+        {"lower_s": t1 - t0, "compile_s": t2 - t1, "eval_compile_s": t3 - t2},
+    )
+
+
 def compile_for(config, slice_: Slice, *, devices=None, eval_step: bool = True) -> dict:
     """Compiles `config`'s train (and eval) step for `slice_`; returns the report's numbers.
 
@@ -59,20 +100,10 @@ def compile_for(config, slice_: Slice, *, devices=None, eval_step: bool = True) 
     Raises:
       ValueError: the config does not fit the slice's shape (mesh, divisibility) or is invalid.
     """
-    from train.loop import Run  # the whole training stack: imported only when compiling
-
-    devices = slice_.devices() if devices is None else devices
-    t0 = time.perf_counter()
-    run = Run(config, synthetic_data=True, devices=devices, abstract=True)
-    with run.activate():
-        batch = run.abstract_batch()
-        lowered = run.train_step.lower(run.state, batch, run.schedule_args)
-        t1 = time.perf_counter()
-        compiled = lowered.compile()
-        t2 = time.perf_counter()
-        ev = run.eval_step.lower(run.state.params, batch).compile() if eval_step else None
-    t3 = time.perf_counter()
-    chips = len(devices)
+    run, lowered, compiled, ev, times = compile_steps(
+        config, slice_, devices=devices, eval_step=eval_step
+    )
+    chips = run.mesh.size
     order = [getattr(d, "slice_index", 0) or 0 for d in run.mesh.devices.flat]
     hlo = compiled.as_text()
     kinds = collectives.by_kind(collectives.collectives(hlo, order))
@@ -114,7 +145,5 @@ def compile_for(config, slice_: Slice, *, devices=None, eval_step: bool = True) 
         "hbm_bytes_accessed_per_step": hbm_accessed,
         "collectives": kinds,
         **roof,
-        "lower_s": t1 - t0,
-        "compile_s": t2 - t1,
-        "eval_compile_s": t3 - t2,
+        **times,
     }
