@@ -8,6 +8,7 @@ analysis is the buffer assignment on the chip, its HLO the optimised, partitione
 """
 
 import math
+import re
 import time
 
 import jax
@@ -28,6 +29,23 @@ def _bytes_per_chip(tree) -> float:
         shape = leaf.sharding.shard_shape(leaf.shape) if leaf.sharding is not None else leaf.shape
         total += math.prod(shape) * np.dtype(leaf.dtype).itemsize
     return total
+
+
+class OutOfMemory(str):
+    """The compiler's message when it refused the program for lack of HBM."""
+
+    def needed_bytes(self, arguments: float) -> tuple[float, float | None]:
+        """(bytes the program needs per chip, the HBM the compiler says it has), from the text."""
+        unit = {"": 1, "B": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+        num = r"([\d.]+)([KMGTB]?)"
+        to_bytes = lambda v, u: float(v) * unit[u]  # noqa: E731
+        m = re.search(rf"HLO temporaries \({num}\) exceeds available HBM \({num}\)", self)
+        if m:  # temporaries alone: the arguments come on top
+            return arguments + to_bytes(*m.group(1, 2)), to_bytes(*m.group(3, 4))
+        m = re.search(rf"Used {num} of {num} hbm", self)
+        if m:
+            return to_bytes(*m.group(1, 2)), to_bytes(*m.group(3, 4))
+        return float("inf"), None
 
 
 def _memory(compiled) -> dict[str, float]:
@@ -75,7 +93,12 @@ def _compile(run, eval_step: bool, t0: float):
         batch = run.abstract_batch()
         lowered = run.train_step.lower(run.state, batch, run.schedule_args)
         t1 = time.perf_counter()
-        compiled = lowered.compile()
+        try:
+            compiled = lowered.compile()
+        except jax.errors.JaxRuntimeError as e:  # the TPU compiler refuses what cannot fit
+            if "RESOURCE_EXHAUSTED" not in str(e):
+                raise
+            compiled, eval_step = OutOfMemory(str(e)), False
         t2 = time.perf_counter()
         ev = run.eval_step.lower(run.state.params, batch).compile() if eval_step else None
     t3 = time.perf_counter()
@@ -105,12 +128,22 @@ def compile_for(config, slice_: Slice, *, devices=None, eval_step: bool = True) 
     )
     chips = run.mesh.size
     order = [getattr(d, "slice_index", 0) or 0 for d in run.mesh.devices.flat]
-    hlo = compiled.as_text()
-    kinds = collectives.by_kind(collectives.collectives(hlo, order))
-    memory = _memory(compiled)
     # XLA's cost_analysis() counts a while body once (aot/hlo.py): count with trip counts.
     hlo_flops = matmul_flops(lowered.as_text()) / chips
-    hbm_accessed = Module(hlo).hbm_bytes()
+    capacity = slice_.chip.hbm_bytes
+    if isinstance(compiled, OutOfMemory):  # no executable: what the compiler said, and counts
+        arguments = _bytes_per_chip(run.state) + _bytes_per_chip(run.abstract_batch())
+        needed, available = compiled.needed_bytes(arguments)
+        capacity = available or capacity
+        memory = {"argument_bytes": arguments, "temp_bytes": needed - arguments}
+        memory |= {"output_bytes": 0.0, "alias_bytes": 0.0, "code_bytes": 0.0}
+        memory["total_bytes"] = needed
+        kinds, hbm_accessed = {}, 0.0
+    else:
+        hlo = compiled.as_text()
+        kinds = collectives.by_kind(collectives.collectives(hlo, order))
+        memory = _memory(compiled)
+        hbm_accessed = Module(hlo).hbm_bytes()
     tokens = config.data.batch_size * config.data.seq_len
     model_flops = run.flops["flops_per_token"] * tokens / chips  # fwd + bwd (6N + attention)
     roof = roofline(
@@ -138,8 +171,9 @@ def compile_for(config, slice_: Slice, *, devices=None, eval_step: bool = True) 
         "memory": memory,
         "eval_memory": _memory(ev) if ev is not None else None,
         "hbm_bytes_per_chip": memory["total_bytes"],
-        "hbm_capacity_bytes": slice_.chip.hbm_bytes,
-        "fits": memory["total_bytes"] <= slice_.chip.hbm_bytes,
+        "hbm_capacity_bytes": capacity,
+        "fits": memory["total_bytes"] <= capacity and not isinstance(compiled, OutOfMemory),
+        "compiler_error": compiled if isinstance(compiled, OutOfMemory) else None,
         "model_flops_per_step": model_flops,
         "hlo_flops_per_step": hlo_flops,
         "hbm_bytes_accessed_per_step": hbm_accessed,

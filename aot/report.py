@@ -41,6 +41,8 @@ def format_report(r: dict) -> str:
         "donated state)",
         f"  total            {_gib(r['hbm_bytes_per_chip'])}  of {cap / GiB:.2f} GiB: {verdict}",
     ]
+    if r.get("compiler_error"):
+        lines.append(f"  compiler: {' '.join(r['compiler_error'].split())[:300]}")
     if r.get("eval_memory"):
         lines.append(f"  eval step total  {_gib(r['eval_memory']['total_bytes'])}")
     ratio = r["hlo_flops_per_step"] / max(r["model_flops_per_step"], 1)
@@ -61,6 +63,9 @@ def format_report(r: dict) -> str:
                 f"  {kind:<20}{c['count']:>7}{c['bytes'] / GiB:>10.3f} GiB"
                 f"{c['wire_bytes_ici'] / GiB:>10.3f} GiB{c['wire_bytes_dcn'] / GiB:>10.3f} GiB"
             )
+    if r.get("compiler_error"):
+        lines += ["", "Roofline: none (the compiler made no executable to read)."]
+        return "\n".join(lines)
     lines += [
         "",
         "Roofline (the largest bound is the step time; perfect overlap of the rest):",

@@ -23,6 +23,7 @@ GPU_TARGETS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "gpu_targ
 
 # Chips -> the standard slice shape (Cloud TPU documentation's topology tables).
 _SHAPES_3D = {
+    1: "1x1x1", 2: "2x1x1",
     4: "2x2x1", 8: "2x2x2", 16: "2x2x4", 32: "2x4x4", 64: "4x4x4", 128: "4x4x8", 256: "4x8x8",
     512: "8x8x8", 1024: "8x8x16", 2048: "8x16x16", 4096: "16x16x16", 6144: "16x16x24",
 }  # fmt: skip
@@ -76,6 +77,10 @@ class Slice:
             kwargs = {"num_slices": self.num_slices} if self.num_slices > 1 else {}
             if self.chip.name == "v4":
                 kwargs["chip_config_name"] = "megacore"  # one device per chip, as v4 VMs run
+            dims = [int(d) for d in self.topology.split("x")] + [1]
+            bounds = tuple(min(d, b) for d, b in zip(dims, (2, 2, 1), strict=False))
+            if bounds != (2, 2, 1):  # slices smaller than a host's 2x2 chips (v5e-1, v5p-2)
+                kwargs["chips_per_host_bounds"] = bounds
             desc = topologies.get_topology_desc(
                 topology_name=f"{self.chip.name}:{self.topology}", platform="tpu", **kwargs
             )

@@ -46,6 +46,7 @@ def main(argv: list[str]) -> int:
     from aot.search import search
     from aot.slices import parse_slice
     from launch.cluster import load_config
+    from launch.run import describe_flag_error
     from train.validate import ConfigError
 
     bad = [o for o in overrides if not o.startswith("--config.")]
@@ -53,7 +54,11 @@ def main(argv: list[str]) -> int:
         if bad:
             raise ValueError(f"{bad[0]}: unknown argument; overrides look like --config.a.b=value")
         slice_ = parse_slice(args.topology, args.num_slices)
-        config = load_config(args.config, overrides)
+        try:
+            config = load_config(args.config, overrides)
+            config.keys()  # a config file that failed to load raises only when first read
+        except Exception as e:  # absl, ml_collections and get_config all raise here
+            raise ValueError(describe_flag_error(e, ["--config", *overrides])) from e
         devices = slice_.devices()
         if args.search:
             ranked = search(config, slice_, devices=devices, log=_log(args.json))
@@ -66,11 +71,6 @@ def main(argv: list[str]) -> int:
     except (ValueError, ConfigError) as e:
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except Exception as e:  # ml_collections / absl config-file errors
-        if "config" in type(e).__name__.lower() or "flag" in type(e).__name__.lower():
-            print(f"error: --config: {' '.join(str(e).split())[:300]}", file=sys.stderr)
-            return EXIT_BAD_INPUT
-        raise
     print(json.dumps(report) if args.json else format_report(report))
     return 0 if report["fits"] else EXIT_DOES_NOT_FIT
 
