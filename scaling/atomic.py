@@ -19,6 +19,7 @@ import contextlib
 import io
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from typing import Any
@@ -73,6 +74,23 @@ def read_bytes(path: str) -> bytes:
         return as_path(path).read_bytes()
     with open(path, "rb") as f:
         return f.read()
+
+
+def move(source: str, dest: str) -> None:
+    """Moves the file or directory tree `source` to `dest` (created with its parents).
+
+    Remote: fsspec's recursive move, a server-side copy of every object and then a delete (GCS
+    has no rename; epath's `rename` would also insist that `dest`'s parent "directory" exists,
+    which a fresh prefix on an object store never does).
+    """
+    if is_remote(source):
+        import fsspec
+
+        fs, _ = fsspec.core.url_to_fs(source)
+        fs.mv(source, dest, recursive=True)
+        return
+    os.makedirs(os.path.dirname(dest), exist_ok=True)
+    shutil.move(source, dest)
 
 
 def remove(path: str) -> None:

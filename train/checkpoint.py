@@ -24,7 +24,6 @@ save is a step directory without that file; it is moved aside like a local tempo
 import asyncio
 import json
 import os
-import shutil
 import time
 from collections.abc import Callable
 
@@ -180,12 +179,7 @@ class Checkpointer:
         """Moves `<directory>/<name>` into `<directory>.corrupt/` (never deletes); returns it."""
         dest_root = f"{self.directory}.corrupt"
         dest = os.path.join(dest_root, f"{name}.{time.strftime('%Y%m%d-%H%M%S')}")
-        source = os.path.join(self.directory, name)
-        if atomic.is_remote(source):
-            atomic.as_path(source).rename(dest)  # copies every object, then deletes
-        else:
-            os.makedirs(dest_root, exist_ok=True)
-            shutil.move(source, dest)
+        atomic.move(os.path.join(self.directory, name), dest)
         return dest
 
     def unfinished(self) -> list[str]:
