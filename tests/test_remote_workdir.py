@@ -35,7 +35,9 @@ def test_atomic_writes_are_one_put_of_the_final_object(gcs):
     assert json.loads(atomic.read_text(f"{RUN}/fit.json")) == {"alpha": 0.3}
     assert atomic.isdir(RUN) and sorted(atomic.listdir(RUN)) == ["fit.json", "report.md"]
     atomic.move(RUN, "gs://bucket/old/r")
-    assert not atomic.exists(RUN) and atomic.read_text("gs://bucket/old/r/report.md") == "# report\n"
+    assert (
+        not atomic.exists(RUN) and atomic.read_text("gs://bucket/old/r/report.md") == "# report\n"
+    )
 
 
 def _tb_scalars(fs, prefix):
@@ -98,7 +100,9 @@ def test_claim_workdir_writes_config_and_refuses_another(gcs, tmp_path):
     assert _objects(gcs, RUN) == ["config.json"]  # the writability probe left nothing
     other = small_config(tmp_path)
     other.train.steps = 99
-    with pytest.raises(ConfigError, match=r"--workdir=gs://bucket/runs/r holds a run .*train\.steps"):
+    with pytest.raises(
+        ConfigError, match=r"--workdir=gs://bucket/runs/r holds a run .*train\.steps"
+    ):
         check_workdir(RUN, other)
     with pytest.raises(ConfigError, match="--workdir=gs://bucket/runs/r/config.json is a file"):
         check_workdir(f"{RUN}/config.json", config)
