@@ -104,6 +104,7 @@ def _cmd(workdir, corpus, steps=6):
         sys.executable,
         "launch/run.py",
         "--config=experiments/gpt.py:size=tiny,runlocal",
+        "--shared_workdir",  # the processes share this machine's disk (slurm.py passes it too)
         f"--workdir={workdir}",
         *(f"--config.{k}={v}" for k, v in overrides.items()),
     ]
