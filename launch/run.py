@@ -3,6 +3,11 @@ r"""The one entry point: `python launch/run.py --config experiments/X.py[:args] 
 Overrides: `--config.train.steps=100 --config.model.size=...` (the config is locked, so a mistyped
 key fails instead of being ignored).
 
+The workdir may be local or remote (`--workdir=gs://bucket/runs/x`, through scaling/atomic.py and
+Orbax). With several processes (a pod slice, a multi-node job) every host must see one workdir:
+a local one is refused unless `--shared_workdir` says it is a shared mount (train/validate.py:
+check_shared); the same for a catalog dataset's local `data.data_dir` and `--shared_data_dir`.
+
 Exit codes: 0 done (or preempted with a checkpoint: rerun the same command to resume), 2 bad input
 (one line `error: <field>...` on stderr, nothing written), 3 stopped on a non-finite loss or
 gradient (`train.nan_policy=stop`), 1 anything else (a bug: traceback).
@@ -76,6 +81,22 @@ def define_flags(flag_values: flags.FlagValues, sys_argv: list[str] | None = Non
         "process_id": flags.DEFINE_integer(
             "process_id", None, "Multi-process: this process's index.", flag_values=flag_values
         ),
+        # With several processes a local --workdir (or a catalog dataset's local data.data_dir)
+        # is refused: every host must see one directory (train/validate.py:check_shared).
+        "shared_workdir": flags.DEFINE_bool(
+            "shared_workdir",
+            False,
+            "Multi-process: the local --workdir is a mount every host sees (NFS); a gs:// "
+            "workdir needs no flag.",
+            flag_values=flag_values,
+        ),
+        "shared_data_dir": flags.DEFINE_bool(
+            "shared_data_dir",
+            False,
+            "Multi-process: the local data.data_dir of a catalog dataset is a mount every host "
+            "sees (or the same prepared copy on every host).",
+            flag_values=flag_values,
+        ),
     }
 
 
@@ -89,6 +110,8 @@ class Args:
     coordinator_address: str | None = None
     num_processes: int | None = None
     process_id: int | None = None
+    shared_workdir: bool = False
+    shared_data_dir: bool = False
 
 
 def describe_flag_error(e: BaseException, argv: list[str]) -> str:
@@ -156,6 +179,8 @@ def parse(argv: list[str], flag_values: flags.FlagValues | None = None) -> Args:
         coordinator_address=holders["coordinator_address"].value,
         num_processes=holders["num_processes"].value,
         process_id=holders["process_id"].value,
+        shared_workdir=holders["shared_workdir"].value,
+        shared_data_dir=holders["shared_data_dir"].value,
     )
 
 
@@ -164,7 +189,7 @@ def execute(args: Args) -> int:
     import jax
 
     from parallel.distributed import initialize
-    from train.validate import ConfigError, check_run
+    from train.validate import ConfigError, check_run, check_shared
 
     try:  # before anything touches a JAX backend (validation counts devices)
         where = initialize(args.coordinator_address, args.num_processes, args.process_id)
@@ -174,6 +199,12 @@ def execute(args: Args) -> int:
         print(f"distributed: {where}", flush=True)
     config, workdir = args.config, args.workdir
     if not args.dry_run:  # before the training stack is even imported
+        check_shared(
+            workdir,
+            config.data,
+            shared_workdir=args.shared_workdir,
+            shared_data_dir=args.shared_data_dir,
+        )
         check_run(config, workdir, "sweep" if "sweep" in config else "run")
     if args.compile_cache:
         jax.config.update("jax_compilation_cache_dir", args.compile_cache)

@@ -64,6 +64,11 @@ def batch_script(args, command: list[str], *, array: list[str] | None = None) ->
 def plan_scripts(args) -> list[tuple[str, str]]:
     """`(file name, script)` pairs to submit in order."""
     command = run_args(args.config, args.overrides, args.workdir)
+    if "://" not in args.workdir:
+        # The scripts and every task's log live in the workdir too, so a SLURM workdir is a
+        # mount all nodes share by construction; launch/run.py refuses a local workdir with
+        # several processes unless told so.
+        command.insert(command.index(f"--workdir={args.workdir}"), "--shared_workdir")
     if not args.sweep:
         return [(f"{args.job_name}.sbatch", batch_script(args, command))]
     jobs = sweep_jobs(args.config, args.overrides, args.workdir)

@@ -1,7 +1,7 @@
 """The sweep runner: expand an experiment's grid, train every point, record it, fit and report.
 
 `launch/run.py` calls `run_sweep` for configs that carry a `sweep` block (experiments/scaling.py).
-The sweep workdir holds:
+The sweep workdir (local or remote: `gs://...`, every file through scaling/atomic.py) holds:
   config.json          the sweep config (a rerun with another config is refused)
   results.jsonl        one line per point, rewritten atomically after each point
   points/<id>/         each point's own run directory (config, metrics, checkpoints, summary)
@@ -25,6 +25,7 @@ import traceback
 import jax
 
 from models.sizes import resolved_dims
+from scaling import atomic
 from train import preemption
 from train.checkpoint import latest_step
 from train.loop import ConfigError, claim_workdir, train_and_evaluate, validate
@@ -126,26 +127,21 @@ def _point_dir(workdir: str, point: dict) -> str:
 
 
 def read_results(path: str) -> dict[str, dict]:
-    """results.jsonl as {point id: row} (the last line of an id wins)."""
+    """results.jsonl (local or remote) as {point id: row} (the last line of an id wins)."""
     rows = {}
-    if os.path.exists(path):
-        with open(path) as f:
-            for line in f:
-                if line.strip():
-                    row = json.loads(line)
-                    rows[row["id"]] = row
+    if atomic.exists(path):
+        for line in atomic.read_text(path).splitlines():
+            if line.strip():
+                row = json.loads(line)
+                rows[row["id"]] = row
     return rows
 
 
 def write_results(path: str, rows: dict[str, dict]) -> None:
-    """Rewrites results.jsonl atomically (temp file, fsync, rename)."""
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w") as f:
-        for row in rows.values():
-            f.write(json.dumps(row, sort_keys=True) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """Rewrites results.jsonl atomically (local: temp file, fsync, rename; remote: one put)."""
+    atomic.write_text(
+        path, "".join(json.dumps(row, sort_keys=True) + "\n" for row in rows.values())
+    )
 
 
 def _row(config, point: dict, status: str, **extra) -> dict:
@@ -401,7 +397,7 @@ def _needed(piece: Piece, rest: list[Piece], done: set[str], cheap: bool = False
     if not pending or cheap:
         return bool(pending)
     trunk_at = latest_step(os.path.join(piece.workdir, "checkpoints")) or 0
-    return trunk_at < piece.stop_at and not os.path.isdir(
+    return trunk_at < piece.stop_at and not atomic.isdir(
         os.path.join(pending[0].workdir, "checkpoints")
     )
 

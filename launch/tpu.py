@@ -1,7 +1,8 @@
 r"""Cloud TPU VMs with `gcloud compute tpus tpu-vm`: create, copy, install, run, logs, delete.
 
   python launch/tpu.py up --name=lm --zone=us-central2-b --accelerator_type=v4-32 \
-      --config=experiments/gpt.py:size=base --workdir=runs/base [--dry_run] [-- OVERRIDES...]
+      --config=experiments/gpt.py:size=base --workdir=gs://BUCKET/runs/base [--dry_run] \
+      [-- OVERRIDES...]
   python launch/tpu.py logs --name=lm --zone=us-central2-b
   python launch/tpu.py delete --name=lm --zone=us-central2-b
   python launch/tpu.py sweep --name=sw --zone=... --accelerator_type=v4-8 \
@@ -13,7 +14,11 @@ Actions: `create` the VM (or pod slice); `copy` this checkout to every worker (a
 streams worker 0's log; `fetch` copies the workdir back from worker 0; `delete` the VM; `up` =
 create, copy, install, run, logs (and `--delete_after`: fetch, delete). On the VM, every worker
 runs the same command and `jax.distributed` configures itself from the TPU metadata
-(parallel/distributed.py). `sweep` hands each independent sweep job (launch/cluster.py) to its
+(parallel/distributed.py). A slice of more than one host needs one workdir they all see: a
+`gs://` workdir (gcsfs is installed with the requirements), which `fetch` copies to runs/ with
+`gcloud storage` and which `up --delete_after` and `sweep` leave in the bucket. A relative
+workdir is the same path under ~/scalelab on each worker: fine on a one-host VM (v4-8), refused
+by launch/run.py on a pod slice. `sweep` hands each independent sweep job (launch/cluster.py) to its
 own VM `<name>-<i>`, all at once, fetches each job's run directories and deletes its VM, then
 runs the sweep locally once more to collect the finished points and fit. `--dry_run` prints
 every command instead of running it.
@@ -63,7 +68,9 @@ def copy(args, name: str) -> list[list[str]]:
 
 
 def install(args, name: str) -> list[list[str]]:
-    pip = f"cd {REMOTE} && pip install -q -r requirements.txt 'jax[tpu]=={args.jax_version}'"
+    # gcsfs: gs:// workdirs and data dirs (etils.epath, and so Orbax, reach GCS through it).
+    jax_tpu = f"'jax[tpu]=={args.jax_version}'"
+    pip = f"cd {REMOTE} && pip install -q -r requirements.txt {jax_tpu} gcsfs"
     return [_ssh(args, name, pip)]
 
 
@@ -79,7 +86,13 @@ def logs(args, name: str) -> list[list[str]]:
     return [_ssh(args, name, follow, worker="0")]
 
 
+def _remote(workdir: str) -> bool:
+    return "://" in workdir
+
+
 def fetch(args, name: str) -> list[list[str]]:
+    if _remote(args.workdir):  # already in the bucket: copy it into runs/
+        return [["gcloud", "storage", "cp", "--recursive", args.workdir.rstrip("/"), "runs"]]
     # Into the parent: scp --recurse merges the remote workdir into a local one of that name.
     local = os.path.dirname(os.path.abspath(args.workdir))
     remote = f"{name}:scalelab/{args.workdir}"  # scp paths are relative to the remote home
@@ -93,7 +106,9 @@ def delete(args, name: str) -> list[list[str]]:
 def up(args, name: str, overrides: list[str]) -> list[list[str]]:
     cmds = create(args, name) + copy(args, name) + install(args, name)
     cmds += run(args, name, overrides) + logs(args, name)
-    return cmds + (fetch(args, name) + delete(args, name) if args.delete_after else [])
+    if not args.delete_after:
+        return cmds
+    return cmds + ([] if _remote(args.workdir) else fetch(args, name)) + delete(args, name)
 
 
 def sweep(args) -> list[list[list[str]]]:
@@ -104,7 +119,8 @@ def sweep(args) -> list[list[list[str]]]:
         name = f"{args.name}-{i}"
         vm = create(args, name) + copy(args, name) + install(args, name)
         vm += run(args, name, [*args.overrides, f"--config.sweep.only={only}"])
-        vm += logs(args, name) + fetch(args, name) + delete(args, name)
+        vm += logs(args, name) + ([] if _remote(args.workdir) else fetch(args, name))
+        vm += delete(args, name)
         per_vm.append(vm)
     collect = [sys.executable, *run_args(args.config, args.overrides, args.workdir)[1:]]
     return per_vm + [[collect]]
@@ -142,7 +158,10 @@ def parse(argv: list[str]):
     if args.action in ("run", "up", "sweep", "fetch") and not (args.config and args.workdir):
         p.error(f"{args.action} needs --config and --workdir")
     if os.path.isabs(args.workdir):
-        p.error("--workdir must be relative: it is the same path under ~/scalelab on the VM")
+        p.error(
+            "--workdir must be gs://BUCKET/... or relative (the same path under ~/scalelab on "
+            "each worker)"
+        )
     return args
 
 

@@ -41,7 +41,7 @@ def _json_safe(obj: Any) -> Any:
 
 
 def _check_options(out_dir, n_bootstrap: int, levels: tuple[float, float], budgets) -> None:
-    if out_dir is not None and os.path.exists(out_dir) and not os.path.isdir(out_dir):
+    if out_dir is not None and atomic.exists(out_dir) and not atomic.isdir(out_dir):
         raise InputError(f"--out {out_dir} is a file; pass a directory (it is created if needed)")
     if n_bootstrap < 0:
         raise InputError(f"--bootstrap {n_bootstrap} is negative; pass 0 (no intervals) or more")
@@ -67,7 +67,8 @@ def analyze(
     Args:
       rows: Sweep results, one dict per point (see `scaling.rows`); failed rows are reported and
         not fitted.
-      out_dir: Directory to write into (created if needed), or None to write nothing.
+      out_dir: Directory to write into (created if needed; local or remote, `gs://...`), or
+        None to write nothing.
       n_bootstrap: Bootstrap resamples for the intervals (0: no intervals).
       seed: Seed of the resampling.
       meta: Free-form sweep information rendered in the report (title, command, machine,
@@ -98,7 +99,7 @@ def analyze(
         )
     result["n_failed"] = sum(not is_ok(r) for r in rows)
     if out_dir is not None:
-        os.makedirs(out_dir, exist_ok=True)
+        atomic.makedirs(out_dir)
         result["plots"] = plots.write_plots(out_dir, points, fit, result["approach2"])
     result = _json_safe(result)
     if out_dir is not None:

@@ -167,8 +167,8 @@ def write_plots(out_dir: str, points: Points, fit: ParametricFit, approach2: dic
     for name, fig in figures.items():
         path = os.path.join(out_dir, name)
         if isinstance(fig, str):
-            if os.path.exists(path):  # A stale plot from an earlier fit would contradict fit.json.
-                os.remove(path)
+            if atomic.exists(path):  # A stale plot from an earlier fit would contradict fit.json.
+                atomic.remove(path)
             status[name] = f"skipped: {fig}"
             continue
         atomic.save_figure(fig, path)

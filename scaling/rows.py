@@ -7,12 +7,14 @@ and not "ok" are kept for the report but never fitted.
 
 import csv
 import dataclasses
+import io
 import json
 import math
-import os
 from typing import Any
 
 import numpy as np
+
+from scaling import atomic
 
 REQUIRED = ("params", "tokens", "loss")
 MIN_POINTS = 5
@@ -77,29 +79,28 @@ def _number(key: str, text: str) -> int | float | None:
     return int(value) if key in _INT_KEYS and value.is_integer() else value
 
 
-def _read_csv(path: str) -> list[dict[str, Any]]:
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        missing = [k for k in REQUIRED if k not in (reader.fieldnames or [])]
-        if missing:
-            raise InputError(
-                f"{path}: CSV header lacks column(s) {', '.join(missing)}; the header needs at "
-                "least params,tokens,loss (optional flops, budget, status)"
-            )
-        rows = []
-        for line_no, raw in enumerate(reader, start=2):
-            row: dict[str, Any] = {}
-            for key, text in raw.items():
-                text = text or ""
-                try:
-                    row[key] = _number(key, text) if key in _INT_KEYS + _FLOAT_KEYS else text
-                except ValueError as e:
-                    raise InputError(
-                        f"{path}:{line_no}: column {key}={text!r} is not a number; fix the value"
-                    ) from e
-                if key == "status" and not text:
-                    row[key] = None
-            rows.append(row)
+def _read_csv(path: str, text: str) -> list[dict[str, Any]]:
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    missing = [k for k in REQUIRED if k not in (reader.fieldnames or [])]
+    if missing:
+        raise InputError(
+            f"{path}: CSV header lacks column(s) {', '.join(missing)}; the header needs at "
+            "least params,tokens,loss (optional flops, budget, status)"
+        )
+    rows = []
+    for line_no, raw in enumerate(reader, start=2):
+        row: dict[str, Any] = {}
+        for key, text in raw.items():
+            text = text or ""
+            try:
+                row[key] = _number(key, text) if key in _INT_KEYS + _FLOAT_KEYS else text
+            except ValueError as e:
+                raise InputError(
+                    f"{path}:{line_no}: column {key}={text!r} is not a number; fix the value"
+                ) from e
+            if key == "status" and not text:
+                row[key] = None
+        rows.append(row)
     return rows
 
 
@@ -136,18 +137,17 @@ def load_rows(path: str) -> list[dict[str, Any]]:
     Raises:
       InputError: The file is missing or unreadable, or a CSV lacks a required column.
     """
-    if os.path.isdir(path):
+    if atomic.isdir(path):
         raise InputError(f"{path} is a directory; pass the results.jsonl file (or a CSV)")
-    if not os.path.isfile(path):
+    if not atomic.exists(path):
         raise InputError(f"{path}: no such file; pass the sweep's results.jsonl (or a CSV)")
     try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
+        text = atomic.read_text(path)
     except (OSError, UnicodeDecodeError) as e:
         raise InputError(f"{path}: cannot read it as UTF-8 text ({e}); pass results.jsonl") from e
     if text.lstrip().startswith("{"):
         return _read_jsonl(path, text)
-    return _read_csv(path)
+    return _read_csv(path, text)
 
 
 def _check_row(row: dict[str, Any], where: str) -> None:

@@ -1,7 +1,10 @@
-"""Shared test fixtures: a small local corpus and a shrunken real config."""
+"""Shared test fixtures: a small local corpus, a shrunken real config, an in-memory gs://."""
 
+import contextlib
 import os
+import sys
 import sysconfig
+from collections.abc import Iterator
 
 from experiments.gpt import get_config
 
@@ -44,3 +47,61 @@ def small_config(tmp_path, steps: int = 20):
     config.train.eval_batches = 2
     config.train.peak_flops = 1e11  # skip measuring
     return config
+
+
+@contextlib.contextmanager
+def fake_gcs() -> Iterator[type]:
+    """Serves `gs://` from memory, through the same code path a real gs:// path takes here.
+
+    `etils.epath` (which scaling/atomic.py and Orbax's metadata use) sends a gs:// path, when
+    TensorFlow is not installed, to `fsspec.filesystem("gcs")`; that is gcsfs in production and
+    this in-memory object store in tests. Like GCS (and gcsfs) it has no directories of its own (a
+    prefix exists while an object lies under it), rename is copy + delete, and append mode
+    silently overwrites. Yields the filesystem class: `.store` holds the objects by
+    "bucket/key", `.puts` lists every object written, in order.
+    """
+    import fsspec
+    from etils.epath import backend
+    from fsspec.implementations.memory import MemoryFileSystem
+    from fsspec.utils import stringify_path
+
+    class FakeGCS(MemoryFileSystem):
+        protocol = ("gs", "gcs")
+        root_marker = ""
+        store: dict = {}
+        pseudo_dirs: list = [""]
+        puts: list = []
+
+        @classmethod
+        def _strip_protocol(cls, path):
+            path = stringify_path(path)
+            for prefix in ("gs://", "gcs://"):
+                path = path.removeprefix(prefix)
+            return path.rstrip("/")
+
+        def makedirs(self, path, exist_ok=False):
+            pass  # gcsfs: a prefix needs no creating
+
+        def mkdir(self, path, create_parents=True, **kwargs):
+            pass
+
+        def _open(self, path, mode="rb", **kwargs):
+            mode = mode.replace("a", "w")  # gcsfs warns and overwrites: objects take no appends
+            if "w" in mode:
+                self.puts.append(self._strip_protocol(path))
+            return super()._open(path, mode, **kwargs)
+
+    registry = sys.modules["fsspec.registry"]._registry  # `fsspec.registry` is its read-only view
+    saved = {p: registry.get(p) for p in FakeGCS.protocol}
+    for p in FakeGCS.protocol:
+        fsspec.register_implementation(p, FakeGCS, clobber=True)
+    backend.fsspec_backend._get_filesystem.cache_clear()  # etils caches the filesystem
+    try:
+        yield FakeGCS
+    finally:
+        for p, cls in saved.items():
+            if cls is None:
+                registry.pop(p, None)
+            else:
+                fsspec.register_implementation(p, cls, clobber=True)
+        backend.fsspec_backend._get_filesystem.cache_clear()

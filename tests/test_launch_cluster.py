@@ -54,6 +54,19 @@ def test_tpu_up_dry_run(capsys):
     assert cmds[9][4:7] == ["delete", "lm", "--quiet"]
 
 
+def test_tpu_gs_workdir(capsys):
+    """A pod slice's workdir in a bucket: passed to every worker as is, left there by
+    --delete_after (no scp from worker 0), copied with gcloud storage by `fetch`."""
+    common = ["--name=lm", "--zone=z", "--config=experiments/gpt.py", "--workdir=gs://b/runs/base"]
+    tpu.main(["up", *common, "--accelerator_type=v4-32", "--delete_after", "--dry_run"])
+    cmds = [shlex.split(line) for line in _lines(capsys)]
+    assert "gcsfs" in cmds[4][7]  # installed with the requirements
+    assert "--workdir=gs://b/runs/base" in cmds[5][7]
+    assert [c[4] for c in cmds[-2:]] == ["ssh", "delete"]  # logs, then delete: nothing fetched
+    tpu.main(["fetch", *common, "--dry_run"])
+    assert _lines(capsys) == ["gcloud storage cp --recursive gs://b/runs/base runs"]
+
+
 def test_tpu_single_actions(capsys):
     tpu.main(["delete", "--name=a", "--zone=z", "--dry_run"])
     assert _lines(capsys) == ["gcloud compute tpus tpu-vm delete a --quiet --zone=z"]
@@ -84,6 +97,11 @@ def test_tpu_sweep_dry_run(capsys):
         assert f"--config.sweep.only={only} > run.log" in out
     last = out.splitlines()[-1]
     assert last.endswith(f"launch/run.py --config={SWEEP} --workdir=r/sw")
+    tpu.main(
+        ["sweep", "--name=sw", "--zone=z", f"--config={SWEEP}", "--workdir=gs://b/sw", "--dry_run"]
+    )
+    out = "\n".join(_lines(capsys))
+    assert "scp --recurse" not in out and out.endswith("--workdir=gs://b/sw")
 
 
 def test_slurm_script_dry_run(capsys, tmp_path):
@@ -120,7 +138,7 @@ def test_slurm_script_dry_run(capsys, tmp_path):
     assert "source venv/bin/activate" in script
     assert script[-1] == (
         "srun --kill-on-bad-exit=1 python launch/run.py --config=experiments/gpt.py:size=base "
-        f"--workdir={workdir} --config.train.steps=10"
+        f"--shared_workdir --workdir={workdir} --config.train.steps=10"  # it holds the logs too
     )
     assert lines[-1] == f"sbatch {workdir}/slurm/scalelab.sbatch"
     assert not (tmp_path / "run").exists()  # a dry run writes nothing

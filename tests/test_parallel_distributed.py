@@ -2,8 +2,8 @@
 
 import json
 import os
-import random
 import shutil
+import socket
 import subprocess
 import sys
 
@@ -65,7 +65,10 @@ def test_process_batch_block():
 
 
 def _free_port() -> int:
-    return random.randint(20000, 40000)
+    """A port the OS reports free (bound to port 0, then released for the coordinator)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
 
 
 def _cmd(workdir, corpus, steps=6):
@@ -101,6 +104,7 @@ def _cmd(workdir, corpus, steps=6):
         sys.executable,
         "launch/run.py",
         "--config=experiments/gpt.py:size=tiny,runlocal",
+        "--shared_workdir",  # the processes share this machine's disk (slurm.py passes it too)
         f"--workdir={workdir}",
         *(f"--config.{k}={v}" for k, v in overrides.items()),
     ]
@@ -215,3 +219,81 @@ def test_data_shards_make_batches_independent_of_process_count(tmp_path):
     data.shards = 3
     with pytest.raises(ValueError, match="data.shards=3 is not a multiple of the 2"):
         make_train_iterator(data, seed=3, process_index=0, process_count=2)
+
+
+def _two_processes(workdir, corpus, *extra):
+    """`launch/run.py` as two processes (2 x 4 CPU devices) joined by explicit flags."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "JAX_COORD"))}
+    env.update(
+        JAX_PLATFORMS="cpu",
+        XLA_FLAGS=f"--xla_force_host_platform_device_count=4 {FAST_COMPILE}",
+    )
+    port = _free_port()
+    cmd = [
+        sys.executable,
+        "launch/run.py",
+        "--config=experiments/gpt.py:size=tiny,runlocal",
+        f"--workdir={workdir}",
+        f"--config.data.glob={corpus}/*.py",
+        f"--config.data.data_dir={corpus}/../tfds",
+        "--config.data.val_fraction=0.1",
+        "--config.data.seq_len=32",
+        "--config.data.batch_size=8",
+        "--config.model.n_layers=1",
+        "--config.model.d_model=32",
+        "--config.model.n_heads=2",
+        "--config.model.d_ff=64",
+        "--config.train.steps=2",
+        "--config.train.grad_accum=1",
+        "--config.train.eval_every=100",
+        "--config.train.eval_batches=1",
+        "--config.train.log_every=1",
+        "--config.train.peak_flops=1e11",
+        "--compile_cache=",
+        f"--coordinator_address=localhost:{port}",
+        "--num_processes=2",
+        *extra,
+    ]
+    procs = [
+        subprocess.Popen(
+            [*cmd, f"--process_id={i}"],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    outs = [p.communicate(timeout=600) for p in procs]
+    return [(p.returncode, out, err) for p, (out, err) in zip(procs, outs, strict=True)]
+
+
+def test_local_workdir_is_refused_by_both_processes(tmp_path):
+    """Two real processes (jax.distributed over gloo), each on its own "host": a local workdir
+    would be two disks on a pod, so both exit 2 with one line naming --workdir and create
+    nothing."""
+    corpus = os.path.dirname(make_corpus(str(tmp_path / "corpus"), n_files=8))
+    workdir = str(tmp_path / "run")
+    for code, _, err in _two_processes(workdir, corpus):
+        errors = [line for line in err.splitlines() if line.startswith("error:")]
+        assert code == 2, err[-3000:]
+        assert errors == [
+            f"error: --workdir={workdir} is a local directory, but 2 processes (hosts) must "
+            "write one shared workdir; pass --workdir=gs://BUCKET/..., or add --shared_workdir "
+            "if it is a mount every host sees (NFS)"
+        ], err[-3000:]
+    assert not os.path.exists(workdir)
+    assert not os.path.exists(tmp_path / "tfds")  # refused before the data were built
+
+
+@pytest.mark.slow
+def test_shared_workdir_flag_lets_two_processes_train(tmp_path):
+    corpus = os.path.dirname(make_corpus(str(tmp_path / "corpus")))
+    workdir = str(tmp_path / "run")
+    results = _two_processes(workdir, corpus, "--shared_workdir")
+    for code, _, err in results:
+        assert code == 0, err[-3000:]
+    assert "distributed: process 0 of 2" in results[0][1]
+    assert sorted(_losses(workdir)) == [1, 2]
+    assert os.path.isdir(os.path.join(workdir, "checkpoints", "2"))

@@ -210,3 +210,44 @@ def test_bad_input_exits_2_from_the_real_command_line(env, tmp_path):
         assert "Traceback" not in stderr, (name, stderr[-2000:])
         assert usage.ru_utime + usage.ru_stime < 10, (name, usage)
         assert _snapshot(workdir) == before
+
+
+def test_check_shared_refuses_local_dirs_only_with_several_processes():
+    from data.config import default_data_config
+    from train.validate import ConfigError, check_shared
+
+    data = default_data_config()  # the stdlib corpus, built on each host: a local data_dir is fine
+    check_shared("runs/x", data, process_count=1)
+    with pytest.raises(ConfigError) as e:
+        check_shared("runs/x", data, process_count=2)
+    line = str(e.value)
+    assert line.startswith("--workdir=runs/x is a local directory, but 2 processes") and (
+        "--workdir=gs://" in line and "--shared_workdir" in line and "\n" not in line
+    )
+    check_shared("runs/x", data, shared_workdir=True, process_count=2)
+    check_shared("gs://bucket/x", data, process_count=4)
+    catalog = data.copy_and_resolve_references()
+    catalog.dataset, catalog.data_dir = "c4/en", "/data/tfds"
+    with pytest.raises(ConfigError, match=r"^data.data_dir='/data/tfds' .*--shared_data_dir"):
+        check_shared("gs://bucket/x", catalog, process_count=2)
+    check_shared("gs://bucket/x", catalog, shared_data_dir=True, process_count=2)
+    catalog.data_dir = "gs://bucket/tfds"
+    check_shared("gs://bucket/x", catalog, process_count=2)
+    check_shared("runs/x", catalog, process_count=1)
+
+
+def test_local_workdir_with_two_processes_exits_2_from_the_command_line(env, monkeypatch):
+    """The check as `launch/run.py` runs it, with `jax.process_count()` answering 2 (the real
+    two-process run is in tests/test_parallel_distributed.py)."""
+    import jax
+
+    monkeypatch.setattr(jax, "process_count", lambda *a: 2)
+    tmp, _ = env
+    workdir = f"{tmp}/pod_run"
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        code = run_cli.cli(_argv(env, [f"--workdir={workdir}"]))
+    lines = err.getvalue().strip().splitlines()
+    assert code == 2 and len(lines) == 1, err.getvalue()
+    assert lines[0].startswith(f"error: --workdir={workdir} is a local directory, but 2 processes")
+    assert not os.path.exists(workdir)

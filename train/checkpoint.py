@@ -12,12 +12,18 @@ against it (and for Orbax's `commit_success.txt`) and then restored; a step that
 is moved to `<directory>.corrupt/` (never deleted) with a warning naming it, and the next older
 step is tried. Unfinished saves (Orbax's `*.orbax-checkpoint-tmp-*` directories, left by a kill
 during an async write) are moved there too.
+
+The directory may be remote (`gs://bucket/run/checkpoints`): Orbax writes the arrays with
+TensorStore's GCS driver and its metadata through `etils.epath`, and this file reaches the same
+objects through scaling/atomic.py. On GCS, Orbax does not rename a temporary directory but writes
+the step directory in place and commits it with `commit_success.txt` last, so there an unfinished
+save is a step directory without that file; it is moved aside like a local temporary directory
+(on an object store a move is a copy and a delete, so it is slow for big steps but rare).
 """
 
 import asyncio
 import json
 import os
-import shutil
 import time
 from collections.abc import Callable
 
@@ -26,6 +32,8 @@ import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 from orbax.checkpoint.path import atomicity
+
+from scaling import atomic
 
 MANIFEST = "scalelab_files.json"
 COMMIT_FILE = "commit_success.txt"
@@ -44,6 +52,9 @@ class _SlowCommit(atomicity.AtomicRenameTemporaryPath):
 
 
 def _files(step_dir: str) -> dict[str, int]:
+    """Every file under `step_dir` (relative path -> size in bytes), the manifest excluded."""
+    if atomic.is_remote(step_dir):
+        return _remote_files(atomic.as_path(step_dir), "")
     out = {}
     for root, _, names in os.walk(step_dir):
         for name in names:
@@ -54,6 +65,18 @@ def _files(step_dir: str) -> dict[str, int]:
     return out
 
 
+def _remote_files(path, prefix: str) -> dict[str, int]:
+    # A listing per directory (epath's walk returns bucket-relative roots for fsspec paths).
+    out = {}
+    for child in path.iterdir():
+        rel = f"{prefix}{child.name}"
+        if child.is_dir():
+            out.update(_remote_files(child, rel + "/"))
+        elif not rel.startswith(MANIFEST):
+            out[rel] = child.stat().length
+    return out
+
+
 def check_step_dir(step_dir: str) -> str | None:
     """What is wrong with a committed step directory (None: it looks intact).
 
@@ -61,16 +84,15 @@ def check_step_dir(step_dir: str) -> str | None:
     with its size (a truncated or deleted file). A step without a manifest (killed between the
     commit and the manifest) is only checked by restoring it.
     """
-    if not os.path.isdir(step_dir):
+    if not atomic.isdir(step_dir):
         return "missing"
-    if not os.path.exists(os.path.join(step_dir, COMMIT_FILE)):
+    if not atomic.exists(os.path.join(step_dir, COMMIT_FILE)):
         return f"no {COMMIT_FILE} (an unfinished save)"
     manifest = os.path.join(step_dir, MANIFEST)
-    if not os.path.exists(manifest):
+    if not atomic.exists(manifest):
         return None
     try:
-        with open(manifest) as f:
-            expected = json.load(f)
+        expected = json.loads(atomic.read_text(manifest))
     except (OSError, ValueError) as e:
         return f"unreadable {MANIFEST} ({e})"
     found = _files(step_dir)
@@ -108,7 +130,6 @@ class Checkpointer:
         self.every = every
         self.directory = _absolute(directory)  # Orbax's async writer rejects relative paths
         self.read_only = read_only
-        self._local = "://" not in self.directory
         policy = checkpoint_managers.LatestN(keep)
         if keep_steps:
             policy = checkpoint_managers.AnyPreservationPolicy(
@@ -144,28 +165,39 @@ class Checkpointer:
         return os.path.join(self.directory, str(step))
 
     def _write_manifests(self) -> None:
-        """Writes the manifest of every committed step that lacks one (main process, local)."""
-        if self.read_only or not self._local or not _is_main():
+        """Writes the manifest of every committed step that lacks one (main process)."""
+        if self.read_only or not _is_main():
             return
         for step in self.manager.all_steps():
             step_dir = self._step_dir(step)
             path = os.path.join(step_dir, MANIFEST)
-            if os.path.exists(path) or not os.path.exists(os.path.join(step_dir, COMMIT_FILE)):
+            if atomic.exists(path) or not atomic.exists(os.path.join(step_dir, COMMIT_FILE)):
                 continue
-            files, tmp = _files(step_dir), f"{path}.tmp"
-            with open(tmp, "w") as f:
-                json.dump(files, f, sort_keys=True)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
+            atomic.write_text(path, json.dumps(_files(step_dir), sort_keys=True))
 
     def quarantine(self, name: str) -> str:
         """Moves `<directory>/<name>` into `<directory>.corrupt/` (never deletes); returns it."""
         dest_root = f"{self.directory}.corrupt"
-        os.makedirs(dest_root, exist_ok=True)
         dest = os.path.join(dest_root, f"{name}.{time.strftime('%Y%m%d-%H%M%S')}")
-        shutil.move(os.path.join(self.directory, name), dest)
+        atomic.move(os.path.join(self.directory, name), dest)
         return dest
+
+    def unfinished(self) -> list[str]:
+        """Names of the saves in the directory that never committed (see the module docstring)."""
+        names = sorted(atomic.listdir(self.directory)) if atomic.isdir(self.directory) else []
+        if not atomic.is_remote(self.directory):
+            return [n for n in names if TMP_MARK in n]
+        committed = {str(s) for s in self.manager.all_steps()}
+        return [
+            n
+            for n in names
+            if TMP_MARK in n
+            or (
+                n.isdigit()
+                and n not in committed
+                and not atomic.exists(os.path.join(self.directory, n, COMMIT_FILE))
+            )
+        ]
 
     def restore_newest(
         self, abstract_state, data_iter, warn: Callable[[str], None] = print
@@ -175,21 +207,20 @@ class Checkpointer:
         Returns:
           (step, state), or (None, None) if no step is usable.
         """
-        if self._local and not self.read_only and _is_main():
-            for name in sorted(os.listdir(self.directory)):
-                if TMP_MARK in name:
-                    dest = self.quarantine(name)
-                    warn(f"warning: {self.directory}/{name} is an unfinished save; moved to {dest}")
+        if not self.read_only and _is_main():
+            for name in self.unfinished():
+                dest = self.quarantine(name)
+                warn(f"warning: {self.directory}/{name} is an unfinished save; moved to {dest}")
             self.manager.reload()
         for step in sorted(self.manager.all_steps(), reverse=True):
-            problem = check_step_dir(self._step_dir(step)) if self._local else None
+            problem = check_step_dir(self._step_dir(step))
             if problem is None:
                 try:
                     return step, self.restore(step, abstract_state, data_iter)
                 except Exception as e:  # tensorstore raises bare Exceptions on bad files
                     problem = " ".join(str(e).split())[:200] or type(e).__name__
             where = "left in place"
-            if self._local and not self.read_only and _is_main():
+            if not self.read_only and _is_main():
                 where = f"moved to {self.quarantine(str(step))}"
                 self.manager.reload()
             warn(
@@ -254,6 +285,6 @@ def load_state(directory: str, step: int | None = None):
 
 def latest_step(directory: str) -> int | None:
     """Newest checkpoint step in `directory` (None if there is none), without creating anything."""
-    if not os.path.isdir(directory):
+    if not atomic.isdir(directory):
         return None
     return Checkpointer(directory, read_only=True).latest_step()

@@ -37,6 +37,7 @@ from parallel.mesh import make_mesh
 from parallel.pipeline import pipelined_apply
 from parallel.rules import get_rules
 from parallel.sharding import batch_shardings, check_batch, process_batch_block
+from scaling import atomic
 from train import adapt, preemption
 from train.checkpoint import Checkpointer
 from train.metrics import MetricWriter
@@ -58,12 +59,8 @@ class NonFiniteError(FloatingPointError):
 
 
 def write_json_atomic(path: str, obj) -> None:
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """Writes `obj` as JSON to `path` (local or remote) atomically (scaling/atomic.py)."""
+    atomic.write_text(path, json.dumps(obj, indent=2, sort_keys=True))
 
 
 def claim_workdir(workdir: str, config, what: str = "run", *, write: bool = True) -> None:
@@ -73,7 +70,7 @@ def claim_workdir(workdir: str, config, what: str = "run", *, write: bool = True
       ConfigError: `workdir` is not writable or holds a `what` of a different config.
     """
     check_workdir(workdir, config, what)
-    os.makedirs(workdir, exist_ok=True)
+    atomic.makedirs(workdir)
     if write:
         write_json_atomic(os.path.join(workdir, "config.json"), config.to_dict())
 
@@ -304,9 +301,7 @@ def _train_and_evaluate(config, workdir, stop_at, init_from, keep_steps, desc, g
     )
     state = run.state
     start, source = 0, ckpt
-    if ckpt.manager.all_steps() or any(
-        ".orbax-checkpoint-tmp" in n for n in os.listdir(ckpt.directory)
-    ):
+    if ckpt.manager.all_steps() or ckpt.unfinished():
         abstract = abstract_with_shardings(run.state_shardings, jax.eval_shape(lambda: state))
         del run.state, state  # free the fresh state before restoring into the same shardings
         restored, state = ckpt.restore_newest(abstract, train_iter, warn=_warn)
@@ -326,10 +321,9 @@ def _train_and_evaluate(config, workdir, stop_at, init_from, keep_steps, desc, g
         if start >= tcfg.steps:
             raise ValueError(f"init_from step {start} is not before train.steps={tcfg.steps}")
     summary_path = os.path.join(workdir, "summary.json")
-    if start >= tcfg.steps and os.path.exists(summary_path):
+    if start >= tcfg.steps and atomic.exists(summary_path):
         print(f"{workdir} already holds a finished run (step {start}); nothing to do")
-        with open(summary_path) as f:
-            return json.load(f)
+        return json.loads(atomic.read_text(summary_path))
     if source is not ckpt:
         abstract = abstract_with_shardings(run.state_shardings, jax.eval_shape(lambda: state))
         del state
@@ -403,6 +397,12 @@ def _train_and_evaluate(config, workdir, stop_at, init_from, keep_steps, desc, g
                 # Every host asks at every step (multi-host: JAX's preemption sync point).
                 preempted = guard.requested(step) and step < last
                 if ckpt.should_save(step, tcfg.steps) or step == last or preempted:
+                    if pending is not None:  # the save waits for this step anyway
+                        log(*pending)
+                        pending = None
+                    # A remote metrics.jsonl is uploaded now, so a run resumed from this
+                    # checkpoint finds every row up to it.
+                    writer.flush()
                     # The save copies the state to host anyway; check it is one worth keeping.
                     faults.check(jax.device_get(state.nonfinite))
                     ckpt.save(step, state, train_iter, force=preempted)

@@ -14,6 +14,7 @@ import json
 import math
 import os
 import tempfile
+import uuid
 
 NAN_POLICIES = ("skip", "stop")
 
@@ -286,19 +287,34 @@ def check_workdir(workdir: str, config, what: str = "run") -> None:
     """`workdir` can be written and holds nothing but (perhaps) an earlier run of this very config.
 
     The config is compared first (reading only); writability is then probed with a temporary
-    file in the nearest existing directory, removed at once.
+    file in the nearest existing directory (remote workdir: a temporary object in the workdir),
+    removed at once.
 
     Raises:
       ConfigError: not writable, not a directory, or holding a `what` of another config.
     """
+    from scaling import atomic
+
     field = f"--workdir={workdir}"
-    if os.path.exists(workdir) and not os.path.isdir(workdir):
+    remote = atomic.is_remote(workdir)
+    try:
+        is_file = atomic.exists(workdir) and not atomic.isdir(workdir)
+    except (NotImplementedError, ImportError, ValueError, KeyError) as e:
+        raise ConfigError(
+            f"{field}: this location cannot be opened ({_one_line(e)}); pass a local directory "
+            "or a gs:// URL (with gcsfs installed)"
+        ) from e
+    except OSError as e:
+        raise ConfigError(
+            f"{field} cannot be read ({e.strerror or _one_line(e)}); check the bucket and its "
+            "permissions or pass another --workdir"
+        ) from e
+    if is_file:
         raise ConfigError(f"{field} is a file, not a directory; pass another --workdir")
     config_path = os.path.join(workdir, "config.json")
-    if os.path.exists(config_path):
+    if atomic.exists(config_path):
         try:
-            with open(config_path) as f:
-                saved = json.load(f)
+            saved = json.loads(atomic.read_text(config_path))
         except (OSError, ValueError) as e:
             raise ConfigError(
                 f"{field}: {config_path} is unreadable ({_one_line(e)}); move it away or pass "
@@ -311,6 +327,17 @@ def check_workdir(workdir: str, config, what: str = "run") -> None:
                 f"{', '.join(changed[:3])}{', ...' if len(changed) > 3 else ''}); pass another "
                 "--workdir (or delete it to start over)"
             )
+    if remote:
+        probe = os.path.join(workdir, f".scalelab-probe-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        try:
+            atomic.write_bytes(probe, b"")
+            atomic.remove(probe)
+        except Exception as e:  # fsspec clients raise their own errors (auth, missing bucket)
+            raise ConfigError(
+                f"{field} is not writable ({_one_line(e)}); check the bucket and its permissions "
+                "or pass another --workdir"
+            ) from e
+        return
     base = _nearest_existing(workdir)
     if not os.path.isdir(base):
         raise ConfigError(
@@ -324,6 +351,61 @@ def check_workdir(workdir: str, config, what: str = "run") -> None:
         raise ConfigError(
             f"{field} is not writable ({base}: {e.strerror or e}); pass a writable --workdir"
         ) from e
+
+
+def check_shared(
+    workdir: str,
+    data_cfg,
+    *,
+    shared_workdir: bool = False,
+    shared_data_dir: bool = False,
+    process_count: int | None = None,
+) -> None:
+    """With several processes (hosts), the directories every host must see as one.
+
+    On a multi-host slice Orbax writes each host's shards into one checkpoint directory and the
+    primary host commits it, and only process 0 writes config.json and metrics; so a local
+    `--workdir` (a different disk on every host) is refused unless `shared_workdir` says it is a
+    mount all hosts share (NFS). The same holds for `data.data_dir` when it holds a catalog
+    dataset (lm1b, c4): each host reads its rows from it, and a dataset prepared on one host's disk
+    is missing (or different) on the others; `shared_data_dir` says it is shared (or the same
+    prepared copy on every host). A local corpus (the stdlib or `data.glob`) is built
+    deterministically on each host from that host's files, so a local data_dir is fine for it (a
+    glob must match the same files on every host).
+
+    Args:
+      workdir: the run (or sweep) directory.
+      data_cfg: the data config.
+      shared_workdir: a local `workdir` is a mount every host sees.
+      shared_data_dir: a local `data.data_dir` is shared, or prepared identically on every host.
+      process_count: number of processes (None: `jax.process_count()`).
+
+    Raises:
+      ConfigError: one line naming the flag and the fix.
+    """
+    from data.corpus import is_local, resolve_data_dir
+    from scaling import atomic
+
+    if process_count is None:
+        import jax
+
+        process_count = jax.process_count()
+    if process_count <= 1:
+        return
+    if not atomic.is_remote(workdir) and not shared_workdir:
+        raise ConfigError(
+            f"--workdir={workdir} is a local directory, but {process_count} processes (hosts) "
+            "must write one shared workdir; pass --workdir=gs://BUCKET/..., or add "
+            "--shared_workdir if it is a mount every host sees (NFS)"
+        )
+    data_dir = resolve_data_dir(data_cfg)
+    if not is_local(data_cfg) and not atomic.is_remote(data_dir) and not shared_data_dir:
+        raise ConfigError(
+            f"data.data_dir={data_dir!r} is a local directory, but {process_count} processes "
+            f"(hosts) read data.dataset={data_cfg.dataset!r} from it; set "
+            "--config.data.data_dir=gs://BUCKET/tfds, or add --shared_data_dir if every host "
+            "sees the same prepared copy there"
+        )
 
 
 def _diff(a, b, prefix: str = "") -> list[str]:
