@@ -9,7 +9,8 @@ sent (permute, all-to-all). `wire_bytes` turns that into what a ring moves over 
 links: 2 (n-1)/n of it for an all-reduce, (n-1)/n for the gathers, scatters and all-to-all.
 
 With several TPU slices, an op whose replica groups span slices goes over the data-centre
-network (DCN); the others stay on the slice's ICI.
+network (DCN); so do the host-transfer sends through which the TPU compiler hands cross-slice
+reductions to its multi-slice runtime (`xla_megascale_runtime`); the rest stays on ICI.
 """
 
 import dataclasses
@@ -124,8 +125,16 @@ def collectives(text: str, device_slices: list[int] | None = None) -> list[Colle
         )
         out.append(Collective(kind, times, size, n, dcn))
 
+    n_slices = len(set(device_slices)) if device_slices else 1
     for _, line, times in module.walk():
         add(line, times)
+        if " send(" in line and "xla_megascale_runtime" in line:
+            # Multi-slice: the TPU compiler hands cross-slice (DCN) reductions to the megascale
+            # runtime as host-transfer sends named after the collective they implement.
+            kind = re.search(r'_xla_host_transfer_rendezvous="([a-z\-]+?)[.\d_]*"', line)
+            kind = kind.group(1) if kind and kind.group(1) in KINDS else "all-reduce"
+            data = array_bytes(line.split(" send(")[0])[:1]
+            out.append(Collective(kind, times, sum(data), max(n_slices, 2), True))
         # The TPU compiler wraps a collective in fusions: `async-collective-start` (counted),
         # continuation fusions that overlap it with compute and `async-collective-done`, which
         # hold the same op again (not counted); a reduce-scatter is an `all-reduce-scatter`

@@ -73,6 +73,9 @@ class Slice:
         """Compile-only devices of this slice (nothing can run on them)."""
         from jax.experimental import topologies
 
+        # libtpu takes a machine-wide lock on load, meant for processes that own the chips;
+        # compile-only devices own none, so several compiling processes may load it at once.
+        os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
         if self.chip.platform == "tpu":
             kwargs = {"num_slices": self.num_slices} if self.num_slices > 1 else {}
             if self.chip.name == "v4":

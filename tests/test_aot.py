@@ -323,3 +323,16 @@ module @m {
 }
 """  # noqa: E501
     assert hlo.matmul_flops(mlir) == 2 * 4 * 16 * 8 + 5 * 2 * 4 * 8 * 8
+
+
+def test_multislice_gradients_cross_dcn_weights_stay_on_ici():
+    from aot.compile import compile_for
+
+    config = tiny({"data": 2, "fsdp": 4}, "fsdp")
+    r = compile_for(config, parse_slice("v5e:2x2", num_slices=2), eval_step=False)
+    kinds = r["collectives"]
+    assert r["num_slices"] == 2 and r["chips"] == 8
+    assert kinds["all-reduce"]["wire_bytes_dcn"] > 0  # data-parallel gradients between slices
+    assert kinds["all-gather"]["wire_bytes_dcn"] == 0  # FSDP gathers inside each slice
+    assert kinds["all-gather"]["wire_bytes_ici"] > 0
+    assert r["dcn_s"] > 0
