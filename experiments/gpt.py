@@ -6,7 +6,7 @@ Arguments (comma-separated): size=tiny|mini|small|medium|large|base|xl, runlocal
 for a smoke test), steps=N (override the preset's step count), tokenizer=byte|bpe|unigram|PATH.model
 and vocab=N (SentencePiece vocabulary size, trained on the corpus's train split on first use).
 
-Presets and measured cost on a 2-core CPU (see README results):
+Presets and measured cost on a 2-core CPU (docs/training.md):
   size=tiny:  2 x 128,  600 steps of 16 x 256 tokens (2.5M tokens), about 2 minutes.
   size=small: 4 x 256, 1800 steps of 16 x 256 tokens (7.4M tokens), under 27 minutes.
 Larger sizes default to 10,000 steps and are meant for accelerators.

@@ -25,7 +25,7 @@ the standard parametrization (SP) except for the zero initialisations (`mup_zero
 - An untied readout keeps SP's init (its logits still shrink like 1/sqrt(m) through the output
   multiplier, as the `mup` package's MuReadout) or, with `mup_zero_readout`, starts at zero (TP5
   sec. D.2). Zero is not the default: on the embedded corpus it cost 0.18 nats of best loss
-  after 300 steps and flattened the loss-vs-LR curves so that their argmin wandered (README).
+  after 300 steps and flattened the loss-vs-LR curves so that their argmin wandered (docs/mup.md).
   Tied embeddings are input-like (constant LR, SP init) and still get the output multiplier, as
   the `mup` package's MuSharedReadout.
 - Adam's epsilon is scaled by 1/m: under muP every gradient entry is Theta(1/width) (the

@@ -119,7 +119,7 @@ class Run:
         self.target_len = target_len
         self.counts = count_params(config.model)
         self.flops = flops_per_token(config.model, config.data.seq_len, target_len=target_len)
-        # Compression switch (issue 8), a no-op by default: pruning masks kept by the optimizer
+        # Compression switch, a no-op by default: pruning masks kept by the optimizer
         # (train.prune_*); fake-quantized weights (model.weight_bits) wrap the apply below.
         self.optimizer = maybe_masked(
             make_optimizer(config.train, config.model), config.train, self.model, config.model
