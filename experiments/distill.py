@@ -13,7 +13,7 @@ tokenizer (must be the teacher's). Both runs see the same batches in the same or
 so the held-out losses in their summary.json compare the teacher's effect alone. The loss is
 alpha * tau^2 * KL(teacher || student) + (1 - alpha) * CE (objectives/distill.py); the teacher runs
 inside every sharded step (train/distill.py), so a distilled step costs a teacher forward pass
-more than the control's (measured in the README's Compression section).
+more than the control's (measured in docs/compression.md).
 """
 
 import ml_collections

@@ -12,7 +12,7 @@ Arguments (comma-separated): steps=N (per point), widths=32/64/128 (slash-separa
 is muP's base width), lr_exps=-12/-2 (the log2 LR range, one point per integer: wide enough that
 every optimum is interior), seeds=N (every point trains N times, seeds config.seed..+N-1, each
 with its own init and data order; the curves and optima use the mean held-out loss), runlocal
-(2 widths x 2 LRs x 2 seeds x 10 steps). Measured cost is in the README.
+(2 widths x 2 LRs x 2 seeds x 10 steps). Measured cost is in docs/mup.md.
 """
 
 from experiments.common import base_config, parse_arg

@@ -77,7 +77,7 @@ def default_model_config(size: str = "small") -> ml_collections.ConfigDict:
             "mup_output_mult": 1.0,  # logits x mup_output_mult * mup_base_width / d_model
             "mup_zero_query": True,  # q (and cross_q) start at zero: uniform attention
             # An untied readout starting at zero (TP5 sec. D.2) cost 0.18 nats of best loss after
-            # 300 steps here and flattened the loss-vs-LR curves (README, muP); off, it keeps SP's
+            # 300 steps here and flattened the loss-vs-LR curves (docs/mup.md); off, it keeps SP's
             # init and the 1/m output multiplier still shrinks its logits with width.
             "mup_zero_readout": False,
             # 'python' (fastest on XLA:CPU) | 'scan' (fastest to compile on TPU)
