@@ -55,7 +55,8 @@ PRESETS = {
     # (0.5M-5.1M, 1 decade) on a 2-core CPU. Batches of 4 x 128 tokens: at these sizes the loss
     # per token improves with more, smaller steps (runs of a few hundred steps are still in the
     # fast early phase that no power law describes). With 8 x 256 the best law form mispredicted
-    # the top-compute points by up to 7.3%, with 8 x 128 by 3.9%, with 4 x 128 by 1.9% (docs/scaling.md).
+    # the top-compute points by up to 7.3%, with 8 x 128 by 3.9%, with 4 x 128 by 1.9%
+    # (docs/scaling.md).
     # About 16 minutes here. mode=both adds two IsoFLOP budgets whose minima fall in the ladder.
     "cpu": dict(
         ladder=(1, 2, 3, 4),
