@@ -5,8 +5,8 @@ r"""Times the train step of a config: tokens/s, step time, compile time and MFU.
 
 The reference config of docs/performance.md (4 layers, d_model 256, 4 heads, seq 256, batch 16,
 vocab 256, f32) is `size=small` with `--vocab 256` (the default). MFU is against the peak
-measured in the same run (best of an f32 2048^3 matmul) unless `train.peak_flops` is set. Batches are random
-tokens of the config's shape (the data pipeline is not timed).
+measured in the same run (best of an f32 2048^3 matmul) unless `train.peak_flops` is set.
+Batches are random tokens of the config's shape (the data pipeline is not timed).
 
 With `--torch` (the default) the same model's PyTorch eager train step (`launch/bench_torch.py`,
 in a subprocess) is timed too, alternating with JAX for `--rounds` rounds so that both see the
