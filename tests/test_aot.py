@@ -80,8 +80,10 @@ def _compiled_specs(compiled) -> dict:
     }
 
 
-@pytest.mark.parametrize("topology", ["v5e:2x2", "v4:2x2x1"])
-@pytest.mark.parametrize("rules", ["dp", "fsdp", "tp", "fsdp_tp"])
+@pytest.mark.parametrize(
+    "topology, rules",
+    [("v5e:2x2", "dp"), ("v5e:2x2", "fsdp"), ("v5e:2x2", "tp"), ("v4:2x2x1", "fsdp_tp")],
+)
 def test_tpu_input_shardings_follow_the_rule_table(topology, rules):
     from aot.compile import compile_steps
 
@@ -102,19 +104,12 @@ def test_gpu_input_shardings_follow_the_rule_table():
         pytest.skip("needs jax[cuda13] (requirements-gpu-aot.txt)")
     from aot.compile import compile_steps
 
-    for rules in ("fsdp", "fsdp_tp"):
-        mesh = {"fsdp": 8} if rules == "fsdp" else {"fsdp": 4, "tensor": 2}
-        config = tiny(mesh, rules)
-        run, _, compiled, _, _ = compile_steps(config, parse_slice("8xh100"), eval_step=False)
-        assert run.mesh.devices.flat[0].platform == "gpu"
-        specs = _compiled_specs(compiled)
-        want = EXPECTED[rules]
-        if rules == "fsdp_tp":  # mesh sizes differ from the 2x2 table, the axes do not
-            assert specs == want
-        else:
-            assert specs == want
-        kinds = collectives.by_kind(collectives.collectives(compiled.as_text()))
-        assert kinds["all-gather"]["count"] > 0
+    config = tiny({"fsdp": 4, "tensor": 2}, "fsdp_tp")
+    run, _, compiled, _, _ = compile_steps(config, parse_slice("8xh100"), eval_step=False)
+    assert run.mesh.devices.flat[0].platform == "gpu"
+    assert _compiled_specs(compiled) == EXPECTED["fsdp_tp"]
+    kinds = collectives.by_kind(collectives.collectives(compiled.as_text()))
+    assert kinds["all-gather"]["count"] > 0 and kinds["all-reduce"]["count"] > 0
 
 
 def test_memory_grows_with_batch_and_falls_with_remat():
