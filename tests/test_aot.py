@@ -331,3 +331,35 @@ def test_multislice_gradients_cross_dcn_weights_stay_on_ici():
     assert kinds["all-gather"]["wire_bytes_dcn"] == 0  # FSDP gathers inside each slice
     assert kinds["all-gather"]["wire_bytes_ici"] > 0
     assert r["dcn_s"] > 0
+
+
+def test_search_candidates_divide_the_slice_and_the_model():
+    from aot.search import candidates, rules_for
+
+    config = tiny({}, "fsdp_tp")  # 4 heads, d_model 128, d_ff 512, 2 layers, 16 rows
+    meshes = candidates(config, parse_slice("v5e:4x4"))
+    assert meshes, "no candidate"
+    for m in meshes:
+        assert m["data"] * m["stage"] * m["fsdp"] * m["tensor"] == 16
+        assert 4 % m["tensor"] == 0 and 2 % m["stage"] == 0
+        assert 16 % (m["data"] * m["fsdp"]) == 0
+    assert {"data": 16, "stage": 1, "fsdp": 1, "tensor": 1} in meshes
+    assert {"data": 1, "stage": 1, "fsdp": 4, "tensor": 4} in meshes
+    assert not any(m["tensor"] == 8 for m in meshes)  # 4 heads cannot split 8 ways
+    assert rules_for({"data": 2, "stage": 1, "fsdp": 4, "tensor": 2}) == "fsdp_tp"
+    # Two slices: data parallelism crosses DCN, so it is a multiple of the slice count.
+    two = candidates(config, parse_slice("v5e:2x2", num_slices=2))
+    assert two and all(m["data"] % 2 == 0 for m in two)
+
+
+@pytest.mark.slow
+def test_search_ranks_the_meshes_that_fit_by_step_time():
+    from aot.search import search
+
+    config = tiny({}, "fsdp_tp")
+    ranked = search(config, parse_slice("v5e:2x2"), log=lambda _: None, limit=4)
+    fits = [r for r in ranked if r.get("fits")]
+    assert len(fits) >= 2
+    times = [r["step_time_s"] for r in fits]
+    assert times == sorted(times)
+    assert all(r["chips"] == 4 for r in fits)
