@@ -117,6 +117,26 @@ def describe_flag_error(e: BaseException, argv: list[str]) -> str:
     return " ".join(text.split())[:300]
 
 
+def _check_config_file(argv: list[str]) -> None:
+    """The experiment file of `--config FILE[:args]` exists (ml_collections only says so when the
+    config is first read, as a traceback)."""
+    from train.validate import ConfigError
+
+    for i, arg in enumerate(argv[1:], start=1):
+        if arg in ("--config", "-config") and i + 1 < len(argv):
+            value = argv[i + 1]
+        elif arg.startswith(("--config=", "-config=")):
+            value = arg.split("=", 1)[1]
+        else:
+            continue
+        path = value.partition(":")[0]
+        if not os.path.isfile(path):
+            raise ConfigError(
+                f"--config={value}: no such file {path!r}; pass experiments/<name>.py[:args] "
+                "(run from the repository root)"
+            )
+
+
 def parse(argv: list[str], flag_values: flags.FlagValues | None = None) -> Args:
     """Parses a command line (argv[0] is the program) into `Args`.
 
@@ -129,6 +149,7 @@ def parse(argv: list[str], flag_values: flags.FlagValues | None = None) -> Args:
     """
     from train.validate import ConfigError
 
+    _check_config_file(argv)
     if flag_values is None:
         flag_values = flags.FlagValues()
         holders = define_flags(flag_values, sys_argv=list(argv))
