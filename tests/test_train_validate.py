@@ -59,6 +59,8 @@ def _base(tmp, glob) -> list[str]:
     ]
 
 
+ALONE = "<alone>"  # a case's marker: the command line is its arguments and --workdir only
+
 # (case, extra arguments, text the error line must contain); {tmp} is the fixture's directory.
 CASES = [
     ("unknown key", ["--config.train.stepz=5"], "train.stepz"),
@@ -128,7 +130,16 @@ CASES = [
     ("remat not a policy", ["--config.model.remat=sometimes"], "model.remat='sometimes'"),
     ("init_from missing", ["--config.init_from=/no/such/dir"], "init_from='/no/such/dir'"),
     ("init_from without checkpoints", ["--config.init_from={tmp}/nodata"], "holds no checkpoint"),
-    ("experiment file missing", ["--config", "experiments/nope.py"], "experiments/nope.py"),
+    (
+        "experiment file missing",
+        ["--config", "experiments/nope.py"],
+        "--config=experiments/nope.py: no such file",
+    ),
+    (  # without overrides ml_collections deferred the error to the first read: a traceback
+        "experiment file missing, nothing else",
+        [ALONE, "--config", "experiments/nope.py"],
+        "--config=experiments/nope.py: no such file",
+    ),
     ("negative weight decay", ["--config.train.weight_decay=-0.1"], "train.weight_decay=-0.1"),
     (
         "warmup beyond steps",
@@ -175,7 +186,9 @@ def _argv(env, extra):
     tmp, glob = env
     argv = _base(tmp, glob)
     extra = [a.replace("{tmp}", str(tmp)) for a in extra]
-    if any(a == "--config" or a.startswith("--config=") for a in extra):
+    if extra[0] == ALONE:
+        argv, extra = [argv[0]], extra[1:]
+    if len(argv) > 1 and any(a == "--config" or a.startswith("--config=") for a in extra):
         argv = [argv[0], *extra, *argv[2:]]
         extra = []
     if not any(a.startswith("--workdir") for a in extra):
@@ -380,7 +393,7 @@ SUBPROCESS_CASES = [
     "unknown key",
     "heads vs d_model",
     "workdir of another config",
-    "experiment file missing",
+    "experiment file missing, nothing else",
     "remat not a policy",
 ]
 
