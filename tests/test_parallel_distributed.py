@@ -2,8 +2,8 @@
 
 import json
 import os
-import random
 import shutil
+import socket
 import subprocess
 import sys
 
@@ -57,15 +57,76 @@ def test_resolve_slurm():
     assert resolve(env={"TPU_WORKER_HOSTNAMES": "w0,w1"}) == ("Cloud TPU VM", {})
 
 
+class _ProcessView:
+    """A real sharding over the 8 devices seen from one simulated process: only `devices` are
+    addressable (what `jax.sharding.NamedSharding` reports on a host of a multi-host job)."""
+
+    def __init__(self, sharding: NamedSharding, devices):
+        self.sharding, self.devices = sharding, set(devices)
+
+    def addressable_devices_indices_map(self, shape):
+        full = self.sharding.devices_indices_map(shape)
+        return {d: index for d, index in full.items() if d in self.devices}
+
+
+def _blocks(mesh_cfg, spec, process_of, rows=16, only=None):
+    """`process_batch_block` of each simulated process (or of process `only`); `process_of(mesh
+    coordinates)` says which process owns the device at (data, stage, fsdp, tensor)."""
+    mesh = make_mesh(mesh_cfg)
+    owners = {}
+    for coords in np.ndindex(mesh.devices.shape):
+        owners.setdefault(process_of(*coords), []).append(mesh.devices[coords])
+    sharding = NamedSharding(mesh, spec)
+    asked = sorted(owners) if only is None else [only]
+    return [process_batch_block(_ProcessView(sharding, owners[p]), rows) for p in asked]
+
+
 def test_process_batch_block():
     mesh = make_mesh(dict(data=8, stage=1, fsdp=1, tensor=1))
     # One process holds every row: the whole batch is its block.
     assert process_batch_block(NamedSharding(mesh, P("data")), 16) == (0, 1)
     assert process_batch_block(NamedSharding(mesh, P()), 16) == (0, 1)
+    data8 = dict(data=8, stage=1, fsdp=1, tensor=1)
+    # 2 (4) hosts over data=8: host h holds data shards 4h..4h+3 (2h, 2h+1), rows 8h.. (4h..).
+    assert _blocks(data8, P("data"), lambda d, s, f, t: d // 4) == [(0, 2), (1, 2)]
+    assert _blocks(data8, P("data"), lambda d, s, f, t: d // 2) == [(i, 4) for i in range(4)]
+    # Batch over data x fsdp (fsdp_tp's rule): 2 hosts along data, each 4 devices of fsdp x tensor.
+    mesh_dft = dict(data=2, stage=1, fsdp=2, tensor=2)
+    split = P(("data", "fsdp"))
+    assert _blocks(mesh_dft, split, lambda d, s, f, t: d) == [(0, 2), (1, 2)]
+    # 4 hosts, one per (data, fsdp) pair; each holds both tensor shards of its rows.
+    per_pair = _blocks(mesh_dft, split, lambda d, s, f, t: 2 * d + f)
+    assert per_pair == [(0, 4), (1, 4), (2, 4), (3, 4)]
+    # Hosts split along tensor hold every data shard: both read the whole (replicated) batch.
+    assert _blocks(mesh_dft, split, lambda d, s, f, t: t) == [(0, 1), (0, 1)]
+    # Hosts split along stage (the 2-process pipeline test's layout): the same, whole batch.
+    staged = dict(data=2, stage=2, fsdp=1, tensor=2)
+    assert _blocks(staged, P("data"), lambda d, s, f, t: s) == [(0, 1), (0, 1)]
+    assert _blocks(staged, P("data"), lambda d, s, f, t: d) == [(0, 2), (1, 2)]
+
+
+@pytest.mark.parametrize(
+    "data, shards",
+    [
+        (4, (0, 2)),  # rows 0-3 and 8-11: a gap, and a span (12) that does not divide 16
+        (4, (1, 2)),  # rows 4-11: one run of 8 rows, but not starting at a multiple of 8
+        (8, (0, 2, 3)),  # rows 0-1 and 4-7: a gap inside an aligned span of 8
+        (4, (0, 1, 2)),  # rows 0-11: one aligned run, but 12 rows do not divide the 16
+    ],
+)
+def test_process_batch_block_rejects_scattered_rows(data, shards):
+    """A host whose rows are not one aligned block cannot read one shard of the stream."""
+    mesh_cfg = dict(data=data, stage=1, fsdp=1, tensor=8 // data)
+    process_of = lambda d, s, f, t: int(d not in shards)  # process 0 holds `shards`
+    with pytest.raises(ValueError, match="not one aligned block"):
+        _blocks(mesh_cfg, P("data"), process_of, only=0)
 
 
 def _free_port() -> int:
-    return random.randint(20000, 40000)
+    """A port the OS says is free now (bound to port 0, then released for the coordinator)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
 
 
 def _cmd(workdir, corpus, steps=6):
