@@ -32,7 +32,9 @@ _DROPOUT = {"type": float, "min": 0.0, "below": 1.0}
 # (models.get_model), checked there so that a family added elsewhere needs no edit here.
 MODEL_FIELDS = {
     "family": {"type": str},
-    "size": {"choices": tuple(SIZES)},
+    # A label once the shape is built (a SIZES row, or a sweep rung's 'L4xD256'): overriding it
+    # alone changes no dimension; the experiment argument size= picks the row.
+    "size": {"type": str},
     "vocab_size": {"type": int, "min": 1},
     "n_layers": {"type": int, "min": 1},
     "d_model": {"type": int, "min": 1},

@@ -129,7 +129,19 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _cmd(workdir, corpus, steps=6):
+# 2 pipeline stages x 4-way tensor: with 2 hosts, stage 0 on one and stage 1 on the other, so
+# activations cross hosts and both hosts feed the same (replicated) rows.
+PIPELINE_ACROSS_HOSTS = {
+    "parallel.mesh.data": 1,
+    "parallel.mesh.stage": 2,
+    "parallel.mesh.tensor": 4,
+    "parallel.pipeline.microbatches": 2,
+}
+# data=2 x 4-way tensor: with 2 hosts, each holds one data shard and feeds its own 4 rows.
+DATA_ACROSS_HOSTS = {"parallel.mesh.data": 2, "parallel.mesh.tensor": 4}
+
+
+def _cmd(workdir, corpus, steps=6, mesh=None):
     """The command a cluster job runs on every host (launch/slurm.py writes the same)."""
     overrides = {
         "data.glob": f"{corpus}/*.py",
@@ -151,12 +163,7 @@ def _cmd(workdir, corpus, steps=6):
         "train.eval_batches": 1,
         "train.log_every": 1,
         "train.peak_flops": 1e11,
-        # 2 pipeline stages x 4-way tensor: with 2 hosts, stage 0 on one and stage 1 on the
-        # other, so activations cross hosts and both hosts feed the same (replicated) rows.
-        "parallel.mesh.data": 1,
-        "parallel.mesh.stage": 2,
-        "parallel.mesh.tensor": 4,
-        "parallel.pipeline.microbatches": 2,
+        **(PIPELINE_ACROSS_HOSTS if mesh is None else mesh),
     }
     return [
         sys.executable,
@@ -167,15 +174,16 @@ def _cmd(workdir, corpus, steps=6):
     ]
 
 
-def _run(workdir, corpus, processes: int):
+def _run(workdir, corpus, processes: int, steps=6, mesh=None):
     """Trains `workdir` with 1 or 2 processes. Each (process count, rank) has its own compile cache
     beside the corpus, so a resumption compiles nothing its first run compiled."""
     cache = lambda rank: f"--compile_cache={corpus}_cache_{processes}_{rank}"
+    command = _cmd(workdir, corpus, steps, mesh)
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={8 // processes} {FAST_COMPILE}"
     if processes == 1:
         out = subprocess.run(
-            [*_cmd(workdir, corpus), cache(0)], cwd=ROOT, env=env, capture_output=True, text=True
+            [*command, cache(0)], cwd=ROOT, env=env, capture_output=True, text=True
         )
         assert out.returncode == 0, out.stderr[-3000:]
         return out.stdout
@@ -189,7 +197,7 @@ def _run(workdir, corpus, processes: int):
     )
     procs = [
         subprocess.Popen(
-            [*_cmd(workdir, corpus), cache(i)],
+            [*command, cache(i)],
             cwd=ROOT,
             env={**env, "SLURM_PROCID": str(i), "SLURM_LOCALID": str(i)},
             stdout=subprocess.PIPE,
@@ -256,6 +264,21 @@ def test_two_processes_match_one_and_checkpoints_cross(tmp_path):
         assert "continuing from step 4" in out and "written by another process count" in out
         np.testing.assert_allclose(_losses(dst)[6], _losses(src)[6], rtol=1e-5)
         _assert_same(_params(dst, 6), _params(src, 6))
+
+
+@pytest.mark.slow
+def test_two_processes_each_feeding_its_rows_match_one(tmp_path):
+    """`parallel.mesh.data` spans the processes: each reads only its block of rows (data.shards
+    = 2), and the run equals one process that reads the whole batch on the same mesh."""
+    corpus = os.path.dirname(make_corpus(str(tmp_path / "corpus")))
+    one, two = str(tmp_path / "one"), str(tmp_path / "two")
+    _run(one, corpus, processes=1, steps=4, mesh=DATA_ACROSS_HOSTS)
+    out = _run(two, corpus, processes=2, steps=4, mesh=DATA_ACROSS_HOSTS)
+    assert "distributed: process 0 of 2 (SLURM), 4 local of 8 devices" in out
+    l1, l2 = _losses(one), _losses(two)
+    assert sorted(l1) == sorted(l2) == [1, 2, 3, 4]
+    np.testing.assert_allclose([l2[s] for s in l2], [l1[s] for s in l2], rtol=1e-5)
+    _assert_same(_params(two, 4), _params(one, 4))
 
 
 def test_data_shards_make_batches_independent_of_process_count(tmp_path):

@@ -364,7 +364,11 @@ def test_every_experiment_config_is_declared_and_valid():
         config = module.get_config(args.get(name, ""))
         check_fields(config, config_fields())
         checked += 1
-    assert checked >= 10
+        if hasattr(module, "get_sweep"):  # a sweep's points relabel model.size ('L4xD128')
+            for point in module.get_sweep(config):
+                check_fields(module.point_config(config, point), config_fields())
+                checked += 1
+    assert checked >= 20
 
 
 def test_pipeline_fields_are_read_from_parallel_pipeline():
