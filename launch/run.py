@@ -1,7 +1,7 @@
 r"""The one entry point: `python launch/run.py --config experiments/X.py[:args] --workdir DIR`.
 
-Overrides: `--config.train.steps=100 --config.model.size=...` (the config is locked, so a mistyped
-key fails instead of being ignored).
+Overrides: `--config.train.steps=100 --config.model.n_layers=...` (the config is locked, so a
+mistyped key fails instead of being ignored).
 
 Exit codes: 0 done (or preempted with a checkpoint: rerun the same command to resume), 2 bad input
 (one line `error: <field>...` on stderr, nothing written), 3 stopped on a non-finite loss or
