@@ -5,7 +5,51 @@ import dataclasses
 import ml_collections
 
 from data.cleaning import default_dedup_config
-from data.filters import FilterConfig
+from data.filters import FILTER_NAMES, FilterConfig
+
+_FRACTION = {"type": float, "min": 0.0, "max": 1.0}
+
+# Type, range and allowed values of every `data` field (the keys: models/sizes.py MODEL_FIELDS).
+# `dataset`, `tokenizer` and `task.name` are registry names, checked by train/validate.py
+# against TFDS, data/tokenizer.py and data/tasks.py.
+DATA_FIELDS = {
+    "source": {"choices": ("text", "instructions")},
+    "dataset": {"type": str},
+    "glob": {"type": str},
+    "data_dir": {"type": str},
+    "val_fraction": {"type": float, "above": 0.0, "below": 1.0},
+    "text_key": {"type": str},
+    "filters": {
+        "min_bytes": {"type": int, "min": 0},
+        "max_bytes": {"type": int, "min": "min_bytes"},
+        "max_nonprintable_fraction": _FRACTION,
+        "max_repeated_line_fraction": _FRACTION,
+        "boilerplate_markers": {"type": tuple, "items": {"type": str}},
+        "strip_html": {"type": bool},
+        "enabled": {"type": tuple, "items": {"choices": FILTER_NAMES}},
+    },
+    "dedup": {
+        "enabled": {"type": bool},
+        "decontaminate": {"type": bool},
+        "num_perm": {"type": int, "min": 1},
+        "shingle_words": {"type": int, "min": 1},
+        "threshold": {"type": float, "above": 0.0, "max": 1.0},
+    },
+    "tokenizer": {"type": str},
+    "vocab_size": {"type": int, "min": 1},
+    "num_sentinels": {"type": int, "min": 0},
+    "seq_len": {"type": int, "min": 2},
+    "batch_size": {"type": int, "min": 1},
+    "shards": {"type": int, "min": 0},
+    "task": {
+        "name": {"type": str},
+        "root": {"type": str},
+        "num_classes": {"type": int, "min": 2},
+        "snippets_per_file": {"type": int, "min": 1},
+        "val_percent": {"type": int, "above": 0, "below": 100},
+        "target_len": {"type": int, "min": 2},
+    },
+}
 
 
 def default_data_config() -> ml_collections.ConfigDict:

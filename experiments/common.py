@@ -6,6 +6,7 @@ from data.config import default_data_config
 from data.vocabulary import TRAINED_KINDS
 from models.sizes import default_model_config
 from objectives import default_objective_args
+from parallel.mesh import default_parallel_config
 from train.adapt import default_adapt_config
 from train.optim import default_train_config
 
@@ -123,14 +124,5 @@ def base_config(size: str = "small") -> ml_collections.ConfigDict:
     # train from scratch) and the method (full / lora / prompt), what to load and to freeze.
     config.init_from = ""
     config.adapt = default_adapt_config()
-    config.parallel = ml_collections.ConfigDict(
-        {
-            "mesh": {"data": -1, "stage": 1, "fsdp": 1, "tensor": 1},
-            "rules": "fsdp_tp",  # see parallel/rules.py; axes of size 1 cost nothing
-            # Used when mesh.stage > 1 (parallel/pipeline.py): M microbatches per pipelined
-            # batch (0 = one per stage) and R passes around the stages (1 = GPipe, more =
-            # circular); the bubble is (P - 1) / (R * M + P - 1).
-            "pipeline": {"microbatches": 0, "repeats": 1},
-        }
-    )
+    config.parallel = default_parallel_config()  # mesh, rule table, pipeline schedule
     return config

@@ -1,7 +1,7 @@
 r"""The one entry point: `python launch/run.py --config experiments/X.py[:args] --workdir DIR`.
 
-Overrides: `--config.train.steps=100 --config.model.size=...` (the config is locked, so a mistyped
-key fails instead of being ignored).
+Overrides: `--config.train.steps=100 --config.model.n_layers=...` (the config is locked, so a
+mistyped key fails instead of being ignored).
 
 The workdir may be local or remote (`--workdir=gs://bucket/runs/x`, through scaling/atomic.py and
 Orbax). With several processes (a pod slice, a multi-node job) every host must see one workdir:
@@ -140,6 +140,26 @@ def describe_flag_error(e: BaseException, argv: list[str]) -> str:
     return " ".join(text.split())[:300]
 
 
+def _check_config_file(argv: list[str]) -> None:
+    """The experiment file of `--config FILE[:args]` exists (ml_collections only says so when the
+    config is first read, as a traceback)."""
+    from train.validate import ConfigError
+
+    for i, arg in enumerate(argv[1:], start=1):
+        if arg in ("--config", "-config") and i + 1 < len(argv):
+            value = argv[i + 1]
+        elif arg.startswith(("--config=", "-config=")):
+            value = arg.split("=", 1)[1]
+        else:
+            continue
+        path = value.partition(":")[0]
+        if not os.path.isfile(path):
+            raise ConfigError(
+                f"--config={value}: no such file {path!r}; pass experiments/<name>.py[:args] "
+                "(run from the repository root)"
+            )
+
+
 def parse(argv: list[str], flag_values: flags.FlagValues | None = None) -> Args:
     """Parses a command line (argv[0] is the program) into `Args`.
 
@@ -152,6 +172,7 @@ def parse(argv: list[str], flag_values: flags.FlagValues | None = None) -> Args:
     """
     from train.validate import ConfigError
 
+    _check_config_file(argv)
     if flag_values is None:
         flag_values = flags.FlagValues()
         holders = define_flags(flag_values, sys_argv=list(argv))

@@ -6,6 +6,10 @@ GPT-3/Chinchilla ladders (d_model / n_layers between ~32 and ~128, head size 32-
 
 import ml_collections
 
+from models.blocks import GATED, NORMS, POSITIONS, REMAT_POLICIES
+from models.layers import ACTIVATIONS
+from models.sparse_attention import PATTERNS, sparse_layer_set
+
 # name: (n_layers, d_model, n_heads). d_ff = 4 * d_model unless overridden.
 SIZES = {
     "tiny": (2, 128, 4),  # ~0.4M non-embedding parameters
@@ -19,6 +23,67 @@ SIZES = {
 
 
 DTYPES = ("float32", "bfloat16")
+QUANT_BITS = (0, 2, 3, 4, 5, 6, 7, 8)  # 0 = off; int8 storage holds 2..8 bits
+_DROPOUT = {"type": float, "min": 0.0, "below": 1.0}
+
+# Type, range and allowed values of every `model` field (train/validate.py `check_fields` reads
+# this: keys `type`, `choices`, `min`/`max` inclusive, `above`/`below` exclusive, a bound may
+# name a sibling field, `check(block)` raises ValueError). `family` is a registry name
+# (models.get_model), checked there so that a family added elsewhere needs no edit here.
+MODEL_FIELDS = {
+    "family": {"type": str},
+    # A label once the shape is built (a SIZES row, or a sweep rung's 'L4xD256'): overriding it
+    # alone changes no dimension; the experiment argument size= picks the row.
+    "size": {"type": str},
+    "vocab_size": {"type": int, "min": 1},
+    "n_layers": {"type": int, "min": 1},
+    "d_model": {"type": int, "min": 1},
+    "n_heads": {"type": int, "min": 1},
+    "n_kv_heads": {"type": int, "min": 0},
+    "d_head": {"type": int, "min": 0},
+    "d_ff": {"type": int, "min": 1},
+    "max_len": {"type": int, "min": 1},
+    "positions": {"choices": POSITIONS},
+    "rope_theta": {"type": float, "above": 0.0},
+    "rel_buckets": {"type": int, "min": 2},
+    "rel_max_distance": {"type": int, "min": 1},
+    "activation": {"choices": (*ACTIVATIONS, *GATED)},
+    "tie_embeddings": {"type": bool},
+    "tied_output_scale": {"type": bool},
+    "norm_type": {"choices": NORMS},
+    "norm_position": {"choices": ("pre", "post")},
+    "norm_eps": {"type": float, "above": 0.0},
+    "norm_bias": {"type": bool},
+    "attn_bias": {"type": bool},
+    "mlp_bias": {"type": bool},
+    "attn_scale": {"type": bool},
+    "embed_norm": {"type": bool},
+    "type_vocab_size": {"type": int, "min": 0},
+    "embed_dropout": _DROPOUT,
+    "attn_dropout": _DROPOUT,
+    "resid_dropout": _DROPOUT,
+    "nsp_head": {"type": bool},
+    "num_classes": {"type": int, "min": 0},
+    "n_decoder_layers": {"type": int, "min": 0},
+    "init_std": {"type": float, "above": 0.0},
+    "dtype": {"choices": DTYPES},
+    "attn_logits_dtype": {"choices": DTYPES},
+    "loss_dtype": {"choices": DTYPES},
+    "mup": {"type": bool},
+    "mup_base_width": {"type": int, "min": 1},
+    "mup_output_mult": {"type": float, "above": 0.0},
+    "mup_zero_query": {"type": bool},
+    "mup_zero_readout": {"type": bool},
+    "layer_loop": {"choices": ("python", "scan")},
+    "remat": {"choices": tuple(REMAT_POLICIES)},
+    "attention_pattern": {"choices": PATTERNS},
+    "attention_window": {"type": int, "min": 1},
+    "sparse_stride": {"type": int, "min": 0},
+    "sparse_summary": {"type": int, "min": 1},
+    "sparse_layers": {"type": str, "check": sparse_layer_set},
+    "weight_bits": {"choices": QUANT_BITS},
+    "act_bits": {"choices": QUANT_BITS},
+}
 
 
 def default_model_config(size: str = "small") -> ml_collections.ConfigDict:

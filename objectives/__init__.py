@@ -28,6 +28,30 @@ FAMILIES = {
 }
 
 
+_FRACTION = {"type": float, "min": 0.0, "max": 1.0}
+
+
+def _check_mask_split(args) -> None:
+    if args.mask_frac + args.random_frac > 1:
+        raise ValueError(
+            f"objective_args.mask_frac + random_frac = {args.mask_frac} + {args.random_frac} "
+            "exceeds 1; lower one of them"
+        )
+
+
+# Type, range and allowed values of every `objective_args` field (the keys: models/sizes.py
+# MODEL_FIELDS).
+OBJECTIVE_ARGS_FIELDS = {
+    "mask_rate": {"type": float, "above": 0.0, "below": 1.0},
+    "mask_frac": _FRACTION,
+    "random_frac": {**_FRACTION, "check": _check_mask_split},
+    "nsp": {"type": bool},
+    "noise_density": {"type": float, "above": 0.0, "below": 1.0},
+    "mean_span": {"type": float, "min": 1.0},
+    "target_len": {"type": int, "min": 0},
+}
+
+
 def default_objective_args() -> ml_collections.ConfigDict:
     """The `objective_args` block of a run config (fields of the transforms)."""
     return ml_collections.ConfigDict(

@@ -13,11 +13,35 @@ are the only traffic over the data-centre network (DCN); every other axis stays 
 import math
 
 import jax
+import ml_collections
 import numpy as np
 from jax.experimental import mesh_utils
 from jax.sharding import AxisType, Mesh
 
 AXES = ("data", "stage", "fsdp", "tensor")
+_AXIS = {"type": int, "min": -1, "not": 0}  # a size, or -1: the devices the others leave
+
+# Type, range and allowed values of every `parallel` field (the keys: models/sizes.py
+# MODEL_FIELDS; `not` lists excluded values). `rules` is a registry name (parallel/rules.py).
+PARALLEL_FIELDS = {
+    "mesh": dict.fromkeys(AXES, _AXIS),
+    "rules": {"type": str},
+    "pipeline": {"microbatches": {"type": int, "min": 0}, "repeats": {"type": int, "min": 1}},
+}
+
+
+def default_parallel_config() -> ml_collections.ConfigDict:
+    """The `parallel` block of a run config: data parallel over every device by default."""
+    return ml_collections.ConfigDict(
+        {
+            "mesh": {"data": -1, "stage": 1, "fsdp": 1, "tensor": 1},
+            "rules": "fsdp_tp",  # see parallel/rules.py; axes of size 1 cost nothing
+            # Used when mesh.stage > 1 (parallel/pipeline.py): M microbatches per pipelined
+            # batch (0 = one per stage) and R passes around the stages (1 = GPipe, more =
+            # circular); the bubble is (P - 1) / (R * M + P - 1).
+            "pipeline": {"microbatches": 0, "repeats": 1},
+        }
+    )
 
 
 def mesh_shape(mesh_cfg, n_devices: int) -> tuple[int, ...]:

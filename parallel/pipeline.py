@@ -118,8 +118,8 @@ def check_pipeline(schedule: Schedule, n_layers: int, rows: int) -> None:
         )
     if rows % schedule.microbatches:
         raise ValueError(
-            f"{rows} rows per step (data.batch_size / train.grad_accum) do not divide into "
-            f"parallel.pipeline.microbatches={schedule.microbatches}; change one of them"
+            f"parallel.pipeline.microbatches={schedule.microbatches} does not divide the {rows} "
+            "rows per step (data.batch_size / train.grad_accum); change one of them"
         )
 
 
@@ -263,6 +263,37 @@ def make_layer_stack(schedule: Schedule, loop: str = "python") -> Callable:
     return layer_stack
 
 
+def check_pipeline_config(config, sizes, rules) -> Schedule | None:
+    """The schedule of a run on a mesh of axis `sizes` (None when `stage` is 1), checked.
+
+    Args:
+      config: the run config (`parallel.pipeline`, `model.n_layers`, batch and accumulation).
+      sizes: mesh axis name -> size (a `Mesh.shape` or a dict of the resolved config).
+      rules: the logical -> mesh rule table (which axes split the batch).
+
+    Raises:
+      ValueError: one line naming the field: layers or rows that do not divide, a circular
+        schedule with fewer microbatches than stages.
+    """
+    stages = sizes[STAGE]
+    if stages == 1:
+        return None
+    schedule = schedule_from_config(config.parallel.pipeline, stages)
+    rows = config.data.batch_size // config.train.grad_accum
+    check_pipeline(schedule, config.model.n_layers, rows)
+    if config.model.get("n_decoder_layers"):  # encoder-decoder: both stacks are pipelined
+        check_pipeline(schedule, config.model.n_decoder_layers, rows)
+    shards = _batch_shards(sizes, rules)
+    if (rows // schedule.microbatches) % shards:
+        raise ValueError(
+            f"parallel.pipeline.microbatches={schedule.microbatches} leaves "
+            f"{rows // schedule.microbatches} rows per pipeline microbatch (data.batch_size / "
+            f"train.grad_accum / microbatches), not divisible over the {shards} batch shards of "
+            "the mesh; change one of them"
+        )
+    return schedule
+
+
 def pipelined_apply(model, config, mesh, rules) -> tuple[Schedule | None, Callable]:
     """`(schedule, apply_fn)` for a run: the model's own apply when `stage` is 1, else its apply
     with the layer stack run as the configured pipeline (checked before anything compiles).
@@ -270,31 +301,19 @@ def pipelined_apply(model, config, mesh, rules) -> tuple[Schedule | None, Callab
     Raises:
       ValueError: the family has no `layer_stack` hook, or layers / rows do not divide.
     """
-    stages = mesh.shape[STAGE]
-    if stages == 1:
+    if mesh.shape[STAGE] == 1:
         return None, model.apply
     if "layer_stack" not in inspect.signature(model.apply).parameters:
         raise ValueError(
             f"model.family={config.model.family!r} has no layer_stack hook for pipelining; "
             "set parallel.mesh.stage=1"
         )
-    schedule = schedule_from_config(config.parallel.pipeline, stages)
-    rows = config.data.batch_size // config.train.grad_accum
-    check_pipeline(schedule, config.model.n_layers, rows)
-    if config.model.get("n_decoder_layers"):  # encoder-decoder: both stacks are pipelined
-        check_pipeline(schedule, config.model.n_decoder_layers, rows)
-    shards = _batch_shards(mesh, rules)
-    if (rows // schedule.microbatches) % shards:
-        raise ValueError(
-            f"{rows // schedule.microbatches} rows per pipeline microbatch (data.batch_size / "
-            f"train.grad_accum / parallel.pipeline.microbatches) do not split over the {shards} "
-            "batch shards of the mesh; change one of them"
-        )
+    schedule = check_pipeline_config(config, mesh.shape, rules)
     stack = make_layer_stack(schedule, config.model.get("layer_loop", "python"))
     return schedule, functools.partial(model.apply, layer_stack=stack)
 
 
-def _batch_shards(mesh, rules) -> int:
+def _batch_shards(sizes, rules) -> int:
     axes = dict(rules).get("batch")
     axes = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
-    return math.prod(mesh.shape[a] for a in axes)
+    return math.prod(sizes[a] for a in axes)

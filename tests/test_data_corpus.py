@@ -71,9 +71,23 @@ def test_split_depends_only_on_relative_path(tmp_path):
     for split in corpus.SPLITS:
         in_a, in_b, in_c = (set(read_split(c, split)) for c in (cfg_a, cfg_b, cfg_c))
         assert in_a == in_b and in_c <= in_a and in_c
-    assert corpus.split_of("d0/sub0/file000.txt", 0.3) == corpus.split_of(
-        "d0/sub0/file000.txt", 0.3
-    )
+
+
+def test_split_of_is_a_stable_hash_of_the_path():
+    """An independent statement of the rule (the first 8 bytes of sha256(path) as a fraction of
+    2^64, below val_fraction: validation), which no per-process salt could pass."""
+    import hashlib
+
+    names = [f"d{i % 7}/sub{i % 3}/file{i:03d}.txt" for i in range(2000)]
+    for name in names:
+        u = int(hashlib.sha256(name.encode()).hexdigest()[:16], 16) / 16**16
+        for fraction in (0.05, 0.3):
+            expected = "validation" if u < fraction else "train"
+            assert corpus.split_of(name, fraction) == expected, (name, fraction)
+    val = [n for n in names if corpus.split_of(n, 0.3) == "validation"]
+    assert abs(len(val) / len(names) - 0.3) < 0.04  # 1 sigma: 0.01
+    # A larger fraction only adds files to validation (the same u, a higher threshold).
+    assert {n for n in names if corpus.split_of(n, 0.05) == "validation"} < set(val)
 
 
 def test_second_load_reuses_the_build(tmp_path, monkeypatch):

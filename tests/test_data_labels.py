@@ -1,5 +1,9 @@
 """Package-classification task from the corpus: classes, file-disjoint split, baseline."""
 
+import zlib
+
+import numpy as np
+
 from data import labels
 from data.instructions import stdlib_files
 
@@ -20,14 +24,26 @@ def test_classes_snippets_and_split_are_deterministic_and_disjoint():
 
 
 def test_stdlib_task_is_file_disjoint():
+    """Every example is a window of a file of its own split (crc32 of the path, 20% held out),
+    labelled with its package; the baseline is the training majority's held-out accuracy."""
     files = [(p, t) for p, t in stdlib_files() if p.split("/")[0] in ("json", "email", "asyncio")]
     names = labels.classes(files, 3)
     assert sorted(names) == ["asyncio", "email", "json"]
     train = labels.snippets(files, names, "train")
     val = labels.snippets(files, names, "validation")
-    assert train and val
-    train_files = {p for p, _ in files if labels.split_of(p) == "train"}
-    val_files = {p for p, _ in files if labels.split_of(p) == "validation"}
-    assert not train_files & val_files
-    _, acc = labels.majority_baseline(train, val)
-    assert 0 < acc < 1
+    expected = {"train": [], "validation": []}
+    held_out_files = 0
+    for path, text in files:
+        split = "validation" if zlib.crc32(path.encode()) % 100 < 20 else "train"
+        held_out_files += split == "validation"
+        data, label = text.encode(), names.index(path.split("/")[0])
+        for k in range(4):
+            window = data[256 * k : 256 * (k + 1)]
+            if len(window) >= 128:
+                expected[split].append((window.decode(errors="replace"), label))
+    assert abs(held_out_files / len(files) - 0.2) < 0.08
+    assert train == expected["train"] and val == expected["validation"] and val
+    train_y, val_y = np.array([y for _, y in train]), np.array([y for _, y in val])
+    majority = int(np.bincount(train_y).argmax())
+    assert labels.majority_baseline(train, val) == (majority, np.mean(val_y == majority))
+    assert len(set(val_y.tolist())) == 3  # every class is held out, so the baseline is < 1

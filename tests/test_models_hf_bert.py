@@ -3,13 +3,16 @@
 import jax
 import numpy as np
 import pytest
-import torch
-from transformers import BertConfig, BertForMaskedLM, BertForPreTraining
 
-from experiments.families import bert_model
-from models import encoder, hf
-from models.sizes import default_model_config
-from tests.hf_helpers import (
+torch = pytest.importorskip("torch")  # a checkout without them skips, not errors
+pytest.importorskip("transformers")
+
+from transformers import BertConfig, BertForMaskedLM, BertForPreTraining  # noqa: E402
+
+from experiments.families import bert_model  # noqa: E402
+from models import encoder, hf  # noqa: E402
+from models.sizes import default_model_config  # noqa: E402
+from tests.hf_helpers import (  # noqa: E402
     assert_reimport_matches,
     assert_round_trip,
     assert_same_tree_as_init,

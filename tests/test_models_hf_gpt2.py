@@ -3,11 +3,14 @@
 import jax
 import numpy as np
 import pytest
-import torch
-from transformers import GPT2Config, GPT2LMHeadModel
 
-from models import decoder, hf, hf_io
-from tests.hf_helpers import (
+torch = pytest.importorskip("torch")  # a checkout without them skips, not errors
+pytest.importorskip("transformers")
+
+from transformers import GPT2Config, GPT2LMHeadModel  # noqa: E402
+
+from models import decoder, hf, hf_io  # noqa: E402
+from tests.hf_helpers import (  # noqa: E402
     assert_reimport_matches,
     assert_round_trip,
     assert_same_tree_as_init,

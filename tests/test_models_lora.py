@@ -2,7 +2,6 @@
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -110,14 +109,40 @@ def test_merged_weights_give_the_unmerged_logits(family):
 
 
 def test_rank_dropout_only_when_training():
+    """Each rank component of each adapted matrix is dropped (0) or kept and scaled by
+    1 / (1 - p), independently, with probability p: read off the merged weights."""
     cfg = _cfg()
-    lcfg = _lcfg(targets="q,v", dropout=0.5)
+    p = 0.25
+    lcfg = _lcfg(targets="q,v", dropout=p, rank=4)
     params = nn.unbox(decoder.init(jax.random.key(0), cfg))
     ad = _random_b(lora.init(jax.random.key(1), params, lcfg))
     det = lora.merge(params, ad, lcfg)
-    drop = lora.merge(params, ad, lcfg, rng=jax.random.key(5))
-    assert not np.allclose(drop["layers"]["q"], det["layers"]["q"])
-    # each rank component is either dropped or scaled by 1 / (1 - p)
-    d_full = det["layers"]["q"] - params["layers"]["q"]
-    d_drop = drop["layers"]["q"] - params["layers"]["q"]
-    assert jnp.abs(d_drop).sum() > 0 and not np.allclose(d_drop, 2 * d_full)
+    n_keys = 300
+    keys = jax.random.split(jax.random.key(5), n_keys)
+    drops = jax.vmap(lambda k: lora.merge(params, ad, lcfg, rng=k))(keys)
+    s = lcfg.alpha / lcfg.rank
+    coefs = {}
+    for name in ("q", "v"):
+        a = np.asarray(ad["layers"][name]["a"], np.float64)  # [L, D, r]
+        b = np.asarray(ad["layers"][name]["b"], np.float64)  # [L, r, O]
+        # Rank component r of the update, over every layer: s * a[:, :, r] (x) b[:, r, :].
+        comps = np.stack([s * np.einsum("ld,lo->ldo", a[..., r], b[:, r]) for r in range(4)])
+        comps = comps.reshape(4, -1)
+        base = np.asarray(params["layers"][name], np.float64).reshape(-1)
+        full = np.asarray(det["layers"][name], np.float64).reshape(-1) - base
+        np.testing.assert_allclose(full, comps.sum(0), atol=1e-5)  # no dropout: every component
+        d = np.asarray(drops["layers"][name], np.float64).reshape(n_keys, -1) - base
+        coefs[name] = np.linalg.lstsq(comps.T, d.T, rcond=None)[0].T  # [keys, r]
+        np.testing.assert_allclose(coefs[name] @ comps, d, atol=1e-5)  # exactly such a sum
+    c = np.stack(list(coefs.values()))  # [2 targets, keys, r]
+    kept = np.abs(c - 1 / (1 - p)) < 1e-3
+    assert (kept | (np.abs(c) < 1e-3)).all()  # every coefficient is 0 or 1 / (1 - p)
+    # 2400 Bernoulli(0.75) draws: 1 sigma of the kept fraction is 0.009.
+    assert abs(kept.mean() - (1 - p)) < 0.03
+    assert abs(c.mean() - 1.0) < 0.04  # inverted scaling: the update is unbiased
+    # Independent per component, per target and per key (not one shared mask).
+    for i, j in ((0, 1), (2, 3)):
+        both = (kept[..., i] & kept[..., j]).mean()
+        assert abs(both - (1 - p) ** 2) < 0.05
+    assert (kept[0] != kept[1]).any(axis=1).mean() > 0.3
+    assert len({tuple(row) for row in kept[0]}) > 8

@@ -98,3 +98,52 @@ def test_loss_counts_only_chosen_positions():
     m = batch["loss_mask"].astype(bool)
     np.testing.assert_allclose(loss, nll[m].mean(), rtol=1e-5)
     assert aux["tokens"] == m.sum() == aux["bytes"]  # bytes: one per chosen byte token
+
+
+def _log_softmax(x):
+    x = x.astype(np.float64)
+    top = x.max(-1, keepdims=True)
+    return x - top - np.log(np.exp(x - top).sum(-1, keepdims=True))
+
+
+def test_loss_with_nsp_matches_numpy():
+    """MLM mean over chosen tokens + NSP mean over real rows, against numpy, on NSP pairs built
+    from packed rows (several segments) where one row is too short to pair (all padding)."""
+    B, T, V = 5, 24, 384
+    rng = np.random.default_rng(4)
+    tokens = rng.integers(OFF, OFF + 256, (B, T)).astype(np.int32)
+    seg = np.ones((B, T), np.int32)
+    seg[0, 14:], seg[1, 10:18], seg[1, 18:] = 2, 2, 0  # packed: NSP pairs the first segment
+    seg[2, :3], seg[2, 3:] = 1, 2  # first segment of 3 tokens: too short, the row is padding
+    seg[4, 20:] = 0
+    tokens = np.where(seg > 0, tokens, 0)
+    batch = {"tokens": tokens, "segment_ids": seg, "positions": np.zeros_like(tokens)}
+    out = MaskedLMTransform(IDS, mask_rate=0.3, nsp=True)(batch, np.random.default_rng(0))
+    real = out["segment_ids"][:, 0] > 0
+    assert real.tolist() == [True, True, False, True, True]
+    assert out["loss_mask"].sum() > 0 and set(out["nsp_labels"][real]) == {0, 1}
+    labels = out["nsp_labels"].copy()
+
+    logits = rng.normal(size=(B, T, V)).astype(np.float32) * 2
+    nsp_logits = rng.normal(size=(B, 2)).astype(np.float32) * 2
+    nsp_logits[2] = [-50.0, 50.0]  # the padding row: a huge loss if it were counted
+    cfg = type("C", (), {"vocab_size": V, "nsp_head": True})()
+    apply = lambda p, b, c, rngs=None: {
+        "logits": jnp.asarray(logits),
+        "nsp_logits": jnp.asarray(nsp_logits),
+    }
+    loss, aux = make_loss_fn(cfg, apply)(None, jax.tree.map(jnp.asarray, out))
+
+    mlm = -np.take_along_axis(_log_softmax(logits), out["targets"][..., None], -1)[..., 0]
+    chosen = out["loss_mask"].astype(bool)
+    nsp = -_log_softmax(nsp_logits)[np.arange(B), labels]
+    correct = (nsp_logits.argmax(-1) == labels) & real
+    np.testing.assert_allclose(float(aux["nll_sum"]), mlm[chosen].sum(), rtol=1e-5)
+    np.testing.assert_allclose(float(aux["nsp_nll_sum"]), nsp[real].sum(), rtol=1e-5)
+    assert float(aux["nsp_examples"]) == 4 and float(aux["nsp_correct"]) == correct.sum()
+    np.testing.assert_allclose(float(loss), mlm[chosen].mean() + nsp[real].mean(), rtol=1e-5)
+    # Without the head the NSP term is gone (same batch, same logits).
+    cfg.nsp_head = False
+    loss_mlm, aux_mlm = make_loss_fn(cfg, apply)(None, jax.tree.map(jnp.asarray, out))
+    np.testing.assert_allclose(float(loss_mlm), mlm[chosen].mean(), rtol=1e-5)
+    assert "nsp_nll_sum" not in aux_mlm

@@ -76,3 +76,39 @@ def test_classification_loss_matches_numpy():
     grads = jax.grad(lambda p: classification_loss(cfg, encoder.apply)(p, batch)[0])(params)
     assert np.abs(np.asarray(grads["classifier"])).max() > 0
     assert jnp.abs(grads["layers"]["q"]).max() > 0
+
+
+def _nll_numpy(row_V: np.ndarray, target: int) -> float:
+    row = row_V.astype(np.float64)
+    top = row.max()
+    return float(np.log(np.exp(row - top).sum()) + top - row[target])
+
+
+def test_prefix_lm_loss_matches_numpy():
+    """The transform's masks through the loss, against a numpy loop that counts target t + 1
+    only when it continues the segment of t and lies after that segment's prefix."""
+    B, T, V = 3, 16, 64
+    rng = np.random.default_rng(0)
+    seg = np.array(
+        [[1] * 5 + [2] * 7 + [3] * 4, [1] * 9 + [0] * 7, [1] * 2 + [2] * 1 + [0] * 13], np.int32
+    )
+    tokens = np.where(seg > 0, rng.integers(1, V, (B, T)), 0).astype(np.int32)
+    batch = {"tokens": tokens, "segment_ids": seg, "positions": np.zeros_like(seg)}
+    out = PrefixLMTransform()(batch, np.random.default_rng(3))
+    prefix = out["prefix_mask"]
+    logits = rng.normal(size=(B, T, V)).astype(np.float32) * 2
+    cfg = _cfg(vocab_size=V)
+    loss, aux = make_loss_fn(cfg, lambda p, b, c, rngs=None: jnp.asarray(logits))(None, out)
+
+    nll, n = 0.0, 0
+    for b in range(B):
+        for t in range(T - 1):
+            same = seg[b, t] != 0 and seg[b, t + 1] == seg[b, t]
+            if same and not prefix[b, t + 1]:
+                nll += _nll_numpy(logits[b, t], tokens[b, t + 1])
+                n += 1
+    # Prefixes are 1..n-1 tokens of each piece of n >= 2; the 1-token piece has no target.
+    assert 0 < n < (4 + 6 + 3) + 8 + 1
+    assert float(aux["tokens"]) == n
+    np.testing.assert_allclose(float(aux["nll_sum"]), nll, rtol=1e-5)
+    np.testing.assert_allclose(float(loss), nll / n, rtol=1e-5)

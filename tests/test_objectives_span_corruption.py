@@ -1,5 +1,6 @@
 """Span corruption: hand-worked example, reconstruction, packing, noise density and span lengths."""
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -108,3 +109,61 @@ def test_noise_density_and_mean_span_length(n):
 def test_not_enough_sentinels_is_a_config_error():
     with pytest.raises(ValueError, match="data.num_sentinels"):
         SpanCorruptionTransform(special_ids(ByteTokenizer(num_sentinels=4)), 128)
+
+
+def _nll_numpy(logits_V: np.ndarray, target: int) -> float:
+    row = logits_V.astype(np.float64)
+    top = row.max()
+    return float(np.log(np.exp(row - top).sum()) + top - row[target])
+
+
+@pytest.mark.parametrize("objective", ["span_corruption", "seq2seq"])
+def test_loss_matches_numpy_on_packed_targets(objective):
+    """Span corruption's (and seq2seq's, the same function) loss against a numpy loop over a
+    transformed batch of several packed pieces and padding, with a multi-byte token table."""
+    import objectives
+
+    T = 48
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(TOK.offset, TOK.offset + 256, (3, T)).astype(np.int32)
+    seg = np.zeros((3, T), np.int32)
+    seg[0, :20], seg[0, 20:35], seg[0, 35:] = 1, 2, 3  # three pieces, no padding
+    seg[1, :30] = 1  # one piece, then padding
+    seg[2, :6], seg[2, 6:9] = 1, 2  # two short pieces, mostly padding
+    tokens[0, 19] = tokens[1, 29] = TOK.eos_id
+    tokens = np.where(seg > 0, tokens, TOK.pad_id)
+    batch = SpanCorruptionTransform(IDS, T)({"tokens": tokens, "segment_ids": seg}, rng)
+    target_seg = batch["targets_segment_ids"]
+    assert [len({s for s, _, _ in segments(r)}) for r in target_seg] == [3, 1, 2]
+    assert (target_seg == 0).any(axis=1).all()  # every row ends in target padding
+
+    V = TOK.vocab_size + 12  # padded vocabulary: ids beyond the tokenizer count no bytes
+    bytes_per_token = np.asarray(TOK.bytes_per_token).copy()
+    bytes_per_token[TOK.offset + 200 :] = 2  # multi-byte pieces weigh more
+    logits = rng.normal(size=(*batch["targets"].shape, V)).astype(np.float32) * 3
+    cfg = type("Cfg", (), {"vocab_size": V})
+    seen = {}
+
+    def apply(params, b, c, rngs=None):
+        seen["keys"] = set(b)
+        return jnp.asarray(logits)
+
+    loss_fn = objectives.get_loss_fn(objective)(cfg, apply, bytes_per_token=bytes_per_token)
+    loss, aux = loss_fn(None, {k: jnp.asarray(v) for k, v in batch.items()})
+
+    nll = n = n_bytes = 0.0
+    for b in range(logits.shape[0]):
+        for t in range(logits.shape[1]):
+            if target_seg[b, t] == 0:
+                continue
+            target = batch["targets"][b, t]
+            nll += _nll_numpy(logits[b, t], target)
+            n += 1
+            n_bytes += bytes_per_token[target] if target < len(bytes_per_token) else 0
+    assert "inputs" in seen["keys"] and "targets" in seen["keys"]
+    assert float(aux["tokens"]) == n
+    np.testing.assert_allclose(float(aux["nll_sum"]), nll, rtol=1e-5)
+    np.testing.assert_allclose(float(loss), nll / n, rtol=1e-5)
+    # Sentinels and EOS are targets (counted in tokens) but carry no bytes.
+    assert np.isin(batch["targets"][target_seg > 0], [*S, TOK.eos_id]).sum() >= 6
+    assert float(aux["bytes"]) == n_bytes

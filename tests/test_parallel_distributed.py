@@ -57,21 +57,91 @@ def test_resolve_slurm():
     assert resolve(env={"TPU_WORKER_HOSTNAMES": "w0,w1"}) == ("Cloud TPU VM", {})
 
 
+class _ProcessView:
+    """A real sharding over the 8 devices seen from one simulated process: only `devices` are
+    addressable (what `jax.sharding.NamedSharding` reports on a host of a multi-host job)."""
+
+    def __init__(self, sharding: NamedSharding, devices):
+        self.sharding, self.devices = sharding, set(devices)
+
+    def addressable_devices_indices_map(self, shape):
+        full = self.sharding.devices_indices_map(shape)
+        return {d: index for d, index in full.items() if d in self.devices}
+
+
+def _blocks(mesh_cfg, spec, process_of, rows=16, only=None):
+    """`process_batch_block` of each simulated process (or of process `only`); `process_of(mesh
+    coordinates)` says which process owns the device at (data, stage, fsdp, tensor)."""
+    mesh = make_mesh(mesh_cfg)
+    owners = {}
+    for coords in np.ndindex(mesh.devices.shape):
+        owners.setdefault(process_of(*coords), []).append(mesh.devices[coords])
+    sharding = NamedSharding(mesh, spec)
+    asked = sorted(owners) if only is None else [only]
+    return [process_batch_block(_ProcessView(sharding, owners[p]), rows) for p in asked]
+
+
 def test_process_batch_block():
     mesh = make_mesh(dict(data=8, stage=1, fsdp=1, tensor=1))
     # One process holds every row: the whole batch is its block.
     assert process_batch_block(NamedSharding(mesh, P("data")), 16) == (0, 1)
     assert process_batch_block(NamedSharding(mesh, P()), 16) == (0, 1)
+    data8 = dict(data=8, stage=1, fsdp=1, tensor=1)
+    # 2 (4) hosts over data=8: host h holds data shards 4h..4h+3 (2h, 2h+1), rows 8h.. (4h..).
+    assert _blocks(data8, P("data"), lambda d, s, f, t: d // 4) == [(0, 2), (1, 2)]
+    assert _blocks(data8, P("data"), lambda d, s, f, t: d // 2) == [(i, 4) for i in range(4)]
+    # Batch over data x fsdp (fsdp_tp's rule): 2 hosts along data, each 4 devices of fsdp x tensor.
+    mesh_dft = dict(data=2, stage=1, fsdp=2, tensor=2)
+    split = P(("data", "fsdp"))
+    assert _blocks(mesh_dft, split, lambda d, s, f, t: d) == [(0, 2), (1, 2)]
+    # 4 hosts, one per (data, fsdp) pair; each holds both tensor shards of its rows.
+    per_pair = _blocks(mesh_dft, split, lambda d, s, f, t: 2 * d + f)
+    assert per_pair == [(0, 4), (1, 4), (2, 4), (3, 4)]
+    # Hosts split along tensor hold every data shard: both read the whole (replicated) batch.
+    assert _blocks(mesh_dft, split, lambda d, s, f, t: t) == [(0, 1), (0, 1)]
+    # Hosts split along stage (the 2-process pipeline test's layout): the same, whole batch.
+    staged = dict(data=2, stage=2, fsdp=1, tensor=2)
+    assert _blocks(staged, P("data"), lambda d, s, f, t: s) == [(0, 1), (0, 1)]
+    assert _blocks(staged, P("data"), lambda d, s, f, t: d) == [(0, 2), (1, 2)]
+
+
+@pytest.mark.parametrize(
+    "data, shards",
+    [
+        (4, (0, 2)),  # rows 0-3 and 8-11: a gap, and a span (12) that does not divide 16
+        (4, (1, 2)),  # rows 4-11: one run of 8 rows, but not starting at a multiple of 8
+        (8, (0, 2, 3)),  # rows 0-1 and 4-7: a gap inside an aligned span of 8
+        (4, (0, 1, 2)),  # rows 0-11: one aligned run, but 12 rows do not divide the 16
+    ],
+)
+def test_process_batch_block_rejects_scattered_rows(data, shards):
+    """A host whose rows are not one aligned block cannot read one shard of the stream."""
+    mesh_cfg = dict(data=data, stage=1, fsdp=1, tensor=8 // data)
+    process_of = lambda d, s, f, t: int(d not in shards)  # process 0 holds `shards`
+    with pytest.raises(ValueError, match="not one aligned block"):
+        _blocks(mesh_cfg, P("data"), process_of, only=0)
 
 
 def _free_port() -> int:
-    """A port the OS reports free (bound to port 0, then released for the coordinator)."""
+    """A port the OS says is free now (bound to port 0, then released for the coordinator)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("localhost", 0))
         return s.getsockname()[1]
 
 
-def _cmd(workdir, corpus, steps=6):
+# 2 pipeline stages x 4-way tensor: with 2 hosts, stage 0 on one and stage 1 on the other, so
+# activations cross hosts and both hosts feed the same (replicated) rows.
+PIPELINE_ACROSS_HOSTS = {
+    "parallel.mesh.data": 1,
+    "parallel.mesh.stage": 2,
+    "parallel.mesh.tensor": 4,
+    "parallel.pipeline.microbatches": 2,
+}
+# data=2 x 4-way tensor: with 2 hosts, each holds one data shard and feeds its own 4 rows.
+DATA_ACROSS_HOSTS = {"parallel.mesh.data": 2, "parallel.mesh.tensor": 4}
+
+
+def _cmd(workdir, corpus, steps=6, mesh=None):
     """The command a cluster job runs on every host (launch/slurm.py writes the same)."""
     overrides = {
         "data.glob": f"{corpus}/*.py",
@@ -93,12 +163,7 @@ def _cmd(workdir, corpus, steps=6):
         "train.eval_batches": 1,
         "train.log_every": 1,
         "train.peak_flops": 1e11,
-        # 2 pipeline stages x 4-way tensor: with 2 hosts, stage 0 on one and stage 1 on the
-        # other, so activations cross hosts and both hosts feed the same (replicated) rows.
-        "parallel.mesh.data": 1,
-        "parallel.mesh.stage": 2,
-        "parallel.mesh.tensor": 4,
-        "parallel.pipeline.microbatches": 2,
+        **(PIPELINE_ACROSS_HOSTS if mesh is None else mesh),
     }
     return [
         sys.executable,
@@ -110,15 +175,16 @@ def _cmd(workdir, corpus, steps=6):
     ]
 
 
-def _run(workdir, corpus, processes: int):
+def _run(workdir, corpus, processes: int, steps=6, mesh=None):
     """Trains `workdir` with 1 or 2 processes. Each (process count, rank) has its own compile cache
     beside the corpus, so a resumption compiles nothing its first run compiled."""
     cache = lambda rank: f"--compile_cache={corpus}_cache_{processes}_{rank}"
+    command = _cmd(workdir, corpus, steps, mesh)
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={8 // processes} {FAST_COMPILE}"
     if processes == 1:
         out = subprocess.run(
-            [*_cmd(workdir, corpus), cache(0)], cwd=ROOT, env=env, capture_output=True, text=True
+            [*command, cache(0)], cwd=ROOT, env=env, capture_output=True, text=True
         )
         assert out.returncode == 0, out.stderr[-3000:]
         return out.stdout
@@ -132,7 +198,7 @@ def _run(workdir, corpus, processes: int):
     )
     procs = [
         subprocess.Popen(
-            [*_cmd(workdir, corpus), cache(i)],
+            [*command, cache(i)],
             cwd=ROOT,
             env={**env, "SLURM_PROCID": str(i), "SLURM_LOCALID": str(i)},
             stdout=subprocess.PIPE,
@@ -199,6 +265,21 @@ def test_two_processes_match_one_and_checkpoints_cross(tmp_path):
         assert "continuing from step 4" in out and "written by another process count" in out
         np.testing.assert_allclose(_losses(dst)[6], _losses(src)[6], rtol=1e-5)
         _assert_same(_params(dst, 6), _params(src, 6))
+
+
+@pytest.mark.slow
+def test_two_processes_each_feeding_its_rows_match_one(tmp_path):
+    """`parallel.mesh.data` spans the processes: each reads only its block of rows (data.shards
+    = 2), and the run equals one process that reads the whole batch on the same mesh."""
+    corpus = os.path.dirname(make_corpus(str(tmp_path / "corpus")))
+    one, two = str(tmp_path / "one"), str(tmp_path / "two")
+    _run(one, corpus, processes=1, steps=4, mesh=DATA_ACROSS_HOSTS)
+    out = _run(two, corpus, processes=2, steps=4, mesh=DATA_ACROSS_HOSTS)
+    assert "distributed: process 0 of 2 (SLURM), 4 local of 8 devices" in out
+    l1, l2 = _losses(one), _losses(two)
+    assert sorted(l1) == sorted(l2) == [1, 2, 3, 4]
+    np.testing.assert_allclose([l2[s] for s in l2], [l1[s] for s in l2], rtol=1e-5)
+    _assert_same(_params(two, 4), _params(one, 4))
 
 
 def test_data_shards_make_batches_independent_of_process_count(tmp_path):

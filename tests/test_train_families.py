@@ -1,5 +1,6 @@
 """The training loop runs the encoder and encoder-decoder families, and resumes them exactly."""
 
+import math
 import os
 
 import pytest
@@ -19,9 +20,9 @@ def _config(tmp_path, family, steps=6):
     return config
 
 
-def _losses(workdir):
+def _losses(workdir, key="train/loss"):
     rows = read_metrics(os.path.join(workdir, "metrics.jsonl"))
-    return {r["step"]: r["train/loss"] for r in rows if "train/loss" in r}
+    return {r["step"]: r[key] for r in rows if key in r}
 
 
 @pytest.mark.slow
@@ -33,7 +34,14 @@ def test_family_trains_and_resumes_exactly(tmp_path, family):
     straight = str(tmp_path / "straight")
     summary = train.loop.train_and_evaluate(config, straight)
     assert summary["params_total"] > 0 and summary["flops_per_token"] > 0
-    assert 0 < summary["eval/loss"] < 7 and summary["eval/bits_per_byte"] > 0
+    # An untrained model predicts uniformly over the 384 ids: ln 384 = 5.95 nats. Six steps
+    # (measured: 5.12 encoder, 5.20 encdec) must take the held-out loss well below that.
+    untrained = math.log(config.model.vocab_size)
+    train_losses, evals = _losses(straight), _losses(straight, "eval/loss")
+    assert abs(train_losses[1] - untrained) < 0.15, train_losses
+    assert evals[6] < evals[3] < untrained - 0.2, evals
+    assert summary["eval/loss"] == evals[6] < untrained - 0.5
+    assert summary["eval/bits_per_byte"] > 0
     resumed = str(tmp_path / "resumed")
     train.loop.train_and_evaluate(config, resumed, stop_at=3)
     again = train.loop.train_and_evaluate(config, resumed)

@@ -24,14 +24,19 @@ def _values(cfg, steps):
     return [float(schedule(s)) for s in steps]
 
 
-def test_default_config_fields():
-    assert set(optim.default_train_config()) == {
-        "steps", "lr", "warmup_steps", "schedule", "min_lr_ratio", "decay_fraction",
-        "decay_shape", "decay_start", "weight_decay", "b1", "b2", "eps", "clip_norm",
-        "grad_accum", "eval_every", "eval_batches", "ckpt_every", "keep_ckpts", "log_every",
-        "peak_flops", "nan_policy", "max_nonfinite", "debug_poison_step",
-        "prune_sparsity", "prune_start", "prune_end", "prune_every", "prune_scope",
-    }  # fmt: skip
+def test_default_config_is_declared_and_valid():
+    """Every default field has a declaration (type, range) that its default satisfies, and the
+    declaration rejects what the optimizer cannot use (train/validate.py walks it)."""
+    from train.validate import ConfigError, check_fields
+
+    cfg = optim.default_train_config()
+    assert set(cfg) == set(optim.TRAIN_FIELDS)
+    check_fields(cfg, optim.TRAIN_FIELDS, "train.")
+    for field, value in [("weight_decay", -0.1), ("b2", 1.0), ("warmup_steps", 1001), ("lr", 0)]:
+        bad = optim.default_train_config()
+        bad[field] = value
+        with pytest.raises(ConfigError, match=rf"^train\.{field}="):
+            check_fields(bad, optim.TRAIN_FIELDS, "train.")
 
 
 def test_cosine_schedule():

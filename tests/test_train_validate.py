@@ -1,4 +1,5 @@
-"""Bad input: each case exits 2 with one line naming the field, fast, leaving the workdir as it was.
+"""Bad input: each case exits 2 with one line naming the field, before anything compiles or trains,
+leaving the workdir as it was; every declared config field rejects a value outside its declaration.
 
 Most cases run the real command line in-process (`launch.run.cli`, the function `python
 launch/run.py` calls, with a fresh set of flags), since a subprocess per case would add only the
@@ -11,12 +12,15 @@ import json
 import os
 import subprocess
 import sys
-import time
 
+import jax
+import ml_collections
 import pytest
 
+from experiments.common import base_config
 from launch import run as run_cli
 from tests.helpers import make_corpus
+from train.validate import ConfigError, check_config, check_fields, config_fields
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -54,6 +58,8 @@ def _base(tmp, glob) -> list[str]:
         "--compile_cache=",
     ]
 
+
+ALONE = "<alone>"  # a case's marker: the command line is its arguments and --workdir only
 
 # (case, extra arguments, text the error line must contain); {tmp} is the fixture's directory.
 CASES = [
@@ -120,6 +126,45 @@ CASES = [
     ("workdir under a file", ["--workdir={tmp}/afile/run"], "--workdir"),
     ("workdir not writable", ["--workdir=/proc/scalelab-run"], "not writable"),
     ("workdir of another config", ["--workdir={tmp}/other"], "different config"),
+    # The issue's samples, each of which used to escape (traceback, exit 1, or silent training).
+    ("remat not a policy", ["--config.model.remat=sometimes"], "model.remat='sometimes'"),
+    ("init_from missing", ["--config.init_from=/no/such/dir"], "init_from='/no/such/dir'"),
+    ("init_from without checkpoints", ["--config.init_from={tmp}/nodata"], "holds no checkpoint"),
+    (
+        "experiment file missing",
+        ["--config", "experiments/nope.py"],
+        "--config=experiments/nope.py: no such file",
+    ),
+    (  # without overrides ml_collections deferred the error to the first read: a traceback
+        "experiment file missing, nothing else",
+        [ALONE, "--config", "experiments/nope.py"],
+        "--config=experiments/nope.py: no such file",
+    ),
+    ("negative weight decay", ["--config.train.weight_decay=-0.1"], "train.weight_decay=-0.1"),
+    (
+        "warmup beyond steps",
+        ["--config.train.steps=10", "--config.train.warmup_steps=50"],
+        "train.warmup_steps=50 must be at most train.steps=10",
+    ),
+    ("dropout of 1", ["--config.model.resid_dropout=1.0"], "model.resid_dropout=1.0"),
+    ("filter not known", ["--config.data.filters.enabled=('utf8','spam')"], "data.filters.enabled"),
+    ("lora pattern not a regex", ["--config.adapt.freeze=layers/("], "adapt.freeze='layers/('"),
+    ("zero mesh axis", ["--config.parallel.mesh.fsdp=0"], "parallel.mesh.fsdp=0"),
+    (
+        "pipeline microbatches vs rows",  # read from parallel.pipeline, not parallel
+        ["--config.parallel.mesh.stage=2", "--config.parallel.pipeline.microbatches=3"],
+        "parallel.pipeline.microbatches=3",
+    ),
+    (
+        "circular pipeline with too few microbatches",
+        [
+            "--config.parallel.mesh.stage=2",
+            "--config.model.n_layers=4",
+            "--config.parallel.pipeline.repeats=2",
+            "--config.parallel.pipeline.microbatches=1",
+        ],
+        "parallel.pipeline.microbatches=1 must be at least the stage count 2",
+    ),
 ]
 
 
@@ -141,7 +186,9 @@ def _argv(env, extra):
     tmp, glob = env
     argv = _base(tmp, glob)
     extra = [a.replace("{tmp}", str(tmp)) for a in extra]
-    if any(a.startswith("--config=") for a in extra):
+    if extra[0] == ALONE:
+        argv, extra = [argv[0]], extra[1:]
+    if len(argv) > 1 and any(a == "--config" or a.startswith("--config=") for a in extra):
         argv = [argv[0], *extra, *argv[2:]]
         extra = []
     if not any(a.startswith("--workdir") for a in extra):
@@ -153,33 +200,206 @@ def _workdir(argv) -> str:
     return next(a for a in argv if a.startswith("--workdir=")).split("=", 1)[1]
 
 
+@pytest.fixture
+def nothing_compiles_or_trains(monkeypatch):
+    """Counts XLA compilations (cache hits included) and forbids starting a run."""
+    import train.loop
+
+    events = []
+
+    def listen(name, *args, **kwargs):
+        if "backend_compile" in name or "compile_requests_use_cache" in name:
+            events.append(name)
+
+    jax.monitoring.register_event_listener(listen)
+    jax.monitoring.register_event_duration_secs_listener(listen)
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("bad input reached training")
+
+    monkeypatch.setattr(train.loop, "train_and_evaluate", forbidden)
+    yield events
+    jax.monitoring.unregister_event_listener(listen)
+    jax.monitoring.unregister_event_duration_listener(listen)
+
+
 @pytest.mark.parametrize("name,extra,expected", CASES, ids=[c[0] for c in CASES])
-def test_bad_input_exits_2_with_one_line_and_writes_nothing(env, name, extra, expected):
+def test_bad_input_exits_2_with_one_line_and_writes_nothing(
+    env, nothing_compiles_or_trains, name, extra, expected
+):
     argv = _argv(env, extra)
     workdir = _workdir(argv)
     before = _snapshot(workdir)
+    # Everything else the cases point at (corpora, data dirs, init_from) stays as it was too;
+    # only the root's own mtime may change (the workdir's writability probe, removed at once).
+    around = _snapshot(str(env[0]))
     err = io.StringIO()
-    t = time.perf_counter()
     with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
         code = run_cli.cli(argv)
-    elapsed = time.perf_counter() - t
     lines = err.getvalue().strip().splitlines()
     assert code == 2, err.getvalue()[-2000:]
     assert len(lines) == 1 and lines[0].startswith("error: "), lines
     assert expected in lines[0], lines[0]
     assert "Traceback" not in lines[0]
-    assert elapsed < 10, f"{name}: {elapsed:.1f} s"
+    assert nothing_compiles_or_trains == [], name
     assert _snapshot(workdir) == before
+    after = _snapshot(str(env[0]))
+    assert {k: v for k, v in after.items() if k != "."} == {
+        k: v for k, v in around.items() if k != "."
+    }
 
 
-def test_table_covers_at_least_twenty_kinds_of_bad_input():
-    assert len({c[0] for c in CASES}) >= 20
+def _leaves(fields: dict, prefix: str = ""):
+    for name, spec in fields.items():
+        if "type" in spec or "choices" in spec:
+            yield f"{prefix}{name}", spec
+        else:
+            yield from _leaves(spec, f"{prefix}{name}.")
 
 
-# A few through the real entry point, in parallel: the exit code of the process itself. The time
-# asserted is the child's CPU time: wall time on this shared 2-core machine mostly measures the
-# other jobs (measured: 13 s wall for 3.4 s of CPU at load average 14).
-SUBPROCESS_CASES = ["unknown key", "heads vs d_model", "workdir of another config"]
+def _bad_values(spec: dict, block) -> list:
+    """Values outside a field's declaration (a wrong type, each bound crossed, a non-choice)."""
+    kind = spec.get("type")
+    wrong_type = {int: [2.5, "7"], float: ["x", float("nan")], bool: ["yes", 1], str: [5]}
+    bad = list(wrong_type.get(kind, [5] if kind is tuple else []))
+    if "choices" in spec:
+        first = spec["choices"][0]
+        bad += ["no-such-choice"] if isinstance(first, str) else [max(spec["choices"]) + 1, True]
+    bounds = {k: block[b] if isinstance(b, str) else b for k, b in spec.items()}
+    if "min" in spec:
+        bad.append(bounds["min"] - 1)
+    if "max" in spec:
+        bad.append(bounds["max"] + 1)
+    bad += [bounds[k] for k in ("above", "below", "not") if k in spec]  # exclusive
+    if "items" in spec:
+        bad.append(("no-such-choice",) if "choices" in spec["items"] else (5,))
+    return bad
+
+
+def test_every_declared_field_rejects_values_outside_its_declaration():
+    """Walks the declaration: for each field, each kind of bad value fails with one line that
+    starts with the field's dotted name; the defaults pass."""
+    fields = config_fields()
+    check_fields(base_config(), fields)
+    names = [path for path, _ in _leaves(fields)]
+
+    def config_leaves(block, prefix=""):
+        for k, v in block.items():
+            yield from config_leaves(v, f"{prefix}{k}.") if hasattr(v, "items") else [prefix + k]
+
+    assert sorted(names) == sorted(config_leaves(base_config()))  # every field, nothing else
+    tried = 0
+    for path, spec in _leaves(fields):
+        *blocks, leaf = path.split(".")
+        for value in _bad_values(spec, _block(base_config(), blocks)):
+            config = ml_collections.ConfigDict(base_config().to_dict(), type_safe=False)
+            _block(config, blocks)[leaf] = value
+            with pytest.raises(ConfigError) as e:
+                check_fields(config, fields)
+            message = str(e.value)
+            assert message.startswith(path) and "\n" not in message, (path, value, message)
+            tried += 1
+    assert tried > 2 * len(names)
+
+
+def _block(config, blocks):
+    for b in blocks:
+        config = config[b]
+    return config
+
+
+def test_undeclared_and_missing_fields_are_errors():
+    config = ml_collections.ConfigDict(base_config().to_dict(), type_safe=False)
+    config.model.n_layer = 3
+    with pytest.raises(ConfigError, match=r"^model.n_layer is not a declared config field"):
+        check_fields(config, config_fields())
+    config = ml_collections.ConfigDict(base_config().to_dict(), type_safe=False)
+    del config.train["lr"]
+    with pytest.raises(ConfigError, match=r"^train.lr is missing"):
+        check_fields(config, config_fields())
+
+
+def test_bounds_are_inclusive_or_exclusive_as_declared():
+    config = base_config()
+    config.train.update(steps=10, warmup_steps=10, weight_decay=0.0, decay_start=10)
+    config.data.filters.max_bytes = config.data.filters.min_bytes  # min names a sibling field
+    check_fields(config, config_fields())  # every value exactly at an inclusive bound passes
+    config.model.attn_dropout = 0.999
+    check_fields(config, config_fields())
+    config.model.attn_dropout = 1.0  # `below`: exclusive
+    with pytest.raises(ConfigError, match=r"^model.attn_dropout=1.0 must be below 1.0"):
+        check_fields(config, config_fields())
+
+
+@pytest.mark.parametrize(
+    "field, value, expected",
+    [
+        ("model.sparse_layers", "0,9", "model.sparse_layers='0,9' is not 'all', 'alternate'"),
+        ("objective_args.random_frac", 0.3, "objective_args.mask_frac + random_frac = 0.8 + 0.3"),
+        ("adapt.load", "(", "adapt.load='(': not a regular expression"),
+        ("adapt.lora.targets", "q,v(", "adapt.lora.targets='q,v(': not a regular expression"),
+    ],
+)
+def test_rules_across_fields(field, value, expected):
+    config = base_config()
+    *blocks, leaf = field.split(".")
+    _block(config, blocks)[leaf] = value
+    with pytest.raises(ConfigError) as e:
+        check_fields(config, config_fields())
+    assert str(e.value).startswith(expected), str(e.value)
+
+
+def test_every_experiment_config_is_declared_and_valid():
+    """The experiments' own configs pass the declaration (sweeps: every point's config)."""
+    import importlib
+
+    args = {"distill": "teacher=/tmp/teacher", "families": None}
+    root = os.path.join(ROOT, "experiments")
+    checked = 0
+    for file in sorted(os.listdir(root)):
+        name = file[:-3]
+        if not file.endswith(".py") or name in ("__init__", "common") or args.get(name, "") is None:
+            continue
+        module = importlib.import_module(f"experiments.{name}")
+        config = module.get_config(args.get(name, ""))
+        check_fields(config, config_fields())
+        checked += 1
+        if hasattr(module, "get_sweep"):  # a sweep's points relabel model.size ('L4xD128')
+            for point in module.get_sweep(config):
+                check_fields(module.point_config(config, point), config_fields())
+                checked += 1
+    assert checked >= 20
+
+
+def test_pipeline_fields_are_read_from_parallel_pipeline():
+    """The divisibility of the pipeline (parallel.pipeline.microbatches): it once read
+    parallel.microbatches, a field that does not exist, and so never fired."""
+    config = base_config("tiny")
+    config.data.batch_size = 8
+    config.parallel.mesh.update(data=4, stage=2)
+    check_config(config, n_devices=8)  # M = 0: one microbatch per stage, 4 rows over data=4
+    config.parallel.pipeline.microbatches = 3
+    with pytest.raises(ConfigError, match=r"^parallel.pipeline.microbatches=3 does not divide"):
+        check_config(config, n_devices=8)
+    config.parallel.pipeline.microbatches = 4  # 2 rows per microbatch over data=4
+    with pytest.raises(ConfigError, match=r"^parallel.pipeline.microbatches=4 leaves 2 rows"):
+        check_config(config, n_devices=8)
+    config.parallel.pipeline.microbatches = 0
+    config.parallel.mesh.stage = 1  # not pipelined: the field is unused, any value passes
+    config.parallel.mesh.data = -1
+    config.parallel.pipeline.microbatches = 3
+    check_config(config, n_devices=8)
+
+
+# A few through the real entry point, in parallel: the exit code of the process itself (the
+# experiment file and remat cases exited 1 with a traceback from `python launch/run.py`).
+SUBPROCESS_CASES = [
+    "unknown key",
+    "heads vs d_model",
+    "workdir of another config",
+    "experiment file missing, nothing else",
+    "remat not a policy",
+]
 
 
 @pytest.mark.slow
@@ -208,7 +428,6 @@ def test_bad_input_exits_2_from_the_real_command_line(env, tmp_path):
         last = stderr.strip().splitlines()[-1]
         assert last.startswith("error: ") and cases[name][2] in last, (name, stderr[-2000:])
         assert "Traceback" not in stderr, (name, stderr[-2000:])
-        assert usage.ru_utime + usage.ru_stime < 10, (name, usage)
         assert _snapshot(workdir) == before
 
 

@@ -30,6 +30,38 @@ from models import lora, prompt_tuning
 METHODS = ("full", "lora", "prompt")
 
 
+def _regex(field: str):
+    def check(block) -> None:
+        value = block[field]
+        for part in value.split(",") if field == "targets" else [value]:
+            try:
+                re.compile(part)
+            except re.error as e:
+                raise ValueError(f"not a regular expression ({e}); fix the pattern") from e
+
+    return check
+
+
+# Type, range and allowed values of every `adapt` field (the keys: models/sizes.py MODEL_FIELDS).
+ADAPT_FIELDS = {
+    "method": {"choices": METHODS},
+    "init_step": {"type": int, "min": -1},
+    "load": {"type": str, "check": _regex("load")},
+    "freeze": {"type": str, "check": _regex("freeze")},
+    "lora": {
+        "rank": {"type": int, "min": 1},
+        "alpha": {"type": float, "above": 0.0},
+        "dropout": {"type": float, "min": 0.0, "below": 1.0},
+        "targets": {"type": str, "check": _regex("targets")},
+    },
+    "prompt": {
+        "length": {"type": int, "min": 1},
+        "init": {"choices": ("vocab", "random")},
+        "first_id": {"type": int, "min": 0},
+    },
+}
+
+
 def default_adapt_config() -> ml_collections.ConfigDict:
     """The `adapt` block of a run config (defaults: ordinary training, nothing frozen)."""
     return ml_collections.ConfigDict(

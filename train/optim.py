@@ -14,8 +14,44 @@ import ml_collections
 import numpy as np
 import optax
 
+from models.prune import SCOPES
+
 SCHEDULES = ("cosine", "wsd", "constant")
 DECAY_SHAPES = ("linear", "1-sqrt")
+NAN_POLICIES = ("skip", "stop")
+
+# Type, range and allowed values of every `train` field (the keys: models/sizes.py MODEL_FIELDS;
+# a bound naming a field, "steps", is that field's value).
+TRAIN_FIELDS = {
+    "steps": {"type": int, "min": 1},
+    "lr": {"type": float, "above": 0.0},
+    "warmup_steps": {"type": int, "min": 0, "max": "steps"},
+    "schedule": {"choices": SCHEDULES},
+    "min_lr_ratio": {"type": float, "min": 0.0, "max": 1.0},
+    "decay_fraction": {"type": float, "min": 0.0, "max": 1.0},
+    "decay_shape": {"choices": DECAY_SHAPES},
+    "decay_start": {"type": int, "min": -1, "max": "steps"},
+    "weight_decay": {"type": float, "min": 0.0},
+    "b1": {"type": float, "min": 0.0, "below": 1.0},
+    "b2": {"type": float, "min": 0.0, "below": 1.0},
+    "eps": {"type": float, "above": 0.0},
+    "clip_norm": {"type": float},  # <= 0 disables clipping
+    "grad_accum": {"type": int, "min": 1},
+    "eval_every": {"type": int, "min": 1},
+    "eval_batches": {"type": int, "min": 0},
+    "ckpt_every": {"type": int, "min": 0},
+    "keep_ckpts": {"type": int, "min": 1},
+    "log_every": {"type": int, "min": 1},
+    "peak_flops": {"type": float, "min": 0.0},
+    "nan_policy": {"choices": NAN_POLICIES},
+    "max_nonfinite": {"type": int, "min": 1},
+    "debug_poison_step": {"type": int, "min": 0},
+    "prune_sparsity": {"type": float, "min": 0.0, "below": 1.0},
+    "prune_start": {"type": int, "min": 0},
+    "prune_end": {"type": int, "min": -1},
+    "prune_every": {"type": int, "min": 1},
+    "prune_scope": {"choices": SCOPES},
+}
 
 
 def default_train_config() -> ml_collections.ConfigDict:

@@ -4,6 +4,11 @@ Every check raises `ConfigError` with one line that starts with the field it is 
 to do (`launch/run.py` prints it as `error: <line>` and exits 2). Nothing here writes a file or
 creates a directory: a rejected run leaves its workdir exactly as it was.
 
+Every field of a run config is declared once, next to its block's default (models/sizes.py,
+data/config.py, train/optim.py, objectives/__init__.py, train/adapt.py, parallel/mesh.py;
+`config_fields` gathers them) with its type, range and allowed values, and `check_fields` walks
+them all; rules across fields and blocks (divisibility by mesh axes, the pipeline) follow.
+
 Known names (model families, objectives, rule tables, tokenizers, datasets) come from their
 registries (`models.get_model`, `objectives.get_loss_fn`, `parallel.rules.get_rules`, TFDS), so a
 family or objective another module adds is accepted without touching this file.
@@ -16,7 +21,7 @@ import os
 import tempfile
 import uuid
 
-NAN_POLICIES = ("skip", "stop")
+import ml_collections
 
 
 class ConfigError(ValueError):
@@ -36,11 +41,125 @@ def _registry_check(fn, *args) -> None:
         raise ConfigError(_one_line(e)) from e
 
 
-def _positive(value, field: str, minimum: int = 1) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(f"{field}={value!r} must be an integer")
-    if value < minimum:
-        raise ConfigError(f"{field}={value} must be at least {minimum}")
+def config_fields() -> dict:
+    """The declared fields of a run config (experiments/common.py `base_config`), block by block.
+
+    Each block's fields are declared next to its default config; the three top-level fields
+    `base_config` sets itself are declared here. Top-level blocks not listed (an experiment's
+    `sweep`, `distill`, `dpo`, `transfer`) belong to the tool that reads them.
+    """
+    from data.config import DATA_FIELDS
+    from models.sizes import MODEL_FIELDS
+    from objectives import OBJECTIVE_ARGS_FIELDS
+    from parallel.mesh import PARALLEL_FIELDS
+    from train.adapt import ADAPT_FIELDS
+    from train.optim import TRAIN_FIELDS
+
+    return {
+        "seed": {"type": int, "min": 0},
+        "objective": {"type": str},  # a registry name: objectives.get_loss_fn
+        "objective_args": OBJECTIVE_ARGS_FIELDS,
+        "model": MODEL_FIELDS,
+        "data": DATA_FIELDS,
+        "train": TRAIN_FIELDS,
+        "init_from": {"type": str},  # '' or a run's workdir: check_init_from reads it
+        "adapt": ADAPT_FIELDS,
+        "parallel": PARALLEL_FIELDS,
+    }
+
+
+_TYPE_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+
+
+def _is_field(spec: dict) -> bool:
+    return "type" in spec or "choices" in spec
+
+
+def _has_type(value, kind) -> bool:
+    if kind is float:  # an integer is a number; a bool is not
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind is tuple:
+        return isinstance(value, (tuple, list))
+    return isinstance(value, kind)
+
+
+def _bound(bound, block, prefix: str) -> tuple[object, str]:
+    """A bound's value and how to name it: a number, or the name of a sibling field."""
+    if isinstance(bound, str):
+        return block[bound], f"{prefix}{bound}={block[bound]}"
+    return bound, f"{bound}"
+
+
+def _check_value(path: str, value, spec: dict, block, prefix: str) -> None:
+    shown = f"{path}={value!r}"
+    if "choices" in spec:
+        choices = tuple(spec["choices"])
+        if not any(value == c and type(value) is type(c) for c in choices):
+            raise ConfigError(f"{shown} is not allowed; choose one of {choices}")
+    kind = spec.get("type")
+    if kind is not None and not _has_type(value, kind):
+        raise ConfigError(f"{shown} must be {_TYPE_NAMES.get(kind, 'a list')}; pass one")
+    if kind is float and not math.isfinite(value):
+        raise ConfigError(f"{shown} must be a finite number")
+    if "items" in spec:
+        for i, item in enumerate(value):
+            _check_value(f"{path}[{i}]", item, spec["items"], block, prefix)
+    for key, test, words in (
+        ("min", lambda v, b: v >= b, "at least"),
+        ("max", lambda v, b: v <= b, "at most"),
+        ("above", lambda v, b: v > b, "above"),
+        ("below", lambda v, b: v < b, "below"),
+    ):
+        if key in spec:
+            bound, named = _bound(spec[key], block, prefix)
+            if not test(value, bound):
+                raise ConfigError(f"{shown} must be {words} {named}; change it")
+    if "not" in spec and value == spec["not"]:
+        raise ConfigError(f"{shown} is not allowed (use any other value in range)")
+
+
+def check_fields(block, fields: dict, prefix: str = "") -> None:
+    """Every declared field of `block` has its declared type, range and allowed values.
+
+    Args:
+      block: a config block (a ConfigDict or dict).
+      fields: its declaration (`config_fields()` for a whole run config): field name -> spec
+        with `type` (int, float, bool, str, tuple), `choices`, inclusive `min` / `max`,
+        exclusive `above` / `below` (a bound may name a sibling field), `not` (an excluded
+        value), `items` (the spec of each item of a tuple) and `check(block)` (raises ValueError
+        for rules across fields); or a nested block's declaration.
+      prefix: the block's dotted path ('model.').
+
+    Raises:
+      ConfigError: one line naming the first bad field (in declaration order) and the fix.
+    """
+    for name in block:
+        if prefix and name not in fields:
+            raise ConfigError(
+                f"{prefix}{name} is not a declared config field; declare it with its type and "
+                "range next to the block's default config"
+            )
+    for name, spec in fields.items():
+        path = f"{prefix}{name}"
+        if name not in block:
+            raise ConfigError(f"{path} is missing; start from experiments/common.base_config")
+        value = block[name]
+        if not _is_field(spec):
+            if not isinstance(value, (dict, ml_collections.ConfigDict)):
+                raise ConfigError(f"{path}={value!r} must be a block of fields")
+            check_fields(value, spec, f"{path}.")
+            continue
+        _check_value(path, value, spec, block, prefix)
+        if "check" in spec:
+            try:
+                spec["check"](block)
+            except ValueError as e:
+                line = _one_line(e)
+                root = path.split(".")[0] + "."
+                message = line if line.startswith(root) else f"{path}={value!r}: {line}"
+                raise ConfigError(message) from e
 
 
 def _axis_size(rules, logical: str, mesh: dict[str, int]) -> tuple[tuple[str, ...], int]:
@@ -53,7 +172,8 @@ def _axis_size(rules, logical: str, mesh: dict[str, int]) -> tuple[tuple[str, ..
 
 
 def check_config(config, n_devices: int | None = None) -> None:
-    """Config-only checks (no files): names, numbers, and every size a mesh axis must divide.
+    """Config-only checks (no files): every declared field, names, and the sizes a mesh axis
+    must divide.
 
     Args:
       config: the run config (`experiments/common.base_config` fields).
@@ -62,31 +182,21 @@ def check_config(config, n_devices: int | None = None) -> None:
     Raises:
       ConfigError: naming the first bad field and the fix.
     """
+    import inspect
+
     import jax
 
     import objectives
     from models import get_model
     from models.sizes import resolved_dims
     from parallel.mesh import AXES, mesh_shape
+    from parallel.pipeline import check_pipeline_config
     from parallel.rules import get_rules
     from parallel.sharding import batch_spec
     from train.optim import make_schedule
 
+    check_fields(config, config_fields())
     m, d, t = config.model, config.data, config.train
-    for field in ("steps", "eval_every", "log_every", "keep_ckpts", "grad_accum"):
-        _positive(t[field], f"train.{field}")
-    _positive(t.ckpt_every, "train.ckpt_every", 0)
-    _positive(t.eval_batches, "train.eval_batches", 0)
-    _positive(d.batch_size, "data.batch_size")
-    _positive(d.seq_len, "data.seq_len", 2)
-    for field in ("n_layers", "d_model", "n_heads", "d_ff", "vocab_size"):
-        _positive(m[field], f"model.{field}")
-    if not t.lr > 0:
-        raise ConfigError(f"train.lr={t.lr} must be positive")
-    policy = t.get("nan_policy", "stop")
-    if policy not in NAN_POLICIES:
-        raise ConfigError(f"train.nan_policy={policy!r} is unknown; use one of {NAN_POLICIES}")
-
     _registry_check(get_model, m.family)
     _registry_check(objectives.get_loss_fn, config.objective)
     from data import tasks
@@ -97,7 +207,7 @@ def check_config(config, n_devices: int | None = None) -> None:
         resolved_dims(m)
     except ValueError as e:
         raise ConfigError(_one_line(e)) from e
-    if m.get("positions") == "learned" and d.seq_len > m.max_len:
+    if m.positions == "learned" and d.seq_len > m.max_len:
         raise ConfigError(
             f"data.seq_len={d.seq_len} exceeds model.max_len={m.max_len} (learned position "
             "table); raise model.max_len or lower data.seq_len"
@@ -120,14 +230,15 @@ def check_config(config, n_devices: int | None = None) -> None:
             f"model.n_layers={m.n_layers} is not divisible by parallel.mesh.stage="
             f"{mesh['stage']}; every pipeline stage needs the same number of layers"
         )
-    microbatches = config.parallel.get("microbatches", 0)
-    if microbatches and d.batch_size % microbatches:
-        raise ConfigError(
-            f"parallel.microbatches={microbatches} does not divide data.batch_size="
-            f"{d.batch_size}; choose a divisor of the batch"
-        )
     _registry_check(get_rules, config.parallel.rules)
     rules = get_rules(config.parallel.rules, pipeline=mesh["stage"] > 1)
+    if mesh["stage"] > 1:
+        if "layer_stack" not in inspect.signature(get_model(m.family).apply).parameters:
+            raise ConfigError(
+                f"model.family={m.family!r} cannot be pipelined (no layer_stack hook); set "
+                "parallel.mesh.stage=1"
+            )
+        _registry_check(check_pipeline_config, config, mesh, rules)
     n_heads = m.n_heads
     dims = (
         ("heads", "model.n_heads", n_heads),
@@ -166,7 +277,8 @@ def _check_model_traces(config) -> None:
 
     model = get_model(config.model.family)
     try:
-        jax.eval_shape(lambda k: model.init(k, config.model), jax.random.key(0))
+        # The key is made inside: an eager `jax.random.key(0)` would compile a program.
+        jax.eval_shape(lambda: model.init(jax.random.key(0), config.model))
     except (ValueError, KeyError, TypeError) as e:
         raise ConfigError(_one_line(e)) from e
 
@@ -437,10 +549,36 @@ def check_vocab(config) -> None:
         )
 
 
+def check_init_from(config) -> None:
+    """`init_from` ('' or a run's workdir / checkpoints directory) holds the step to load."""
+    directory = config.init_from
+    if not directory:
+        return
+    from train.checkpoint import Checkpointer
+
+    field = f"init_from={directory!r}"
+    if not os.path.isdir(directory):
+        raise ConfigError(
+            f"{field} is not a directory; pass a run's workdir (or its checkpoints directory)"
+        )
+    sub = os.path.join(directory, "checkpoints")
+    steps = Checkpointer(sub if os.path.isdir(sub) else directory, read_only=True)
+    steps = steps.manager.all_steps()
+    if not steps:
+        raise ConfigError(f"{field} holds no checkpoint; pass the workdir of a run that saved one")
+    step = config.adapt.init_step
+    if step >= 0 and step not in steps:
+        raise ConfigError(
+            f"adapt.init_step={step} is not a checkpoint of {field} (it has {sorted(steps)}); "
+            "pick one of them or -1 for the newest"
+        )
+
+
 def check_run(config, workdir: str, what: str = "run") -> None:
     """Every check a run (or sweep) needs before it builds anything: config, data, workdir."""
     if "sweep" not in config:
         check_config(config)
+        check_init_from(config)
     check_data(config.data)
     if "sweep" not in config:
         check_vocab(config)
