@@ -69,9 +69,8 @@ def per_shard(fn: Callable, q_BTNH: Array, k_BSKH: Array, v_BSKH: Array, segment
     the sequence and head dims are whole inside (the kernels need whole sequences; a sequence
     split by the rules is gathered on the way in). Heads are split only if 'kv_heads' goes to the
     same mesh axes (or K == 1) and both N and K divide: query head n uses kv head n // (N / K), so
-    each device must hold the kv heads of its query heads. An axis that does not divide its
-    dimension is left out (that dimension is then replicated inside, which is correct but
-    repeats work).
+    each device must hold the kv heads of its query heads. Rows go over the leading batch axes
+    whose product divides B. What is left out is replicated inside: correct, but repeated work.
 
     Args:
       fn: the per-device attention; `segments` is a dict of [B, T] and [B, S] int arrays
@@ -89,8 +88,8 @@ def per_shard(fn: Callable, q_BTNH: Array, k_BSKH: Array, v_BSKH: Array, segment
     K = k_BSKH.shape[2]
     batch, _, heads, _ = _resolve(("batch", None, "heads", None), mesh)
     kv_heads = _resolve(("batch", None, "kv_heads", None), mesh)[2]
-    if B % _size(batch, mesh):
-        batch = ()
+    while B % _size(batch, mesh):  # the leading axes that divide B (the rest replicate rows)
+        batch = batch[:-1]
     heads = tuple(a for a in heads if a not in batch)
     h = _size(heads, mesh)
     if N % h or not (K == 1 or (kv_heads == heads and K % h == 0)):

@@ -21,9 +21,7 @@ Array = jax.Array
 def block_size(length: int, largest: int = 512) -> int:
     """The largest tile in (largest, ..., 256, 128) dividing `length` (a multiple of 128)."""
     if length % 128:
-        raise ValueError(
-            f"Pallas TPU attention needs lengths that are multiples of 128, got {length}"
-        )
+        raise ValueError(f"the Pallas TPU kernels need lengths divisible by 128, got {length}")
     b = largest
     while length % b:
         b //= 2
