@@ -4,7 +4,8 @@ Pallas (Mosaic) kernels cannot be partitioned by XLA ("Mosaic kernels cannot be 
 partitioned"), so under a mesh they run inside `jax.shard_map`, each device on its own rows and
 heads. Which mesh axes hold rows and heads is read from the LOGICAL axis names ('batch', 'heads',
 'kv_heads') through flax's active rules (`nn.logical_axis_rules`) and the active mesh
-(`jax.set_mesh`), so the models never name a mesh axis.
+(`jax.set_mesh`), so the models never name a mesh axis. The mesh axes are Auto (parallel/mesh.py):
+under Explicit axes `shard_map` wants its inputs already sharded as its in_specs.
 
 Interpret mode. A Pallas TPU kernel runs on CPU only interpreted. The rule: with a mesh active,
 the platform of the mesh's devices decides (`get_abstract_mesh().abstract_device.platform`), so
