@@ -9,6 +9,9 @@ because muP and the Hugging Face converters key on them.
 Dropout is active only when `rngs` (a key) is passed and the rate is positive; evaluation passes
 None. The fast custom-VJP attention of `models/layers.py` is used whenever it applies (a
 head-shared mask bias, 1/sqrt(H) scaling, no attention dropout); otherwise a plain autodiff path.
+`model.attention_impl` other than 'xla' sends every attention through one fused kernel instead
+(`attend_kernel`, kernels/attention.py), which takes the mask as a causal flag, segment ids and a
+local window: the families then build no [B, 1, T, S] bias.
 """
 
 import functools
@@ -19,6 +22,7 @@ import jax
 import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
+from kernels import attention as kernel_attention
 from models import layers, mup, sparse_attention
 from models.layers import (
     ACTIVATIONS,
@@ -43,6 +47,7 @@ GATED = {
 }
 NORMS = ("layernorm", "rmsnorm")
 POSITIONS = ("rotary", "learned", "sinusoidal", "relative", "none")
+ATTENTION_IMPLS = ("xla", *kernel_attention.IMPLS)
 
 _policies = jax.checkpoint_policies
 # What the backward pass may keep from each layer's forward (the rest is recomputed). Named
@@ -109,6 +114,46 @@ def validate(cfg) -> None:
         if not 0.0 <= cfg[name] < 1.0:
             raise ValueError(f"model.{name}={cfg[name]} must be in [0, 1)")
     sparse_attention.validate(cfg)
+    _validate_attention_impl(cfg)
+
+
+def attention_impl(cfg) -> str:
+    """`model.attention_impl`; a config written before the field existed (a run's config.json)
+    means 'xla'."""
+    return cfg.get("attention_impl", "xla")
+
+
+def _validate_attention_impl(cfg) -> None:
+    """Rejects the switches a fused kernel cannot compute (kernels/attention.py's table)."""
+    impl = attention_impl(cfg)
+    if impl not in ATTENTION_IMPLS:
+        raise ValueError(
+            f"model.attention_impl={impl!r} is unknown; choose one of {list(ATTENTION_IMPLS)}"
+        )
+    if impl == "xla":
+        return
+    pattern = cfg.get("attention_pattern", "dense")
+    H = cfg.d_head or cfg.d_model // cfg.n_heads
+    for bad, why in [
+        (cfg.positions == "relative", "takes no per-head bias (positions='relative')"),
+        (cfg.attn_dropout > 0, "has no attention dropout (attn_dropout > 0)"),
+        (cfg.attn_logits_dtype != "float32", "computes logits in f32 (attn_logits_dtype)"),
+        (pattern in ("strided", "fixed"), f"has no {pattern!r} mask (attention_pattern)"),
+        (
+            pattern == "local" and impl not in kernel_attention.LOCAL_WINDOW,
+            "has no sliding-window mask (attention_pattern='local')",
+        ),
+        (
+            impl in kernel_attention.HALF_ONLY and cfg.dtype != "bfloat16",
+            "takes bf16 inputs only (model.dtype='bfloat16')",
+        ),
+        (
+            impl == "cudnn" and (H % 8 or H > 256),
+            f"needs a head size <= 256, divisible by 8 (not {H})",
+        ),
+    ]:
+        if bad:
+            raise ValueError(f"model.attention_impl={impl!r} {why}")
 
 
 # --- norms -------------------------------------------------------------------------------------
@@ -228,6 +273,35 @@ def attend(q_BTNH, k_BSKH, v_BSKH, bias, cfg, rng=None) -> Array:
     return out_BTKGH.reshape(B, T, N, H)
 
 
+def attend_kernel(
+    q_BTNH,
+    k_BSKH,
+    v_BSKH,
+    cfg,
+    *,
+    causal: bool,
+    segment_ids_BT=None,
+    kv_segment_ids_BS=None,
+    window: int = 0,
+) -> Array:
+    """Attention by the fused kernel `cfg.attention_impl` (kernels/attention.py), the mask given
+    as data: `causal`, packed-document ids (None: one document per row; the kv ids default to
+    the query's) and a local `window` (0: none). The logit scale (1/sqrt(H), muP's, or 1 without
+    `attn_scale`) is the same as `attend`'s."""
+    scale = mup.attention_scale(cfg, q_BTNH.shape[-1]) if cfg.attn_scale else 1.0
+    return kernel_attention.attention(
+        q_BTNH,
+        k_BSKH,
+        v_BSKH,
+        impl=attention_impl(cfg),
+        causal=causal,
+        segment_ids_BT=segment_ids_BT,
+        kv_segment_ids_BS=kv_segment_ids_BS,
+        window=window,
+        scale=scale,
+    )
+
+
 def mask_bias(
     q_seg_BT: Array,
     k_seg_BS: Array,
@@ -326,13 +400,18 @@ def attention(
     layer_index=0,
     segment_ids_BT=None,
     rope=None,
+    causal=True,
+    kv_segment_ids_BS=None,
 ):
     """Multi-head attention sublayer (self-attention when `kv_BSD` is None) -> [B, T, D].
 
     A self-attention layer whose `sparse_attention.layer_pattern` is not dense runs that pattern
     blockwise (causal; with `segment_ids_BT` instead of the bias). `rope`: rotary tables of
-    `positions_BT` computed once for all layers (`layers.rotary_tables`); None: computed here."""
+    `positions_BT` computed once for all layers (`layers.rotary_tables`); None: computed here.
+    With a fused kernel (`model.attention_impl`) `bias` is unused and the mask is `causal`,
+    `segment_ids_BT` and, for cross-attention, `kv_segment_ids_BS` (None: unpacked rows)."""
     dense = functools.partial(layers.dense, act_bits=cfg.get("act_bits", 0))  # QAT switch
+    self_attention = kv_BSD is None or kv_BSD is h_BTD
     kv_BSD = h_BTD if kv_BSD is None else kv_BSD
     q_BTNH = _biased(dense(h_BTD, p[prefix + "q"]), p, prefix + "q")
     k_BSKH = _biased(dense(kv_BSD, p[prefix + "k"]), p, prefix + "k")
@@ -345,7 +424,19 @@ def attention(
         q_BTNH = rotary(q_BTNH, positions_BT, tables=rope)
         k_BSKH = rotary(k_BSKH, positions_BT, tables=rope)
     q_BTNH, k_BSKH, v_BSKH = (checkpoint_name(a, "qkv") for a in (q_BTNH, k_BSKH, v_BSKH))
-    if kv_BSD is h_BTD and sparse_attention.layer_pattern(cfg, layer_index) != "dense":
+    pattern = sparse_attention.layer_pattern(cfg, layer_index) if self_attention else "dense"
+    if attention_impl(cfg) != "xla":
+        attn_BTNH = attend_kernel(
+            q_BTNH,
+            k_BSKH,
+            v_BSKH,
+            cfg,
+            causal=causal,
+            segment_ids_BT=segment_ids_BT,
+            kv_segment_ids_BS=segment_ids_BT if self_attention else kv_segment_ids_BS,
+            window=cfg.attention_window if pattern == "local" else 0,
+        )
+    elif pattern != "dense":
         attn_fn = sparse_attention.attention_fn(cfg, layer_index)
         attn_BTNH = attn_fn(q_BTNH, k_BSKH, v_BSKH, None, segment_ids_BT)
     else:
@@ -390,11 +481,15 @@ def block(
     layer_index=0,
     segment_ids_BT=None,
     rope=None,
+    causal=True,
+    enc_segment_ids_BS=None,
 ):
     """One Transformer block: self-attention, cross-attention (if `enc_BSD`), MLP.
 
     `layer_index` selects the self-attention pattern (`sparse_attention.layer_pattern`); `rope`
-    optionally holds the self-attention's precomputed rotary tables (`layers.rotary_tables`)."""
+    optionally holds the self-attention's precomputed rotary tables (`layers.rotary_tables`).
+    `causal`, `segment_ids_BT` and `enc_segment_ids_BS` are the masks of a fused kernel
+    (`model.attention_impl`), which ignores the biases."""
     keys = [None] * 5 if rng is None else list(jax.random.split(rng, 5))
     attn = lambda h: attention(
         h,
@@ -406,11 +501,21 @@ def block(
         layer_index=layer_index,
         segment_ids_BT=segment_ids_BT,
         rope=rope,
+        causal=causal,
     )
     x_BTD = residual(x_BTD, p, "ln1", attn, cfg, keys[1])
     if enc_BSD is not None:
         cross = lambda h: attention(
-            h, p, cross_bias, cfg, kv_BSD=enc_BSD, prefix="cross_", rng=keys[2]
+            h,
+            p,
+            cross_bias,
+            cfg,
+            kv_BSD=enc_BSD,
+            prefix="cross_",
+            rng=keys[2],
+            segment_ids_BT=segment_ids_BT,
+            causal=False,
+            kv_segment_ids_BS=enc_segment_ids_BS,
         )
         x_BTD = residual(x_BTD, p, "ln_cross", cross, cfg, keys[3])
     return residual(x_BTD, p, "ln2", lambda h: mlp(h, p, cfg), cfg, keys[4])

@@ -42,9 +42,15 @@ def hidden(params: dict, batch: dict, cfg, *, rngs=None, layer_stack=None) -> ja
     B = x_BTD.shape[0]
     if "prefix_mask" in batch and cfg.get("attention_pattern", "dense") != "dense":
         raise ValueError("model.attention_pattern: sparse patterns do not take a prefix_mask")
-    # A model whose layers are all sparse never builds the T x T bias (its cost stays below T^2).
+    kernel = blocks.attention_impl(cfg) != "xla"
+    if "prefix_mask" in batch and kernel:
+        raise ValueError(
+            f"model.attention_impl={blocks.attention_impl(cfg)!r} takes no prefix_mask; use 'xla'"
+        )
+    # A model whose layers are all sparse never builds the T x T bias (its cost stays below T^2),
+    # nor does a fused kernel, which takes causality and the segment ids instead.
     bias = None
-    if uses_dense(cfg):
+    if uses_dense(cfg) and not kernel:
         bias = blocks.mask_bias(
             segment_ids_BT, segment_ids_BT, causal=True, prefix_BT=batch.get("prefix_mask")
         )
@@ -63,7 +69,7 @@ def hidden(params: dict, batch: dict, cfg, *, rngs=None, layer_stack=None) -> ja
             positions_BT=side["positions"],
             rng=rng,
             layer_index=i,
-            segment_ids_BT=side["segment_ids"],
+            segment_ids_BT=side.get("segment_ids"),
             rope=side.get("rope"),
         )
 
@@ -73,6 +79,8 @@ def hidden(params: dict, batch: dict, cfg, *, rngs=None, layer_stack=None) -> ja
         "positions": positions_BT,
         "segment_ids": segment_ids_BT,
     }
+    if kernel and "segment_ids" not in batch:
+        del side["segment_ids"]  # one document per row: the kernel skips segment masking
     if cfg.positions == "rotary":  # once for all layers (models/layers.rotary_tables)
         side["rope"] = rotary_tables(positions_BT, resolved_dims(cfg)[4], cfg.rope_theta)
     x_BTD = blocks.run_layers(

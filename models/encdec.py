@@ -69,23 +69,35 @@ def _stack(
     enc_BSD=None,
     cross_bias=None,
     layer_stack=None,
+    *,
+    causal,
+    segments,
 ):
+    """The stack's layers; `segments` holds a fused kernel's per-row segment ids
+    ('segment_ids', and 'enc_segment_ids' for cross-attention; empty for unpacked rows or 'xla')."""
+
     def layer_fn(x, p, key, side):
         return blocks.block(
             x,
             p,
-            side["bias"],
+            side.get("bias"),
             cfg,
             positions_BT=side["positions"],
             enc_BSD=side.get("enc"),
             cross_bias=side.get("cross_bias"),
             rng=key,
+            causal=causal,
+            segment_ids_BT=side.get("segment_ids"),
+            enc_segment_ids_BS=side.get("enc_segment_ids"),
         )
 
     B = x_BTD.shape[0]
-    side = {"bias": jnp.broadcast_to(bias, (B, *bias.shape[1:])), "positions": positions_BT}
+    side = {"positions": positions_BT, **segments}
+    if bias is not None:
+        side["bias"] = jnp.broadcast_to(bias, (B, *bias.shape[1:]))
     if enc_BSD is not None:
         side["enc"] = enc_BSD
+    if cross_bias is not None:
         side["cross_bias"] = jnp.broadcast_to(cross_bias, (B, *cross_bias.shape[1:]))
     x_BTD = blocks.run_layers(
         x_BTD, stack["layers"], layer_fn, cfg, n_layers, rng, side=side, layer_stack=layer_stack
@@ -95,17 +107,36 @@ def _stack(
     return x_BTD
 
 
+def _kernel_segments(batch: dict, cfg) -> bool:
+    """Whether a fused kernel must mask segments: 'xla' masks with its biases, and rows with no
+    segment ids on either side are one document each."""
+    packed = "inputs_segment_ids" in batch or "targets_segment_ids" in batch
+    return blocks.attention_impl(cfg) != "xla" and packed
+
+
 def encode(params: dict, batch: dict, cfg, *, rngs=None, layer_stack=None) -> jax.Array:
     """Encoder hidden states [B, S, D] of `batch['inputs']`."""
     tokens_BS, seg_BS, pos_BS = _defaults(batch, "inputs")
     emb_rng, rng = (None, None) if rngs is None else jax.random.split(rngs)
     x_BSD = blocks.embed(params, tokens_BS, pos_BS, cfg, rng=emb_rng)
-    bias = blocks.mask_bias(seg_BS, seg_BS, causal=False)
+    bias = None
+    if blocks.attention_impl(cfg) == "xla":  # a fused kernel takes the segment ids instead
+        bias = blocks.mask_bias(seg_BS, seg_BS, causal=False)
     if cfg.positions == "relative":
         table = params["encoder"]["rel_bias"]
         bias = bias + blocks.relative_bias(table, pos_BS, pos_BS, bidirectional=True, cfg=cfg)
+    segments = {"segment_ids": seg_BS} if _kernel_segments(batch, cfg) else {}
     return _stack(
-        x_BSD, params["encoder"], bias, cfg, cfg.n_layers, rng, pos_BS, layer_stack=layer_stack
+        x_BSD,
+        params["encoder"],
+        bias,
+        cfg,
+        cfg.n_layers,
+        rng,
+        pos_BS,
+        layer_stack=layer_stack,
+        causal=False,
+        segments=segments,
     )
 
 
@@ -120,14 +151,30 @@ def decode(
         dec_in_BT = shift_right(targets_BT, seg_BT)
     emb_rng, rng = (None, None) if rngs is None else jax.random.split(rngs)
     y_BTD = blocks.embed(params, dec_in_BT, pos_BT, cfg, rng=emb_rng)
-    bias = blocks.mask_bias(seg_BT, seg_BT, causal=True)
+    bias = cross_bias = None
+    if blocks.attention_impl(cfg) == "xla":  # a fused kernel takes the segment ids instead
+        bias = blocks.mask_bias(seg_BT, seg_BT, causal=True)
+        cross_bias = blocks.mask_bias(seg_BT, enc_seg_BS, causal=False)
     if cfg.positions == "relative":
         table = params["decoder"]["rel_bias"]
         bias = bias + blocks.relative_bias(table, pos_BT, pos_BT, bidirectional=False, cfg=cfg)
-    cross_bias = blocks.mask_bias(seg_BT, enc_seg_BS, causal=False)
+    segments = {}
+    if _kernel_segments(batch, cfg):
+        segments = {"segment_ids": seg_BT, "enc_segment_ids": enc_seg_BS}
     n_dec = cfg.n_decoder_layers or cfg.n_layers
     y_BTD = _stack(
-        y_BTD, params["decoder"], bias, cfg, n_dec, rng, pos_BT, enc_BSD, cross_bias, layer_stack
+        y_BTD,
+        params["decoder"],
+        bias,
+        cfg,
+        n_dec,
+        rng,
+        pos_BT,
+        enc_BSD,
+        cross_bias,
+        layer_stack,
+        causal=True,
+        segments=segments,
     )
     return blocks.unembed(y_BTD, params, cfg)
 

@@ -55,14 +55,27 @@ def init(rng: jax.Array, cfg) -> dict:
 def encode(params: dict, batch: dict, cfg, *, rngs=None) -> jax.Array:
     """Final hidden states [B, T, D] with bidirectional attention within segments."""
     x_BTD, segment_ids_BT, positions_BT, layers_rng = blocks.embed_batch(params, batch, cfg, rngs)
-    bias = blocks.mask_bias(segment_ids_BT, segment_ids_BT, causal=False)
+    bias, kernel_segments_BT = None, None
+    if blocks.attention_impl(cfg) != "xla":  # a fused kernel: the segment ids, no T x T bias
+        kernel_segments_BT = segment_ids_BT if "segment_ids" in batch else None
+    else:
+        bias = blocks.mask_bias(segment_ids_BT, segment_ids_BT, causal=False)
     if cfg.positions == "relative":
         bias = bias + blocks.relative_bias(
             params["rel_bias"], positions_BT, positions_BT, bidirectional=True, cfg=cfg
         )
 
     def layer_fn(x, p, rng):
-        return blocks.block(x, p, bias, cfg, positions_BT=positions_BT, rng=rng)
+        return blocks.block(
+            x,
+            p,
+            bias,
+            cfg,
+            positions_BT=positions_BT,
+            rng=rng,
+            causal=False,
+            segment_ids_BT=kernel_segments_BT,
+        )
 
     x_BTD = blocks.run_layers(x_BTD, params["layers"], layer_fn, cfg, cfg.n_layers, layers_rng)
     if cfg.norm_position == "pre":

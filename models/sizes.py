@@ -148,6 +148,13 @@ def default_model_config(size: str = "small") -> ml_collections.ConfigDict:
             # 'python' (fastest on XLA:CPU) | 'scan' (fastest to compile on TPU)
             "layer_loop": "python",
             "remat": "none",  # a name in models.decoder.REMAT_POLICIES
+            # Attention kernel (kernels/attention.py has the table of what each supports):
+            # 'xla' (models/layers.dot_attention with a [B, 1, T, S] mask bias; everything) |
+            # 'splash' | 'flash' (Pallas TPU kernels; interpreted on CPU) | 'cudnn' (NVIDIA GPU,
+            # bf16). The kernels take causality, packed segments and a local window as data, so
+            # no T x S bias is built; not with positions='relative', attn_dropout, a prefix_mask
+            # or bf16 logits. KV-cache generation always uses 'xla'.
+            "attention_impl": "xla",
             # Sparse/local attention (models/sparse_attention.py states each pattern exactly):
             # 'dense' | 'local' (the attention_window latest keys) | 'strided' (Sparse
             # Transformer: the sparse_stride latest keys, then every sparse_stride-th) | 'fixed'
