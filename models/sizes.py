@@ -76,6 +76,7 @@ MODEL_FIELDS = {
     "mup_zero_readout": {"type": bool},
     "layer_loop": {"choices": ("python", "scan")},
     "remat": {"choices": tuple(REMAT_POLICIES)},
+    "attention_impl": {"choices": ("xla", "splash", "flash", "cudnn")},  # kernels/attention.py
     "attention_pattern": {"choices": PATTERNS},
     "attention_window": {"type": int, "min": 1},
     "sparse_stride": {"type": int, "min": 0},
