@@ -108,17 +108,72 @@ class Module:
         return out
 
     def hbm_bytes(self) -> float:
-        """HBM bytes read and written per step: results and operands of every top-level op."""
+        """HBM bytes read and written per step: results and operands of every top-level op.
+
+        Slicing is counted as what it touches, not the whole buffer: a dynamic slice reads its
+        slice, a dynamic update slice writes its update in place (a scanned layer stack reads
+        one layer's weights per iteration, not all of them); the same inside fusions, for a
+        fused parameter used only by slices and a fused root that updates in place.
+        """
         total = 0.0
         for comp, line, times in self.walk():
             m = _INSTR.match(line)
             if not m or m.group(3) in _FREE or m.group(3).endswith("-done"):
                 continue
-            types = self._types[comp]
-            operands = re.findall(r"%([\w.\-]+)", m.group(4).split("), ")[0])
-            size = sum(array_bytes(m.group(2)))
-            size += sum(sum(array_bytes(types.get(o, ""))) for o in operands)
-            total += times * size
+            total += times * self._op_bytes(comp, m)
+        return total
+
+    def _operands(self, m) -> list[str]:
+        return re.findall(r"%([\w.\-]+)", m.group(4).split("), ")[0])
+
+    def _bytes_of(self, comp: str, name: str) -> float:
+        return sum(array_bytes(self._types[comp].get(name, "")))
+
+    def _op_bytes(self, comp: str, m) -> float:
+        opcode, out = m.group(3), sum(array_bytes(m.group(2)))
+        operands = self._operands(m)
+        if opcode == "dynamic-slice":
+            return 2 * out
+        if opcode == "dynamic-update-slice" and len(operands) > 1:
+            return 2 * self._bytes_of(comp, operands[1])
+        callee = re.search(r"calls=%([\w.\-]+)", m.group(4)) if opcode == "fusion" else None
+        if callee is None or callee.group(1) not in self.comps:
+            return out + sum(self._bytes_of(comp, o) for o in operands)
+        return self._fusion_bytes(callee.group(1), operands, comp, out)
+
+    def _fusion_bytes(self, fused: str, operands: list[str], comp: str, out: float) -> float:
+        lines = [x for x in (_INSTR.match(ln) for ln in self.comps[fused]) if x]
+        params = {}
+        for x in lines:
+            p = re.match(r"parameter\((\d+)", x.group(3) + "(" + x.group(4))
+            if x.group(3) == "parameter" and p:
+                params[int(p.group(1))] = x.group(1)
+        total = 0.0
+        for i, operand in enumerate(operands):
+            name = params.get(i)
+            uses = [x for x in lines if name and f"%{name}" in x.group(4).split("), ")[0]]
+            firsts = [x for x in uses if (self._operands(x) or [None])[0] == name]
+            if uses and len(firsts) == len(uses):
+                if all(x.group(3) == "dynamic-slice" for x in uses):
+                    total += sum(sum(array_bytes(x.group(2))) for x in uses)
+                    continue
+                if all(x.group(3) == "dynamic-update-slice" for x in uses):
+                    continue  # updated in place: the write is counted at the root
+            total += self._bytes_of(comp, operand)
+        root = next((x for x in lines if x.string.lstrip().startswith("ROOT")), None)
+        if root is None:
+            return total + out
+        defs = {x.group(1): x for x in lines}
+        outs = [defs.get(o) for o in self._operands(root)] if root.group(3) == "tuple" else [root]
+        for x in outs:
+            if (
+                x is not None
+                and x.group(3) == "dynamic-update-slice"
+                and len(self._operands(x)) > 1
+            ):
+                total += sum(array_bytes(self._types[fused].get(self._operands(x)[1], "")))
+            elif x is not None:
+                total += sum(array_bytes(x.group(2)))
         return total
 
 

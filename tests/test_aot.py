@@ -363,3 +363,28 @@ def test_search_ranks_the_meshes_that_fit_by_step_time():
     times = [r["step_time_s"] for r in fits]
     assert times == sorted(times)
     assert all(r["chips"] == 4 for r in fits)
+
+
+def test_hbm_bytes_count_slices_not_whole_stacks():
+    """A scan reads one layer of a stacked [L, ...] buffer per iteration, and writes one."""
+    text = """\
+HloModule m
+
+%fused (p0: f32[16,1024], p1: s32[]) -> f32[1,1024] {
+  %p0 = f32[16,1024] parameter(0)
+  %p1 = s32[] parameter(1)
+  %c = s32[] constant(0)
+  ROOT %ds = f32[1,1024] dynamic-slice(%p0, %p1, %c), dynamic_slice_sizes={1,1024}
+}
+
+ENTRY %main (w: f32[16,1024], i: s32[], u: f32[1,1024]) -> f32[16,1024] {
+  %w = f32[16,1024] parameter(0)
+  %i = s32[] parameter(1)
+  %u = f32[1,1024] parameter(2)
+  %f = f32[1,1024] fusion(%w, %i), kind=kLoop, calls=%fused
+  %z = s32[] constant(0)
+  ROOT %dus = f32[16,1024] dynamic-update-slice(%w, %f, %i, %z)
+}
+"""
+    # fusion: reads 4 KiB of the 64 KiB stack (+ the index), writes 4 KiB; the update: 2 x 4 KiB.
+    assert hlo.Module(text).hbm_bytes() == pytest.approx(4096 + 4 + 4096 + 2 * 4096)
