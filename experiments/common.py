@@ -67,6 +67,47 @@ def set_schedule(config: ml_collections.ConfigDict, steps: int, lr: float, warmu
     config.train.log_every = 10
 
 
+def set_accelerator(
+    config: ml_collections.ConfigDict,
+    *,
+    target: str,
+    remat: str = "full",
+    mesh: dict | None = None,
+    grad_accum: int = 1,
+    attn_logits_dtype: str = "float32",
+) -> None:
+    """Settings of a run on a TPU slice or GPU nodes (`target`, a SLICE of aot/slices.py).
+
+    Layers under `lax.scan` (compiles once per layer, not per layer index), `remat` (a name in
+    models.blocks.REMAT_POLICIES) on every layer, bf16 activations and matmuls with f32
+    parameters and optimizer state (always f32), f32 loss; `attn_logits_dtype` stays f32 unless
+    memory demands bf16 logits. `train.peak_flops` is the target chip's dense bf16 peak (so MFU
+    is against the vendor figure, not a measured matmul). The mesh is FSDP over every chip
+    (`fsdp=-1`, `data=1`) with `mesh` overriding axes; `grad_accum` microbatches per step.
+
+    Args:
+      config: a `base_config` whose model, data and batch are set.
+      target: the slice the preset is planned for, e.g. 'v5p-64' or '8xh100'.
+      remat: the rematerialisation policy of each layer.
+      mesh: parallel.mesh sizes over the default {'data': 1, 'stage': 1, 'fsdp': -1, 'tensor': 1}.
+      grad_accum: microbatches per optimizer step (`train.grad_accum`).
+      attn_logits_dtype: dtype of the attention logits and softmax.
+    """
+    from aot.slices import parse_slice  # chip figures only; nothing here touches a device
+
+    chip = parse_slice(target).chip
+    m = config.model
+    m.layer_loop = "scan"
+    m.remat = remat
+    m.dtype = "bfloat16"
+    m.attn_logits_dtype = attn_logits_dtype
+    m.loss_dtype = "float32"
+    config.train.peak_flops = chip.peak_flops
+    config.train.grad_accum = grad_accum
+    config.parallel.mesh = {"data": 1, "stage": 1, "fsdp": -1, "tensor": 1} | (mesh or {})
+    config.parallel.rules = "fsdp_tp"
+
+
 def set_runlocal(config: ml_collections.ConfigDict) -> None:
     """The `runlocal` argument: 20 steps of 8 rows with two evals and checkpoints (a smoke test)."""
     config.train.steps = 20
