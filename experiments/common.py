@@ -1,5 +1,7 @@
 """Config arithmetic shared by experiments: the base config and `key=value,...` argument parsing."""
 
+from typing import NamedTuple
+
 import ml_collections
 
 from data.config import default_data_config
@@ -67,6 +69,20 @@ def set_schedule(config: ml_collections.ConfigDict, steps: int, lr: float, warmu
     config.train.log_every = 10
 
 
+class Plan(NamedTuple):
+    """Where an accelerator preset runs and how it is split (the arguments of `set_accelerator`).
+
+    `mesh` overrides axes of the default FSDP-over-everything mesh; `grad_accum` is the number
+    of microbatches per optimizer step (what keeps activations within HBM at a fixed batch).
+    """
+
+    target: str  # a SLICE (aot/slices.py): 'v5p-64', 'v5litepod-16', '8xh100', ...
+    mesh: dict | None = None
+    grad_accum: int = 1
+    remat: str = "full"
+    attn_logits_dtype: str = "float32"
+
+
 def set_accelerator(
     config: ml_collections.ConfigDict,
     *,
@@ -106,6 +122,28 @@ def set_accelerator(
     config.train.grad_accum = grad_accum
     config.parallel.mesh = {"data": 1, "stage": 1, "fsdp": -1, "tensor": 1} | (mesh or {})
     config.parallel.rules = "fsdp_tp"
+
+
+def apply_plan(config: ml_collections.ConfigDict, plan: Plan, target: str = "") -> None:
+    """`set_accelerator` with a preset's `plan`; a `target` SLICE replaces the plan's slice (the
+    peak FLOP/s are then that chip's, the split stays the plan's)."""
+    set_accelerator(config, **plan._replace(target=target or plan.target)._asdict())
+
+
+# Experiments with accelerator presets; each has `presets()` -> [(config argument, slice), ...].
+PRESET_EXPERIMENTS = ("gpt", "gpt3", "llama", "t5", "bert")
+
+
+def accelerator_presets() -> list[tuple[str, str, str]]:
+    """Every accelerator preset as (experiment file, config argument, planned slice), e.g.
+    ('experiments/llama.py', 'size=8b,target=8xh100', '8xh100'); docs/presets.py compiles them."""
+    import importlib
+
+    out = []
+    for name in PRESET_EXPERIMENTS:
+        module = importlib.import_module(f"experiments.{name}")
+        out += [(f"experiments/{name}.py", arg, slice_) for arg, slice_ in module.presets()]
+    return out
 
 
 def set_runlocal(config: ml_collections.ConfigDict) -> None:

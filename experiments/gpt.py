@@ -21,9 +21,10 @@ FSDP over the slice): 10,000 steps of 256 x 2048 tokens with a 32,768-id BPE voc
 """
 
 from experiments.common import (
+    Plan,
+    apply_plan,
     base_config,
     parse_arg,
-    set_accelerator,
     set_runlocal,
     set_schedule,
     set_tokenizer,
@@ -36,13 +37,18 @@ PRESETS = {
     "small": (1800, 2.5e-3, 100, 4),
 }
 
-# Accelerator sizes: size -> the slice each is planned for (FSDP over all of it, one microbatch).
+# Accelerator sizes: size -> the slice each is planned for and its split (FSDP over the slice).
 ACCELERATOR = {
-    "medium": "v5litepod-16",
-    "large": "v5litepod-16",
-    "base": "v5litepod-16",
-    "xl": "v5litepod-16",
+    "medium": Plan("v5litepod-16"),
+    "large": Plan("v5litepod-16"),
+    "base": Plan("v5litepod-16"),
+    "xl": Plan("v5litepod-16"),
 }
+
+
+def presets() -> list[tuple[str, str]]:
+    """The accelerator sizes as (config argument, planned slice)."""
+    return [(f"size={size}", plan.target) for size, plan in ACCELERATOR.items()]
 
 
 def get_config(arg: str = ""):
@@ -60,7 +66,7 @@ def get_config(arg: str = ""):
     config.train.grad_accum = grad_accum
     if accelerator:
         config.data.batch_size, config.data.seq_len = 256, 2048
-        set_accelerator(config, target=args.target or ACCELERATOR[args.size])
+        apply_plan(config, ACCELERATOR[args.size], args.target)
     if args.runlocal:
         set_runlocal(config)
         config.data.seq_len = 128
