@@ -1,5 +1,7 @@
 """Config arithmetic shared by experiments: the base config and `key=value,...` argument parsing."""
 
+from typing import NamedTuple
+
 import ml_collections
 
 from data.config import default_data_config
@@ -66,6 +68,83 @@ def set_schedule(config: ml_collections.ConfigDict, steps: int, lr: float, warmu
     config.train.eval_every = max(steps // 5, 1)
     config.train.ckpt_every = max(steps // 5, 1)
     config.train.log_every = 10
+
+
+class Plan(NamedTuple):
+    """Where an accelerator preset runs and how it is split (the arguments of `set_accelerator`).
+
+    `mesh` overrides axes of the default FSDP-over-everything mesh; `grad_accum` is the number
+    of microbatches per optimizer step (what keeps activations within HBM at a fixed batch).
+    """
+
+    target: str  # a SLICE (aot/slices.py): 'v5p-64', 'v5litepod-16', '8xh100', ...
+    mesh: dict | None = None
+    grad_accum: int = 1
+    remat: str = "full"
+    attn_logits_dtype: str = "float32"
+
+
+def set_accelerator(
+    config: ml_collections.ConfigDict,
+    *,
+    target: str,
+    remat: str = "full",
+    mesh: dict | None = None,
+    grad_accum: int = 1,
+    attn_logits_dtype: str = "float32",
+) -> None:
+    """Settings of a run on a TPU slice or GPU nodes (`target`, a SLICE of aot/slices.py).
+
+    Layers under `lax.scan` (compiles once per layer, not per layer index), `remat` (a name in
+    models.blocks.REMAT_POLICIES) on every layer, bf16 activations and matmuls with f32
+    parameters and optimizer state (always f32), f32 loss; `attn_logits_dtype` stays f32 unless
+    memory demands bf16 logits. `train.peak_flops` is the target chip's dense bf16 peak (so MFU
+    is against the vendor figure, not a measured matmul). The mesh is FSDP over every chip
+    (`fsdp=-1`, `data=1`) with `mesh` overriding axes; `grad_accum` microbatches per step.
+
+    Args:
+      config: a `base_config` whose model, data and batch are set.
+      target: the slice the preset is planned for, e.g. 'v5p-64' or '8xh100'.
+      remat: the rematerialisation policy of each layer.
+      mesh: parallel.mesh sizes over the default {'data': 1, 'stage': 1, 'fsdp': -1, 'tensor': 1}.
+      grad_accum: microbatches per optimizer step (`train.grad_accum`).
+      attn_logits_dtype: dtype of the attention logits and softmax.
+    """
+    from aot.slices import parse_slice  # chip figures only; nothing here touches a device
+
+    chip = parse_slice(target).chip
+    m = config.model
+    m.layer_loop = "scan"
+    m.remat = remat
+    m.dtype = "bfloat16"
+    m.attn_logits_dtype = attn_logits_dtype
+    m.loss_dtype = "float32"
+    config.train.peak_flops = chip.peak_flops
+    config.train.grad_accum = grad_accum
+    config.parallel.mesh = {"data": 1, "stage": 1, "fsdp": -1, "tensor": 1} | (mesh or {})
+    config.parallel.rules = "fsdp_tp"
+
+
+def apply_plan(config: ml_collections.ConfigDict, plan: Plan, target: str = "") -> None:
+    """`set_accelerator` with a preset's `plan`; a `target` SLICE replaces the plan's slice (the
+    peak FLOP/s are then that chip's, the split stays the plan's)."""
+    set_accelerator(config, **plan._replace(target=target or plan.target)._asdict())
+
+
+# Experiments with accelerator presets; each has `presets()` -> [(config argument, slice), ...].
+PRESET_EXPERIMENTS = ("gpt", "gpt3", "llama", "t5", "bert")
+
+
+def accelerator_presets() -> list[tuple[str, str, str]]:
+    """Every accelerator preset as (experiment file, config argument, planned slice), e.g.
+    ('experiments/llama.py', 'size=8b,target=8xh100', '8xh100'); docs/presets.py compiles them."""
+    import importlib
+
+    out = []
+    for name in PRESET_EXPERIMENTS:
+        module = importlib.import_module(f"experiments.{name}")
+        out += [(f"experiments/{name}.py", arg, slice_) for arg, slice_ in module.presets()]
+    return out
 
 
 def set_runlocal(config: ml_collections.ConfigDict) -> None:

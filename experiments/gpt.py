@@ -1,22 +1,34 @@
-r"""Decoder-only byte-level LM (GPT) on the embedded stdlib corpus.
+r"""Decoder-only LM (GPT) on the embedded stdlib corpus: CPU presets and accelerator sizes.
 
   python launch/run.py --config experiments/gpt.py:size=tiny --workdir /tmp/gpt_tiny
+  python launch/aot.py --config experiments/gpt.py:size=xl --topology v5litepod-16
 
 Arguments (comma-separated): size=tiny|mini|small|medium|large|base|xl, runlocal (a few steps,
 for a smoke test), steps=N (override the preset's step count), tokenizer=byte|bpe|unigram|PATH.model
-and vocab=N (SentencePiece vocabulary size, trained on the corpus's train split on first use).
+and vocab=N (SentencePiece vocabulary size, trained on the corpus's train split on first use),
+target=SLICE (accelerator sizes: the slice to plan for, default the size's own in `ACCELERATOR`).
 
 Presets and measured cost on a 2-core CPU (docs/training.md):
   size=tiny:  2 x 128,  600 steps of 16 x 256 tokens (2.5M tokens), about 2 minutes.
   size=small: 4 x 256, 1800 steps of 16 x 256 tokens (7.4M tokens), under 27 minutes.
-Larger sizes default to 10,000 steps and are meant for accelerators.
-
 The CPU presets run each batch of 16 rows as 4 microbatches of 4 (`train.grad_accum=4`): the
 update is identical (tests/test_train_step.py), and on XLA:CPU the smaller working set is faster
 (measured here: tiny 22.8k -> 30.0k tokens/s, small ~4.9k -> ~5.9k tokens/s).
+
+The larger sizes are accelerator runs (`set_accelerator`: layer scan, full remat, bf16 compute,
+FSDP over the slice): 10,000 steps of 256 x 2048 tokens with a 32,768-id BPE vocabulary (unless
+`tokenizer=` says otherwise). docs/presets.md has each one compiled for its slice.
 """
 
-from experiments.common import base_config, parse_arg, set_runlocal, set_schedule, set_tokenizer
+from experiments.common import (
+    Plan,
+    apply_plan,
+    base_config,
+    parse_arg,
+    set_runlocal,
+    set_schedule,
+    set_tokenizer,
+)
 
 # size: (steps, peak lr, warmup, microbatches per step)
 PRESETS = {
@@ -25,14 +37,36 @@ PRESETS = {
     "small": (1800, 2.5e-3, 100, 4),
 }
 
+# Accelerator sizes: size -> the slice each is planned for and its split (FSDP over the slice).
+ACCELERATOR = {
+    "medium": Plan("v5litepod-16"),
+    "large": Plan("v5litepod-16"),
+    "base": Plan("v5litepod-16"),
+    "xl": Plan("v5litepod-16"),
+}
+
+
+def presets() -> list[tuple[str, str]]:
+    """The accelerator sizes as (config argument, planned slice)."""
+    return [(f"size={size}", plan.target) for size, plan in ACCELERATOR.items()]
+
 
 def get_config(arg: str = ""):
-    args = parse_arg(arg, size="small", runlocal=False, steps=0, tokenizer="byte", vocab=4096)
+    args = parse_arg(arg, size="small", runlocal=False, steps=0, tokenizer="", vocab=0, target="")
     config = base_config(args.size)
-    set_tokenizer(config, args.tokenizer, args.vocab)
+    accelerator = args.size not in PRESETS
+    if args.target and not accelerator:
+        raise ValueError(f"target={args.target}: size={args.size} is a CPU preset")
+    if accelerator:
+        set_tokenizer(config, args.tokenizer or "bpe", args.vocab or 32768)
+    else:
+        set_tokenizer(config, args.tokenizer or "byte", args.vocab or 4096)
     steps, lr, warmup, grad_accum = PRESETS.get(args.size, (10_000, 1e-3, 500, 1))
     set_schedule(config, args.steps or steps, lr, warmup)
     config.train.grad_accum = grad_accum
+    if accelerator:
+        config.data.batch_size, config.data.seq_len = 256, 2048
+        apply_plan(config, ACCELERATOR[args.size], args.target)
     if args.runlocal:
         set_runlocal(config)
         config.data.seq_len = 128

@@ -1,7 +1,9 @@
-"""Model size table and the model config every family reads.
+"""Model size tables and the model config every family reads.
 
-`size=` in experiment configs names one row; explicit fields override it. Aspect ratio follows the
-GPT-3/Chinchilla ladders (d_model / n_layers between ~32 and ~128, head size 32-128).
+`size=` in experiment configs names one row of `SIZES` (the ladder this codebase trains) or of
+`PUBLISHED` (shapes of published models, for the accelerator presets); explicit fields override
+it. Aspect ratio of the ladder follows the GPT-3/Chinchilla ladders (d_model / n_layers between
+~32 and ~128, head size 32-128).
 """
 
 import ml_collections
@@ -19,6 +21,33 @@ SIZES = {
     "large": (8, 512, 8),  # ~25M
     "base": (12, 768, 12),  # ~85M (GPT-2 small / BERT-base shape)
     "xl": (24, 1024, 16),  # ~302M
+}
+
+# Published models: the shape fields each one sets (d_ff = 4 * d_model and MHA unless given).
+# Only shapes live here; the architecture switches (norms, activation, positions, tying) and the
+# vocabulary are the experiment's (experiments/gpt3.py, llama.py, t5.py, bert.py).
+PUBLISHED = {
+    # GPT-3 (Brown et al. 2020, Table 2.1). gpt3-125m and gpt3-350m are the shapes of `base` and
+    # `xl`. Two rows of the table are inconsistent with its own parameter counts: 1.3B prints 24
+    # heads of 128 (attention width 3072, which would make 1.52B parameters): 16 heads of 128, as
+    # Megatron-LM's and GPT-Neo's 1.3B configs use; 13B prints d_model 5140 = 40 x 128.5: 5120.
+    "gpt3-125m": {"n_layers": 12, "d_model": 768, "n_heads": 12},
+    "gpt3-350m": {"n_layers": 24, "d_model": 1024, "n_heads": 16},
+    "gpt3-760m": {"n_layers": 24, "d_model": 1536, "n_heads": 16},
+    "gpt3-1.3b": {"n_layers": 24, "d_model": 2048, "n_heads": 16},
+    "gpt3-2.7b": {"n_layers": 32, "d_model": 2560, "n_heads": 32},
+    "gpt3-6.7b": {"n_layers": 32, "d_model": 4096, "n_heads": 32},
+    "gpt3-13b": {"n_layers": 40, "d_model": 5120, "n_heads": 40},
+    "gpt3-175b": {"n_layers": 96, "d_model": 12288, "n_heads": 96},
+    # Llama 3 (Grattafiori et al. 2024, Table 3) and Llama 3.2 1B (its model card / config.json).
+    "llama3.2-1b": {"n_layers": 16, "d_model": 2048, "n_heads": 32, "n_kv_heads": 8, "d_ff": 8192},
+    "llama3-8b": {"n_layers": 32, "d_model": 4096, "n_heads": 32, "n_kv_heads": 8, "d_ff": 14336},
+    "llama3-70b": {"n_layers": 80, "d_model": 8192, "n_heads": 64, "n_kv_heads": 8, "d_ff": 28672},
+    # T5 v1.1 (the t5x / HF google/t5-v1_1-* configs): 24 encoder and 24 decoder layers, d_kv 64.
+    "t5.1.1-xl": {"n_layers": 24, "d_model": 2048, "n_heads": 32, "d_head": 64, "d_ff": 5120},
+    "t5.1.1-xxl": {"n_layers": 24, "d_model": 4096, "n_heads": 64, "d_head": 64, "d_ff": 10240},
+    # BERT-large (Devlin et al. 2019): L=24, H=1024, A=16, intermediate 4096.
+    "bert-large": {"n_layers": 24, "d_model": 1024, "n_heads": 16},
 }
 
 
@@ -88,11 +117,19 @@ MODEL_FIELDS = {
 
 
 def default_model_config(size: str = "small") -> ml_collections.ConfigDict:
-    """The model config with the shape of `size` filled in."""
-    if size not in SIZES:
-        raise ValueError(f"model.size={size!r} is unknown; choose one of {sorted(SIZES)}")
-    n_layers, d_model, n_heads = SIZES[size]
-    return ml_collections.ConfigDict(
+    """The model config with the shape of `size` (a row of `SIZES` or `PUBLISHED`) filled in."""
+    if size in SIZES:
+        n_layers, d_model, n_heads = SIZES[size]
+        shape = {}
+    elif size in PUBLISHED:
+        shape = PUBLISHED[size]
+        n_layers, d_model, n_heads = shape["n_layers"], shape["d_model"], shape["n_heads"]
+    else:
+        raise ValueError(
+            f"model.size={size!r} is unknown; choose one of {sorted(SIZES)} or a published "
+            f"shape {sorted(PUBLISHED)}"
+        )
+    cfg = ml_collections.ConfigDict(
         {
             "family": "decoder",
             "size": size,
@@ -174,6 +211,8 @@ def default_model_config(size: str = "small") -> ml_collections.ConfigDict:
             "act_bits": 0,
         }
     )
+    cfg.update(shape)
+    return cfg
 
 
 def resolved_dims(cfg) -> tuple[int, int, int, int, int, int, int]:

@@ -9,7 +9,7 @@ from models.sizes import default_model_config
 from objectives.causal_lm import make_loss_fn
 from train.optim import default_train_config, make_optimizer, schedule_args
 from train.state import TrainState
-from train.step import make_train_step
+from train.step import make_eval_step, make_train_step
 
 
 def test_grad_accumulation_equals_full_batch():
@@ -43,3 +43,20 @@ def test_grad_accumulation_equals_full_batch():
         assert outs[k][1]["tokens"] == outs[1][1]["tokens"]
         for a, b in zip(jax.tree.leaves(outs[k][0]), jax.tree.leaves(outs[1][0]), strict=True):
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_eval_in_microbatches_sums_like_the_whole_batch():
+    cfg = default_model_config("tiny")
+    cfg.n_layers = 1
+    params = nn.unbox(decoder.init(jax.random.key(0), cfg))
+    rng = np.random.default_rng(0)
+    seg = np.ones((8, 32), np.int32)
+    seg[5, 25:] = 0
+    batch = {"tokens": rng.integers(104, 360, (8, 32)).astype(np.int32), "segment_ids": seg}
+    loss_fn = make_loss_fn(cfg, decoder.apply)
+    whole = jax.device_get(jax.jit(make_eval_step(loss_fn))(params, batch))
+    for k in (2, 4):
+        parts = jax.device_get(jax.jit(make_eval_step(loss_fn, microbatches=k))(params, batch))
+        assert parts.keys() == whole.keys()
+        assert parts["tokens"] == whole["tokens"] and parts["bytes"] == whole["bytes"]
+        np.testing.assert_allclose(parts["nll_sum"], whole["nll_sum"], rtol=1e-5)

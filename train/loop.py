@@ -158,7 +158,7 @@ class Run:
                 donate_argnums=(0,),
             )
             self.eval_step = jax.jit(
-                make_eval_step(self.loss_fn),
+                make_eval_step(self.loss_fn, config.train.grad_accum),
                 in_shardings=(self.state_shardings.params, self.batch_shardings),
                 out_shardings=replicated,
             )

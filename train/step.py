@@ -107,11 +107,19 @@ def make_train_step(
     return train_step
 
 
-def make_eval_step(loss_fn: Callable) -> Callable:
-    """Builds `eval_step(params, batch) -> aux sums` (nll_sum, tokens, bytes)."""
+def make_eval_step(loss_fn: Callable, microbatches: int = 1) -> Callable:
+    """Builds `eval_step(params, batch) -> aux sums` (nll_sum, tokens, bytes).
+
+    `microbatches` > 1 evaluates the batch in that many pieces (a `lax.map`, rows split as the
+    train step splits them) and sums their aux: a batch that trains as `train.grad_accum`
+    microbatches is evaluated in the same pieces, so it fits in HBM whenever training does.
+    """
 
     def eval_step(params, batch: dict):
-        _, aux = loss_fn(params, batch, None)
-        return aux
+        if microbatches == 1:
+            return loss_fn(params, batch, None)[1]
+        micro = _split_microbatches(batch, microbatches)
+        aux_M = jax.lax.map(lambda b: loss_fn(params, b, None)[1], micro)
+        return jax.tree.map(lambda x: x.sum(0), aux_M)
 
     return eval_step
