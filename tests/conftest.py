@@ -36,7 +36,8 @@ jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 # `-n 2 --dist loadfile` the last files to start are short ones and both workers finish together.
 _LONG_FILES = (
     "test_launch_sweep.py",  # ~220
-    "test_parallel_distributed.py",  # ~130
+    "test_parallel_distributed.py",  # ~210
+    "test_aot.py",  # ~200
     "test_train_preemption.py",  # ~110
     "test_launch_run.py",  # ~70
     "test_scaling_parametric.py",  # ~60

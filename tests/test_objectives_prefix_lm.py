@@ -68,12 +68,14 @@ def test_classification_loss_matches_numpy():
         "segment_ids": np.array([[1] * 8] * 3 + [[0] * 8], np.int32),
         "labels": np.array([0, 2, -1, 1], np.int32),  # row 2 unlabelled, row 3 padding
     }
-    loss, aux = classification_loss(cfg, encoder.apply)(params, batch)
-    logits = np.asarray(encoder.apply(params, batch, cfg)["class_logits"], np.float64)
+    loss_fn = jax.jit(classification_loss(cfg, encoder.apply))  # eager dispatch is slow
+    loss, aux = loss_fn(params, batch)
+    logits = jax.jit(lambda p, b: encoder.apply(p, b, cfg)["class_logits"])(params, batch)
+    logits = np.asarray(logits, np.float64)
     lp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
     np.testing.assert_allclose(loss, -(lp[0, 0] + lp[1, 2]) / 2, rtol=1e-5)
     assert aux["tokens"] == 2
-    grads = jax.grad(lambda p: classification_loss(cfg, encoder.apply)(p, batch)[0])(params)
+    grads = jax.jit(jax.grad(lambda p: loss_fn(p, batch)[0]))(params)
     assert np.abs(np.asarray(grads["classifier"])).max() > 0
     assert jnp.abs(grads["layers"]["q"]).max() > 0
 
