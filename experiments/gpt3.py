@@ -53,9 +53,9 @@ GPT3 = {
 # size: the slice it is planned for and how it is split there (FSDP over the slice unless said).
 PLANS = {
     "125m": Plan("v5litepod-16", grad_accum=2),
-    "350m": Plan("v5litepod-32", grad_accum=2),
+    "350m": Plan("v5litepod-32"),
     "760m": Plan("v5litepod-64"),
-    "1.3b": Plan("v5p-32", grad_accum=2),
+    "1.3b": Plan("v5p-32"),
     "2.7b": Plan("v5p-64"),
     "6.7b": Plan("v5p-128"),
     "13b": Plan("v5p-256"),
