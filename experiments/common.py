@@ -6,6 +6,7 @@ import ml_collections
 
 from data.config import default_data_config
 from data.vocabulary import TRAINED_KINDS
+from models.blocks import validate_attention_impl
 from models.sizes import default_model_config
 from objectives import default_objective_args
 from parallel.mesh import default_parallel_config
@@ -97,9 +98,10 @@ def set_accelerator(
 
     Layers under `lax.scan` (compiles once per layer, not per layer index), `remat` (a name in
     models.blocks.REMAT_POLICIES) on every layer, bf16 activations and matmuls with f32
-    parameters and optimizer state (always f32), f32 loss; `attn_logits_dtype` stays f32 unless
-    memory demands bf16 logits. `train.peak_flops` is the target chip's dense bf16 peak (so MFU
-    is against the vendor figure, not a measured matmul). The mesh is FSDP over every chip
+    parameters and optimizer state (always f32), f32 loss, the platform's fused attention
+    kernel (`splash` on TPU, `cudnn` on GPU; `xla` where the architecture needs a bias);
+    `attn_logits_dtype` stays f32 unless memory demands bf16 logits. `train.peak_flops` is the
+    target chip's dense bf16 peak (so MFU is against the vendor figure, not a measured matmul). The mesh is FSDP over every chip
     (`fsdp=-1`, `data=1`) with `mesh` overriding axes; `grad_accum` microbatches per step.
 
     Args:
@@ -119,6 +121,13 @@ def set_accelerator(
     m.dtype = "bfloat16"
     m.attn_logits_dtype = attn_logits_dtype
     m.loss_dtype = "float32"
+    # The fused kernel of the platform (no [B, N, T, S] logits in HBM), unless the architecture
+    # needs what no kernel computes (T5's per-head relative bias, attention dropout).
+    m.attention_impl = "splash" if chip.platform == "tpu" else "cudnn"
+    try:
+        validate_attention_impl(m)
+    except ValueError:
+        m.attention_impl = "xla"
     config.train.peak_flops = chip.peak_flops
     config.train.grad_accum = grad_accum
     config.parallel.mesh = {"data": 1, "stage": 1, "fsdp": -1, "tensor": 1} | (mesh or {})

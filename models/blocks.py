@@ -114,7 +114,7 @@ def validate(cfg) -> None:
         if not 0.0 <= cfg[name] < 1.0:
             raise ValueError(f"model.{name}={cfg[name]} must be in [0, 1)")
     sparse_attention.validate(cfg)
-    _validate_attention_impl(cfg)
+    validate_attention_impl(cfg)
 
 
 def attention_impl(cfg) -> str:
@@ -123,7 +123,7 @@ def attention_impl(cfg) -> str:
     return cfg.get("attention_impl", "xla")
 
 
-def _validate_attention_impl(cfg) -> None:
+def validate_attention_impl(cfg) -> None:
     """Rejects the switches a fused kernel cannot compute (kernels/attention.py's table)."""
     impl = attention_impl(cfg)
     if impl not in ATTENTION_IMPLS:
