@@ -101,8 +101,9 @@ def set_accelerator(
     parameters and optimizer state (always f32), f32 loss, the platform's fused attention
     kernel (`splash` on TPU, `cudnn` on GPU; `xla` where the architecture needs a bias);
     `attn_logits_dtype` stays f32 unless memory demands bf16 logits. `train.peak_flops` is the
-    target chip's dense bf16 peak (so MFU is against the vendor figure, not a measured matmul). The mesh is FSDP over every chip
-    (`fsdp=-1`, `data=1`) with `mesh` overriding axes; `grad_accum` microbatches per step.
+    target chip's dense bf16 peak (so MFU is against the vendor figure, not a measured matmul).
+    The mesh is FSDP over every chip (`fsdp=-1`, `data=1`) with `mesh` overriding axes;
+    `grad_accum` microbatches per step.
 
     Args:
       config: a `base_config` whose model, data and batch are set.
