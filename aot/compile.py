@@ -163,6 +163,7 @@ def compile_for(config, slice_: Slice, *, devices=None, eval_step: bool = True) 
         "chip": slice_.chip.name,
         "mesh": {k: int(v) for k, v in run.mesh.shape.items()},
         "rules": config.parallel.rules,
+        "attention_impl": config.model.get("attention_impl", "xla"),
         "params": run.counts["total"],
         "params_non_embedding": run.counts["non_embedding"],
         "tokens_per_step": tokens,

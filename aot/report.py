@@ -26,7 +26,7 @@ def format_report(r: dict) -> str:
     slices = f" x {r['num_slices']} slices" if r["num_slices"] > 1 else ""
     lines = [
         f"{r['slice']}: {r['chips']} x {r['chip']} ({r['topology']}{slices}); "
-        f"mesh {_mesh(r['mesh'])}, rules {r['rules']}",
+        f"mesh {_mesh(r['mesh'])}, rules {r['rules']}, attention {r.get('attention_impl', 'xla')}",
         f"model: {r['params'] / 1e6:,.1f}M parameters ({r['params_non_embedding'] / 1e6:,.1f}M "
         f"non-embedding), {r['tokens_per_step']:,} tokens per step",
         f"compiled in {r['compile_s']:.1f} s (train step; lowering {r['lower_s']:.1f} s, "
@@ -51,7 +51,12 @@ def format_report(r: dict) -> str:
         "FLOPs per chip per step:",
         f"  model (6N + attention)  {r['model_flops_per_step']:.3e}",
         f"  compiled program        {r['hlo_flops_per_step']:.3e}  ({ratio:.2f} x model: "
-        "recomputation and non-matmul work)",
+        "recomputation)"
+        + (
+            f"; {r['attention_impl']} attention kernels are custom calls, not counted"
+            if r.get("attention_impl", "xla") != "xla"
+            else ""
+        ),
         "",
         "Collectives per chip per step:",
         f"  {'kind':<20}{'count':>7}{'logical':>14}{'ICI wire':>14}{'DCN wire':>14}",
