@@ -75,26 +75,39 @@ def compile_preset(path: str, arg: str, slice_name: str, timeout: float) -> dict
     return out | {"error": lines[-1] if lines else f"exit {p.returncode}, no message"}
 
 
-def _row(key: str, slice_name: str, r: dict | None) -> str:
+def _count(n: float) -> str:
+    return f"{n / 1e9:.3g}B" if n >= 1e9 else f"{n / 1e6:.3g}M"
+
+
+def _row(key: str, slice_name: str, plan: str, r: dict | None) -> str:
     preset = f"`{key.removeprefix('experiments/')}`"
     if r is None:
-        return f"| {preset} | | {slice_name} | | | | not compiled yet | | | | |"
+        return f"| {preset} | | {slice_name} | {plan} | | | not compiled yet | | | | |"
     if "error" in r:
-        return f"| {preset} | | {slice_name} | | | | error: {r['error'][:160]} | | | | |"
+        return f"| {preset} | | {slice_name} | {plan} | | | error: {r['error'][:160]} | | | | |"
     mesh = " x ".join(f"{k} {v}" for k, v in r["mesh"].items() if v > 1) or "1 chip"
     gib = r["hbm_bytes_per_chip"] / GiB
     ev = (r.get("eval_memory") or {}).get("total_bytes", 0) / GiB
+    load = r.get("load_avg_before_after", [None, None])[1]
     return (
-        f"| {preset} | {r['params'] / 1e9:.3g}B | {slice_name} ({r['chips']} x {r['chip']}) | "
-        f"{mesh} ({r['rules']}) | {r.get('attention_impl', 'xla (before the HBM fix)')} | "
+        f"| {preset} | {_count(r['params'])} | {slice_name} ({r['chips']} x {r['chip']}) | "
+        f"{mesh} ({r['rules']}), {plan} | {r.get('attention_impl', 'xla, before the HBM fix')} | "
         f"{gib:.1f} / {r['hbm_capacity_bytes'] / GiB:.0f} "
         f"(eval {ev:.1f}) | {'yes' if r['fits'] else '**no**'} | "
         f"{r['step_time_s']:.2f} s ({r['bound']}) | {r['tokens_per_s']:,.0f} | "
-        f"{100 * r['mfu']:.1f}% | {r['compile_s']:.0f} |"
+        f"{100 * r['mfu']:.1f}% | {r['compile_s']:.0f}"
+        + (f" (load {load:.1f})" if load is not None else "")
+        + " |"
     )
 
 
-def table(presets: list, results: dict, machine: str) -> str:
+def _plan(config) -> str:
+    t, d = config.train, config.data
+    micro = f"{t.grad_accum} microbatches" if t.grad_accum > 1 else "1 microbatch"
+    return f"{micro} of {d.batch_size // t.grad_accum} x {d.seq_len}, remat {config.model.remat}"
+
+
+def table(presets: list, plans: dict, results: dict, machine: str) -> str:
     lines = [
         "# Accelerator presets, compiled for their slices",
         "",
@@ -102,22 +115,24 @@ def table(presets: list, results: dict, machine: str) -> str:
         "and eval steps compiled by `launch/aot.py` for compile-only devices of its slice: memory",
         "is XLA's buffer assignment on the chip (train step; eval in brackets), the step time the",
         "roofline of aot/roofline.py (the largest of compute, HBM, ICI and DCN time: an upper",
-        "bound on throughput and MFU), compile s the train step's compile on this machine.",
-        "Grad accumulation, remat and mesh of each preset are in its experiment file's plan.",
+        "bound on throughput and MFU), compile s the train step's compile on this machine (with",
+        "the 1-minute load average when it finished: 3 other workers shared the 2 cores). The",
+        "mesh, microbatches and remat of each preset are its experiment file's plan.",
         "",
         f"Machine: {machine}.",
         "",
-        "Rows whose attention reads 'xla (before the HBM fix)' were compiled before presets took",
-        "the fused attention kernel and before aot/hlo.py counted sliced HBM traffic by the slice",
-        "(their roofline HBM time, and so a memory-bound step time, is overstated).",
+        "Rows whose attention reads 'xla, before the HBM fix' were compiled before the presets",
+        "took the platform's fused attention kernel (splash on TPU, cudnn on GPU) and before aot/hlo.py",
+        "counted sliced HBM traffic by the slice: their memory includes the [B, N, T, S] attention",
+        "logits, and their roofline HBM time (so a memory-bound step time) is overstated.",
         "",
-        "| preset | params | slice | mesh (rules) | attention | GiB/chip of capacity | fits | "
-        "roofline step | tokens/s | MFU | compile s |",
+        "| preset | params | slice | mesh (rules), microbatches, remat | attention | GiB/chip of "
+        "capacity | fits | roofline step | tokens/s | MFU | compile s |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for path, arg, slice_name in presets:
         key = f"{path}:{arg}"
-        lines.append(_row(key, slice_name, results.get(key)))
+        lines.append(_row(key, slice_name, plans[key], results.get(key)))
     dates = sorted(r["date"] for r in results.values() if "date" in r)
     if dates:
         lines += ["", f"Compiled between {dates[0]} and {dates[-1]} (UTC)."]
@@ -135,16 +150,17 @@ def main(argv: list[str]) -> int:
     from models.counting import count_params
 
     presets = accelerator_presets()
+    configs = {f"{p}:{a}": load_config(f"{p}:{a}", []) for p, a, _ in presets}
+    plans = {k: _plan(c) for k, c in configs.items()}
     # Smallest first: the big compiles (175B, 70B) come last.
-    size = {p: count_params(load_config(f"{p[0]}:{p[1]}", []).model)["total"] for p in presets}
-    presets.sort(key=lambda p: size[p])
+    presets.sort(key=lambda p: count_params(configs[f"{p[0]}:{p[1]}"].model)["total"])
     json_path = os.path.join(DOCS, "presets.json")
     results = {}
     if os.path.exists(json_path):
         with open(json_path) as f:
             results = json.load(f)
     machine = _machine()
-    _write(os.path.join(DOCS, "presets.md"), table(presets, results, machine))
+    _write(os.path.join(DOCS, "presets.md"), table(presets, plans, results, machine))
     if args.table:
         return 0
     for path, arg, slice_name in presets:
@@ -157,8 +173,8 @@ def main(argv: list[str]) -> int:
         r["machine"] = machine
         results[key] = r
         _write(json_path, json.dumps(results, indent=1, sort_keys=True) + "\n")
-        _write(os.path.join(DOCS, "presets.md"), table(presets, results, machine))
-        print(f"  {_row(key, slice_name, r)}", file=sys.stderr, flush=True)
+        _write(os.path.join(DOCS, "presets.md"), table(presets, plans, results, machine))
+        print(f"  {_row(key, slice_name, plans[key], r)}", file=sys.stderr, flush=True)
     return 0
 
 
