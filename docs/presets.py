@@ -123,8 +123,9 @@ def table(presets: list, plans: dict, results: dict, machine: str) -> str:
         "",
         "Rows whose attention reads 'xla, before the HBM fix' were compiled before the presets",
         "took the platform's fused attention kernel (splash on TPU, cudnn on GPU) and before",
-        "aot/hlo.py counted sliced HBM traffic by the slice: their memory includes the [B, N, T, S]",
-        "attention logits, and their roofline HBM time (so a memory-bound step time) is overstated.",
+        "aot/hlo.py counted sliced HBM traffic by the slice: their memory includes the",
+        "[B, N, T, S] attention logits, and their roofline HBM time (so a memory-bound step",
+        "time) is overstated.",
         "",
         "| preset | params | slice | mesh (rules), microbatches, remat | attention | GiB/chip of "
         "capacity | fits | roofline step | tokens/s | MFU | compile s |",
