@@ -384,3 +384,16 @@ ENTRY %main (w: f32[16,1024], i: s32[], u: f32[1,1024]) -> f32[16,1024] {
 """
     # fusion: reads 4 KiB of the 64 KiB stack (+ the index), writes 4 KiB; the update: 2 x 4 KiB.
     assert hlo.Module(text).hbm_bytes() == pytest.approx(4096 + 4 + 4096 + 2 * 4096)
+
+
+@pytest.mark.slow
+def test_a_1b_preset_fits_on_its_slice():
+    """Llama 3.2 1B as planned (v5p-32: FSDP 16, 8 microbatches of 16 x 8192, splash attention)."""
+    from aot.compile import compile_for
+    from experiments import llama
+
+    config = llama.get_config("size=1b")
+    r = compile_for(config, parse_slice(llama.plan_for("1b").target), eval_step=False)
+    assert r["fits"] and r["chips"] == 16 and r["attention_impl"] == "splash"
+    assert 1.2e9 < r["params"] < 1.3e9
+    assert r["hbm_bytes_per_chip"] < 0.5 * r["hbm_capacity_bytes"]
