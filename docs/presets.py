@@ -116,7 +116,7 @@ def table(presets: list, plans: dict, results: dict, machine: str) -> str:
         "is XLA's buffer assignment on the chip (train step; eval in brackets), the step time the",
         "roofline of aot/roofline.py (the largest of compute, HBM, ICI and DCN time: an upper",
         "bound on throughput and MFU), compile s the train step's compile on this machine (with",
-        "the 1-minute load average when it finished: 3 other workers shared the 2 cores). The",
+        "the 1-minute load average when it finished: other jobs shared the 2 cores). The",
         "mesh, microbatches and remat of each preset are its experiment file's plan.",
         "",
         f"Machine: {machine}.",
