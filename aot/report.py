@@ -53,7 +53,7 @@ def format_report(r: dict) -> str:
         f"  compiled program        {r['hlo_flops_per_step']:.3e}  ({ratio:.2f} x model: "
         "recomputation)"
         + (
-            f"; {r['attention_impl']} attention kernels are custom calls, not counted"
+            f"; the {r['attention_impl']} kernels' attention FLOPs estimated from the model"
             if r.get("attention_impl", "xla") != "xla"
             else ""
         ),
