@@ -43,11 +43,14 @@ LLAMA = {
 
 # size: {target: plan}, the first the default. TPU v5p and H100 (8 per node, NVLink inside):
 # FSDP over the slice; 70B adds 8-way tensor parallelism (inside a node on GPUs), which also
-# splits the 64 heads' [T, S] attention logits 8 ways.
+# splits the 64 heads' [T, S] attention logits 8 ways. Each microbatch is one row per
+# data-parallel group (data x fsdp).
 PLANS = {
     "1b": {"v5p-32": Plan("v5p-32", grad_accum=8)},
     "8b": {
-        "v5p-64": Plan("v5p-64", grad_accum=16),
+        # 2-way data x 16-way FSDP: the fastest roofline step of the mesh search on v5p-64
+        # (docs/presets_search_llama8b.txt: 22.3 s against 23.7 s for FSDP 32).
+        "v5p-64": Plan("v5p-64", mesh={"data": 2}, grad_accum=16),
         "8xh100": Plan("8xh100", grad_accum=64),
     },
     "70b": {
