@@ -21,7 +21,7 @@ are shuffled per epoch, sharded over processes and packed first-fit with grain, 
 checkpoints and resumes like the text pipeline's.
 
 `split_header` cuts a response into its header (decorators and `def` line(s)) and body: the DPO
-prompts (train/dpo.py) are the instruction prompt plus the header, the model writes the body.
+prompts (prefs/dpo.py) are the instruction prompt plus the header, the model writes the body.
 """
 
 import ast
@@ -172,7 +172,7 @@ def _cache_path(data_cfg) -> str:
 
 def load_pairs(data_cfg, split: str, val_percent: int = 5) -> list[dict]:
     """The stdlib instruction pairs of `split`, extracted once and cached under the data dir."""
-    from scaling import atomic
+    from common import atomic
 
     path = _cache_path(data_cfg)
     if os.path.exists(path):

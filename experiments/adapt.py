@@ -4,9 +4,9 @@ and prompt tuning compared on the same task.
 The base model is pre-trained on the top-level standard-library modules (`<stdlib>/*.py`); the
 adaptation task is the `asyncio` package (`<stdlib>/asyncio/*.py`), which pre-training never
 sees, split into train/validation files by the corpus's path hash. All four runs in one command
-(`launch/adapt.py` trains them in turn and prints the table):
+(`launch/adapt_table.py` trains them in turn and prints the table):
 
-  python launch/adapt.py --workdir runs/adapt            # about 6 minutes on a loaded 2-core CPU
+  python launch/adapt_table.py --workdir runs/adapt            # about 6 minutes on a loaded 2-core CPU
 
 or one phase at a time (`method=pretrain|full|lora|prompt`, `base=` the pre-training workdir):
 

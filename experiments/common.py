@@ -4,13 +4,13 @@ from typing import NamedTuple
 
 import ml_collections
 
+from adapt.wrap import default_adapt_config
 from data.config import default_data_config
 from data.vocabulary import TRAINED_KINDS
 from models.blocks import validate_attention_impl
 from models.sizes import default_model_config
 from objectives import default_objective_args
 from parallel.mesh import default_parallel_config
-from train.adapt import default_adapt_config
 from train.optim import default_train_config
 
 
@@ -209,7 +209,7 @@ def base_config(size: str = "small") -> ml_collections.ConfigDict:
     config.model = default_model_config(size)
     config.data = default_data_config()
     config.train = default_train_config()
-    # Adapting a checkpoint (train/adapt.py): a run's workdir to load parameters from ('' =
+    # Adapting a checkpoint (adapt/wrap.py): a run's workdir to load parameters from ('' =
     # train from scratch) and the method (full / lora / prompt), what to load and to freeze.
     config.init_from = ""
     config.adapt = default_adapt_config()

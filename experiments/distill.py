@@ -11,8 +11,8 @@ Arguments: teacher=DIR (run directory), size=tiny (student), steps=N (student st
 tokens each; default 300 = 1.2M tokens), alpha (weight of the KL term), tau (temperature),
 tokenizer (must be the teacher's). Both runs see the same batches in the same order (same seed),
 so the held-out losses in their summary.json compare the teacher's effect alone. The loss is
-alpha * tau^2 * KL(teacher || student) + (1 - alpha) * CE (objectives/distill.py); the teacher runs
-inside every sharded step (train/distill.py), so a distilled step costs a teacher forward pass
+alpha * tau^2 * KL(teacher || student) + (1 - alpha) * CE (distill/loss.py); the teacher runs
+inside every sharded step (distill/run.py), so a distilled step costs a teacher forward pass
 more than the control's (measured in docs/compression.md).
 """
 

@@ -1,6 +1,6 @@
 r"""Preference tuning (DPO) of an instruction-tuned byte-level GPT, pairs judged by `ast.parse`.
 
-The policy and the frozen reference both start from the SFT run (experiments/sft.py). train/dpo.py
+The policy and the frozen reference both start from the SFT run (experiments/sft.py). prefs/dpo.py
 samples `samples` bodies for each of `prompts` train-split function headers, pairs a body that
 parses with one that does not (same prompt), caches the reference log-probs, trains `steps` DPO
 updates of `batch` pairs, then samples `heldout_samples` bodies for each of the first `heldout`

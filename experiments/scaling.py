@@ -20,7 +20,7 @@ preset's bounds.
 schedule=wsd (the default) trains one warmup-stable run per size and branches a cooldown off it at
 each token budget, the last `train.decay_fraction` (20%) of that budget's steps (Hägele et al. 2024,
 1-sqrt shape, to zero); schedule=cosine trains every (N, D) point from scratch with its own cosine
-schedule (the Chinchilla approach-1 standard). The sweep runner is launch/sweep.py; the fits,
+schedule (the Chinchilla approach-1 standard). The sweep runner is studies/sweep.py; the fits,
 plots and report are scaling/.
 """
 

@@ -17,12 +17,9 @@ and of temporaries for each pattern.
 """
 
 import os
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from absl import app, flags  # noqa: E402
+from absl import app, flags
 
 _SEQS = flags.DEFINE_list("seqs", ["256", "512", "1024", "2048", "4096"], "Sequence lengths T.")
 _PATTERNS = flags.DEFINE_list("patterns", ["dense", "local", "strided", "fixed"], "Patterns.")

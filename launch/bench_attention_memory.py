@@ -17,12 +17,9 @@ each, and the xla path still builds its bias (as the decoder does).
 """
 
 import os
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from absl import app, flags  # noqa: E402
+from absl import app, flags
 
 _TPU = flags.DEFINE_string("tpu", "v5e:2x2", "TPU topology ('' to skip).")
 _TPU_IMPLS = flags.DEFINE_list("tpu_impls", ["xla", "splash", "flash"], "Impls on the TPU.")

@@ -13,7 +13,6 @@ from absl import flags
 from ml_collections import config_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
 
 def show(cmd: list[str]) -> str:
@@ -47,7 +46,7 @@ def sweep_jobs(config_arg: str, overrides: list[str], workdir: str) -> list[str]
     A point trained from scratch (schedule=cosine) is its own job; with schedule=wsd the
     points of one model size share a trunk run, so they form one job (trunk, then branches).
     """
-    from launch.sweep import load_experiment, plan
+    from studies.sweep import load_experiment, plan
 
     config = load_config(config_arg, overrides)
     module = load_experiment(config_arg.partition(":")[0])

@@ -33,9 +33,7 @@ import argparse
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from aot.collectives import KINDS, parse_hlo  # noqa: E402
+from aot.collectives import KINDS, parse_hlo
 
 
 def expected(config, counts: dict) -> dict[str, float]:

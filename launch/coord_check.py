@@ -17,11 +17,8 @@ a hook in its code.
 """
 
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-import numpy as np  # noqa: E402
+import numpy as np
 
 PARAMETRIZATIONS = ("sp", "mup")
 
@@ -167,7 +164,7 @@ def plot(result: dict, path: str) -> None:
     """One panel per parametrization: mean |x| against width, one line per activation."""
     from matplotlib.figure import Figure
 
-    from scaling import atomic
+    from common import atomic
 
     fig = Figure(figsize=(11, 4.2))
     axes = fig.subplots(1, len(result), sharey=True)
@@ -202,7 +199,7 @@ def main(argv=None) -> None:
         for label in labels:
             row = "".join(f"{r['table'][w][label]:>10.3g}" for w in widths)
             print(f"{label:<14}{row}{r['slopes'][label]:>8.2f}")
-    from scaling import atomic
+    from common import atomic
 
     os.makedirs(args.out, exist_ok=True)
     atomic.write_json(os.path.join(args.out, "coord_check.json"), result)

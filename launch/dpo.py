@@ -5,20 +5,17 @@ r"""Instruction tuning then DPO, end to end, with the table of held-out parse fr
 
 Stages (each reused when its workdir already holds a finished run): `pretrain` (experiments/gpt.py,
 size=tiny on the stdlib corpus), `sft` (experiments/sft.py from it), `dpo` (experiments/dpo.py
-from the SFT run; train/dpo.py samples, judges, pairs, caches the reference, trains and
+from the SFT run; prefs/dpo.py samples, judges, pairs, caches the reference, trains and
 compares). Prints and writes `<workdir>/report.md` (the table plus each stage's wall time and the
 load average) and `<workdir>/dpo/report.json`.
 """
 
 import os
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from absl import app, flags, logging
 
-from absl import app, flags, logging  # noqa: E402
-
-from scaling import atomic  # noqa: E402
+from common import atomic
 
 _WORKDIR = flags.DEFINE_string("workdir", "runs/dpo", "Directory of the three stages.")
 _SIZE = flags.DEFINE_string("size", "tiny", "Model size of all three stages.")
@@ -35,7 +32,8 @@ def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)
     from experiments import dpo, gpt, sft
-    from train.dpo import dpo_and_evaluate, report_table
+    from prefs.dpo import dpo_and_evaluate, report_table
+    from studies.recipes import recipe_for
     from train.loop import train_and_evaluate
 
     root = os.path.abspath(_WORKDIR.value)
@@ -48,7 +46,7 @@ def main(argv):
     t = time.perf_counter()
     sft_dir = os.path.join(root, "sft")
     sft_config = sft.get_config(_arg(size, f"base={pre}", _SFT.value))
-    summary = train_and_evaluate(sft_config, sft_dir, desc="sft")
+    summary = train_and_evaluate(sft_config, sft_dir, desc="sft", recipe=recipe_for(sft_config))
     walls["sft"] = time.perf_counter() - t
     t = time.perf_counter()
     report = dpo_and_evaluate(

@@ -21,11 +21,9 @@ import os
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from absl import app, flags, logging
 
-from absl import app, flags, logging  # noqa: E402
-
-from scaling import atomic  # noqa: E402
+from common import atomic
 
 _TASK = flags.DEFINE_enum("task", "classify", ["classify", "seq2seq"], "Which pipeline.")
 _WORKDIR = flags.DEFINE_string("workdir", "", "Directory of the runs ('' = runs/<task>).")
@@ -58,11 +56,12 @@ def exact_match(params, config, n: int) -> tuple[float, int]:
 
 
 def _phase(name, config, workdir, rows, decode_n):
+    from studies.recipes import recipe_for
     from train.checkpoint import load_state
     from train.loop import train_and_evaluate
 
     t = time.perf_counter()
-    summary = train_and_evaluate(config, workdir, desc=name)
+    summary = train_and_evaluate(config, workdir, desc=name, recipe=recipe_for(config))
     if summary.get("preempted"):  # a signal stopped the phase with a checkpoint: stop here too
         print(f"{name} preempted at step {summary['step']}; rerun the same command to resume")
         sys.exit(0)
@@ -86,10 +85,11 @@ def _before(config, decode_n) -> dict:
     import jax
 
     from data import tasks
+    from studies.recipes import recipe_for
     from train.loop import Run
 
     t = time.perf_counter()
-    run = Run(config)
+    run = Run(config, recipe=recipe_for(config))
     batches = tasks.make_eval_batches(
         config.data, run.tokenizer, num_batches=config.train.eval_batches
     )

@@ -12,8 +12,6 @@ import json
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
 
 def read_checkpoint(workdir: str, step: int | None = None):
     """(model config, parameters as numpy arrays) of a workdir's checkpoint (newest by default)."""
@@ -37,7 +35,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", required=True, help="Hugging Face directory to write")
     parser.add_argument("--step", type=int, default=None, help="checkpoint step (default newest)")
     args = parser.parse_args(argv)
-    from models.hf import save_hf
+    from hf.convert import save_hf
 
     try:
         cfg, params = read_checkpoint(args.ckpt, args.step)

@@ -13,8 +13,6 @@ import argparse
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
 
 def write_checkpoint(out: str, cfg, params: dict) -> None:
     """Writes `out/config.json` and step 0 of the Orbax directory `out/checkpoints`.
@@ -24,7 +22,7 @@ def write_checkpoint(out: str, cfg, params: dict) -> None:
     """
     import orbax.checkpoint as ocp
 
-    from models.hf_io import write_json
+    from hf.files import write_json
 
     ckpt_dir = os.path.join(os.path.abspath(out), "checkpoints")
     if os.path.isdir(ckpt_dir) and os.listdir(ckpt_dir):
@@ -42,7 +40,7 @@ def main(argv=None) -> int:
     parser.add_argument("--hf_dir", required=True, help="Hugging Face model directory")
     parser.add_argument("--out", required=True, help="output directory (config.json, checkpoints/)")
     args = parser.parse_args(argv)
-    from models.hf import load_hf
+    from hf.convert import load_hf
 
     try:
         cfg, params = load_hf(args.hf_dir)

@@ -22,12 +22,9 @@ diverged. The plot and the optima are redone at the end.
 import json
 import math
 import os
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from absl import app, flags, logging  # noqa: E402
+from absl import app, flags, logging
 
 _FLAGS = {}  # defined when run as a script, so that tests can import this module's functions
 
@@ -73,7 +70,7 @@ def plot(rows: list[dict], path: str) -> None:
     import matplotlib
     from matplotlib.figure import Figure
 
-    from scaling import atomic
+    from common import atomic
 
     order = {"sp": 0, "mup": 1}  # then any merged variants, by name
     params = sorted({r["parametrization"] for r in rows}, key=lambda p: (order.get(p, 2), p))
@@ -218,8 +215,8 @@ def main(argv):
         jax.config.update("jax_compilation_cache_dir", cache)
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
         jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    from common import atomic
     from experiments.mup_transfer import point_config
-    from scaling import atomic
     from train.loop import claim_workdir
 
     config, workdir = _FLAGS["config"].value, _FLAGS["workdir"].value

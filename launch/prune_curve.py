@@ -7,18 +7,15 @@ fine-tuning (masks fixed), plus structured pruning of heads and neurons on the s
 Writes `<out>/prune_curve.jsonl` (one line per point: sparsity, loss one-shot, loss fine-tuned,
 parameters and FLOPs), `<out>/structured.json` and `<out>/loss_vs_sparsity.png`. Every point
 starts from the same checkpoint; fine-tuning runs the project's train step on the training data
-(train/tune.py) for `--finetune_steps` at `--finetune_lr`.
+(compress/tune.py) for `--finetune_steps` at `--finetune_lr`.
 """
 
 import json
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from absl import app, flags, logging
 
-from absl import app, flags, logging  # noqa: E402
-
-from scaling import atomic  # noqa: E402
+from common import atomic
 
 F = flags
 F.DEFINE_string("workdir", None, "Run directory of the trained model.")
@@ -79,10 +76,10 @@ def main(argv):
             [merged[k] for k in sorted(merged)], None, os.path.join(FL.out, "loss_vs_sparsity.png")
         )
         return
+    from compress.methods import compress, measure
+    from compress.tune import Tools, load_config, load_params
     from models.counting import count_params
-    from train.compress import compress, measure
     from train.loop import write_json_atomic
-    from train.tune import Tools, load_config, load_params
 
     if not FL.workdir:
         raise app.UsageError("--workdir is required")

@@ -3,7 +3,7 @@ r"""The one entry point: `python launch/run.py --config experiments/X.py[:args] 
 Overrides: `--config.train.steps=100 --config.model.n_layers=...` (the config is locked, so a
 mistyped key fails instead of being ignored).
 
-The workdir may be local or remote (`--workdir=gs://bucket/runs/x`, through scaling/atomic.py and
+The workdir may be local or remote (`--workdir=gs://bucket/runs/x`, through common/atomic.py and
 Orbax). With several processes (a pod slice, a multi-node job) every host must see one workdir:
 a local one is refused unless `--shared_workdir` says it is a shared mount (train/validate.py:
 check_shared); the same for a catalog dataset's local `data.data_dir` and `--shared_data_dir`.
@@ -19,10 +19,8 @@ import re
 import shlex
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from absl import app, flags, logging  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
+from absl import app, flags, logging
+from ml_collections import config_flags
 
 EXIT_BAD_INPUT, EXIT_NONFINITE = 2, 3
 
@@ -231,13 +229,14 @@ def execute(args: Args) -> int:
         jax.config.update("jax_compilation_cache_dir", args.compile_cache)
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
         jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    from studies.recipes import recipe_for
     from train.loop import NonFiniteError, train_and_evaluate
 
     resume = shlex.join(sys.argv) if sys.argv and sys.argv[0].endswith("run.py") else ""
     resume = resume or f"python launch/run.py --config {args.experiment} --workdir {workdir}"
     try:
         if "sweep" in config:
-            from launch.sweep import run_sweep
+            from studies.sweep import run_sweep
 
             fit = run_sweep(config, args.experiment, workdir, dry_run=args.dry_run)
             if fit.get("preempted"):
@@ -246,18 +245,18 @@ def execute(args: Args) -> int:
         if args.dry_run:
             print(config)
             return 0
-        if "distill" in config:  # a student trained against a teacher run (train/distill.py)
-            from train.distill import distill_and_evaluate
+        if "distill" in config:  # a student trained against a teacher run (distill/run.py)
+            from distill.run import distill_and_evaluate
 
             summary = distill_and_evaluate(config, workdir)
-        elif "dpo" in config:  # preference tuning of an SFT run (train/dpo.py)
-            from train.dpo import dpo_and_evaluate, report_table
+        elif "dpo" in config:  # preference tuning of an SFT run (prefs/dpo.py)
+            from prefs.dpo import dpo_and_evaluate, report_table
 
             report = dpo_and_evaluate(config, workdir)
             print(report_table(report))
             return 0
         else:
-            summary = train_and_evaluate(config, workdir)
+            summary = train_and_evaluate(config, workdir, recipe=recipe_for(config))
     except NonFiniteError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_NONFINITE

@@ -11,11 +11,8 @@ encoder-decoder the prompt is the encoder input. Several `--prompt` flags form o
 
 import json
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from absl import app, flags, logging  # noqa: E402
+from absl import app, flags, logging
 
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Run directory holding config.json and checkpoints."
@@ -34,8 +31,8 @@ def load_for_sampling(workdir: str, step: int = -1):
     """(params, model config, tokenizer) of a run, LoRA merged; raises on prompt-tuned runs."""
     import ml_collections
 
+    from adapt import lora
     from data.pipeline import tokenizer_from_config
-    from models import lora
     from train.checkpoint import load_state
 
     with open(os.path.join(workdir, "config.json")) as f:

@@ -24,10 +24,8 @@ import os
 import shlex
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from launch.cluster import ROOT, execute, run_args, show, sweep_jobs  # noqa: E402
-from scaling import atomic  # noqa: E402
+from common import atomic
+from launch.cluster import ROOT, execute, run_args, show, sweep_jobs
 
 
 def batch_script(args, command: list[str], *, array: list[str] | None = None) -> str:

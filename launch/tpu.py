@@ -30,9 +30,7 @@ import sys
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from launch.cluster import ROOT, execute, run_args, show, sweep_jobs  # noqa: E402
+from launch.cluster import ROOT, execute, run_args, show, sweep_jobs
 
 REMOTE = "~/scalelab"
 ACTIONS = ("create", "copy", "install", "run", "logs", "fetch", "delete", "up", "sweep")

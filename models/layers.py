@@ -21,7 +21,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from models.quant import fake_quant_rows
+from compress.quant import fake_quant_rows
 
 Array = jax.Array
 NEG_INF = -1e30  # finite, so a fully masked row gives a uniform softmax instead of NaN
@@ -114,8 +114,8 @@ def dense(x: Array, w: Array | dict, n_in: int = 1, act_bits: int = 0) -> Array:
     first: XLA:CPU fuses the backward pass of 2-D dots with neighbouring elementwise ops (GELU)
     far better than of 3-D einsums (measured: MLP fwd+bwd 171 ms -> 91 ms at B*T=4096, D=256).
 
-    `w` may be low-rank factors `{"a": [in..., r], "b": [r, out...]}` (models/lowrank.py),
-    computed as two matmuls. `act_bits` > 0 fake-quantizes x per row (QAT, models/quant.py).
+    `w` may be low-rank factors `{"a": [in..., r], "b": [r, out...]}` (compress/lowrank.py),
+    computed as two matmuls. `act_bits` > 0 fake-quantizes x per row (QAT, compress/quant.py).
     """
     if isinstance(w, dict):
         return dense(dense(x, w["a"], n_in, act_bits), w["b"], 1, act_bits)

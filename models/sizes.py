@@ -204,7 +204,7 @@ def default_model_config(size: str = "small") -> ml_collections.ConfigDict:
             # which layers use attention_pattern (the others are dense): 'all' | 'alternate'
             # (odd layers, GPT-3's alternating dense/sparse) | a comma list of indices, '0,2'
             "sparse_layers": "all",
-            # Quantization-aware training (models/quant.py): fake-quantize matmul weights to this
+            # Quantization-aware training (compress/quant.py): fake-quantize matmul weights to this
             # many bits per output channel (0 = off; 8 or 4) and the inputs of every dense
             # matmul per row (0 = off; 8), straight-through gradients.
             "weight_bits": 0,

@@ -86,7 +86,7 @@ def get_loss_fn(name: str) -> Callable:
         "span_corruption": span_corruption.make_loss_fn,
         "classification": classification.make_loss_fn,
         "seq2seq": seq2seq.make_loss_fn,
-        # 'distill' also needs the teacher (keyword arguments): train/distill.py builds it in
+        # 'distill' also needs the teacher (keyword arguments): distill/run.py builds it in
         # the step.
         "distill": distill.make_loss_fn,
     }
@@ -139,9 +139,17 @@ def get_batch_transform(config, tokenizer):
 
 
 def summarize(aux: dict) -> dict[str, float]:
-    """Nats per token and bits per byte from summed loss `aux` values (host side)."""
+    """Host-side metrics from summed loss `aux` values: `loss` (nats per token) and
+    `bits_per_byte` from `nll_sum`, `tokens`, `bytes`; every other `<name>_sum` as `<name>`,
+    divided by `<name>_count` when the loss gives one and by `tokens` otherwise (classification's
+    `accuracy_sum`, DPO's `accuracy_sum` over pairs, masked LM's `nsp_nll_sum` over examples)."""
     nll, tokens, n_bytes = float(aux["nll_sum"]), float(aux["tokens"]), float(aux["bytes"])
-    return {
+    out = {
         "loss": nll / max(tokens, 1.0),
         "bits_per_byte": nll / np.log(2.0) / max(n_bytes, 1.0),
     }
+    for key, value in aux.items():
+        name = key.removesuffix("_sum")
+        if key.endswith("_sum") and key != "nll_sum":
+            out[name] = float(value) / max(float(aux.get(f"{name}_count", tokens)), 1.0)
+    return out

@@ -2,7 +2,8 @@
 
 Batches carry `tokens`, `segment_ids`, `positions` (one example per row) and `labels` [B] int32;
 rows with a negative label or an all-padding row are ignored. `aux` counts examples as `tokens`
-(so `loss` is nats per example) and `bytes` as examples too (bits per example), plus `correct`.
+(so `loss` is nats per example) and `bytes` as examples too (bits per example), plus
+`accuracy_sum` (correct examples).
 """
 
 from collections.abc import Callable
@@ -35,7 +36,7 @@ def make_loss_fn(cfg, apply_fn: Callable, *, bytes_per_token: np.ndarray | None 
         nll_B = token_nll(logits_BC, jnp.maximum(labels_B, 0)) * real_B
         n = real_B.sum()
         correct = ((logits_BC.argmax(-1) == labels_B) * real_B).sum()
-        aux = {"nll_sum": nll_B.sum(), "tokens": n, "bytes": n, "correct": correct}
+        aux = {"nll_sum": nll_B.sum(), "tokens": n, "bytes": n, "accuracy_sum": correct}
         return nll_B.sum() / jnp.maximum(n, 1.0), aux
 
     return loss_fn

@@ -12,7 +12,8 @@ random point into A and B; with probability 0.5 B is kept (label 0, "is next", H
 convention) and otherwise replaced by a span of another row's first segment (label 1, "random").
 `token_type_ids` is 0 on A and 1 on B; the pair is one segment. The loss adds the mean NSP
 cross-entropy to the mean masked-LM one (BERT); `aux` reports the MLM sums as `nll_sum` etc. and
-the NSP sums as `nsp_nll_sum`, `nsp_correct`, `nsp_examples`.
+the NSP sums as `nsp_nll_sum`, `nsp_accuracy_sum` over `nsp_nll_count` = `nsp_accuracy_count`
+examples.
 """
 
 from collections.abc import Callable
@@ -127,7 +128,12 @@ def make_loss_fn(cfg, apply_fn: Callable, *, bytes_per_token: np.ndarray | None 
             nsp_B = token_nll(out["nsp_logits"], batch["nsp_labels"]) * real_B
             n = jnp.maximum(real_B.sum(), 1.0)
             correct_B = (out["nsp_logits"].argmax(-1) == batch["nsp_labels"]) * real_B
-            aux |= {"nsp_nll_sum": nsp_B.sum(), "nsp_correct": correct_B.sum(), "nsp_examples": n}
+            aux |= {
+                "nsp_nll_sum": nsp_B.sum(),
+                "nsp_nll_count": n,
+                "nsp_accuracy_sum": correct_B.sum(),
+                "nsp_accuracy_count": n,
+            }
             loss = loss + nsp_B.sum() / n
         return loss, aux
 

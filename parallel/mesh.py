@@ -93,9 +93,7 @@ def _device_grid(shape: tuple[int, ...], devices) -> np.ndarray:
             return np.asarray(by_slice).reshape(shape)
     for split in (False, True):  # the torus's own axes first, then split physical axes
         try:
-            return mesh_utils.create_device_mesh(
-                shape, devices, allow_split_physical_axes=split
-            )
+            return mesh_utils.create_device_mesh(shape, devices, allow_split_physical_axes=split)
         except (AssertionError, NotImplementedError, ValueError):
             continue
     return np.asarray(devices).reshape(shape)

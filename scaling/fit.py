@@ -18,7 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from scaling import analysis, atomic, blas, plots, report
+from common import atomic
+from scaling import analysis, blas, plots, report
 from scaling.bootstrap import LEVELS
 from scaling.rows import InputError, is_ok, load_rows, to_points
 

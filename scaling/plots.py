@@ -11,7 +11,8 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import FormatStrFormatter, NullFormatter
 
-from scaling import allocation, atomic, isoflop
+from common import atomic
+from scaling import allocation, isoflop
 from scaling.groups import log_clusters
 from scaling.parametric import ParametricFit
 from scaling.rows import Points

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from scaling import atomic
+from common import atomic
 
 REQUIRED = ("params", "tokens", "loss")
 MIN_POINTS = 5

@@ -12,7 +12,6 @@ Most of the suite's time is XLA compiling small programs that then run for milli
 import atexit
 import os
 import shutil
-import sys
 import tempfile
 
 # Must happen before JAX initialises its backends.
@@ -20,9 +19,8 @@ os.environ.setdefault(
     "XLA_FLAGS", "--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0"
 )
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import jax  # noqa: E402
+import jax
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
 

@@ -53,7 +53,7 @@ def small_config(tmp_path, steps: int = 20):
 def fake_gcs() -> Iterator[type]:
     """Serves `gs://` from memory, through the same code path a real gs:// path takes here.
 
-    `etils.epath` (which scaling/atomic.py and Orbax's metadata use) sends a gs:// path, when
+    `etils.epath` (which common/atomic.py and Orbax's metadata use) sends a gs:// path, when
     TensorFlow is not installed, to `fsspec.filesystem("gcs")`; that is gcsfs in production and
     this in-memory object store in tests. Like GCS (and gcsfs) it has no directories of its own (a
     prefix exists while an object lies under it), rename is copy + delete, and append mode

@@ -62,7 +62,8 @@ def assert_round_trip(src: str, out: str, tied_copies=()) -> tuple:
     Returns:
       (our model config, our parameters) of `src`.
     """
-    from models import hf, hf_io
+    from hf import convert as hf
+    from hf import files as hf_io
 
     original = hf_io.read_weights(src)
     cfg, params = hf.load_hf(src)
@@ -87,7 +88,8 @@ def assert_same_tree_as_init(params: dict, cfg) -> None:
     import flax.linen as nn
     import jax
 
-    from models import get_model, hf_io
+    from hf import files as hf_io
+    from models import get_model
 
     model = get_model(cfg.family)
     abstract = nn.unbox(jax.eval_shape(lambda k: model.init(k, cfg), jax.random.key(0)))
@@ -103,7 +105,8 @@ def our_random_model(cfg, seed: int = 0, std: float = 0.05) -> dict:
     import flax.linen as nn
     import jax
 
-    from models import get_model, hf_io
+    from hf import files as hf_io
+    from models import get_model
 
     init = get_model(cfg.family).init
     abstract = nn.unbox(jax.eval_shape(lambda k: init(k, cfg), jax.random.key(0)))
@@ -125,7 +128,8 @@ def small(cfg, **overrides):
 def assert_reimport_matches(out: str, cfg, params, ignore=("size",)) -> None:
     """Importing the exported `out` gives `cfg` back (but for label-like `ignore` fields, which
     the Hugging Face format does not carry) and bitwise the same parameters."""
-    from models import hf, hf_io
+    from hf import convert as hf
+    from hf import files as hf_io
 
     cfg2, params2 = hf.load_hf(out)
     drop = lambda c: {k: v for k, v in c.to_dict().items() if k not in ignore}

@@ -10,8 +10,9 @@ pytest.importorskip("transformers")
 
 from transformers import GPT2Config, GPT2LMHeadModel  # noqa: E402
 
+from hf import convert as hf  # noqa: E402
+from hf import files as hf_io  # noqa: E402
 from launch import hf_export, hf_import  # noqa: E402
-from models import hf, hf_io  # noqa: E402
 from tests.hf_helpers import randomize, save  # noqa: E402
 from train.checkpoint import load_state  # noqa: E402
 

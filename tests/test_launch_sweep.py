@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from experiments import scaling
-from launch.sweep import plan, read_results
+from studies.sweep import plan, read_results
 from tests.helpers import FAST_COMPILE, make_corpus
 from train.optim import make_schedule
 
@@ -207,7 +207,7 @@ def test_sweep_killed_mid_point_resumes_to_the_same_results(straight_sweep):
 
 def test_failed_point_is_recorded_the_sweep_goes_on_and_a_rerun_retries_it(tmp_path, monkeypatch):
     """The runner's bookkeeping, with training replaced by a law (no JAX work)."""
-    import launch.sweep
+    import studies.sweep
 
     config = scaling.get_config("preset=smoke,bootstrap=20")
     points = {p["id"]: p for p in scaling.get_sweep(config)}
@@ -228,10 +228,10 @@ def test_failed_point_is_recorded_the_sweep_goes_on_and_a_rerun_retries_it(tmp_p
             "resumed_from": 0,
         }
 
-    monkeypatch.setattr(launch.sweep, "train_and_evaluate", fake_train)
+    monkeypatch.setattr(studies.sweep, "train_and_evaluate", fake_train)
     fail = [True]
     workdir = str(tmp_path / "sweep")
-    launch.sweep.run_sweep(config, "experiments/scaling.py", workdir)
+    studies.sweep.run_sweep(config, "experiments/scaling.py", workdir)
     rows = read_results(f"{workdir}/results.jsonl")
     assert sorted(rows) == sorted(points)
     assert rows[victim]["status"] == "failed"
@@ -241,7 +241,7 @@ def test_failed_point_is_recorded_the_sweep_goes_on_and_a_rerun_retries_it(tmp_p
     assert "disk on fire" in open(f"{workdir}/report.md").read()
 
     fail[0], calls[:] = False, []
-    launch.sweep.run_sweep(config, "experiments/scaling.py", workdir)
+    studies.sweep.run_sweep(config, "experiments/scaling.py", workdir)
     assert calls.count(victim) == 1 and not set(calls) & (set(points) - {victim})
     rows = read_results(f"{workdir}/results.jsonl")
     assert all(r["status"] == "ok" for r in rows.values()) and len(rows) == len(points)
@@ -250,7 +250,7 @@ def test_failed_point_is_recorded_the_sweep_goes_on_and_a_rerun_retries_it(tmp_p
 @pytest.mark.slow
 def test_unfinished_and_preempted_points_are_retried_and_nothing_else(tmp_path, monkeypatch):
     """A point with no row (killed mid-point) and a preempted point are the only ones rerun."""
-    import launch.sweep
+    import studies.sweep
 
     config = scaling.get_config("preset=smoke,schedule=cosine,bootstrap=20")
     ids = sorted(p["id"] for p in scaling.get_sweep(config))
@@ -264,9 +264,9 @@ def test_unfinished_and_preempted_points_are_retried_and_nothing_else(tmp_path, 
         loss += 40 / (cfg.train.steps * 512) ** 0.3
         return {"eval/loss": loss, "eval/bits_per_byte": loss / 0.69, "compile_s": 0.0}
 
-    monkeypatch.setattr(launch.sweep, "train_and_evaluate", fake_train)
+    monkeypatch.setattr(studies.sweep, "train_and_evaluate", fake_train)
     workdir = str(tmp_path / "sweep")
-    out = launch.sweep.run_sweep(config, "experiments/scaling.py", workdir)
+    out = studies.sweep.run_sweep(config, "experiments/scaling.py", workdir)
     assert out == {"preempted": True}
     rows = read_results(f"{workdir}/results.jsonl")
     assert ids[3] not in rows  # neither ok nor failed: unfinished
@@ -275,9 +275,9 @@ def test_unfinished_and_preempted_points_are_retried_and_nothing_else(tmp_path, 
     # Drop a finished point's row, as if the sweep had been killed before recording it.
     gone = sorted(rows)[0]
     del rows[gone]
-    launch.sweep.write_results(f"{workdir}/results.jsonl", rows)
+    studies.sweep.write_results(f"{workdir}/results.jsonl", rows)
     preempt[:], calls[:] = [], []
-    launch.sweep.run_sweep(config, "experiments/scaling.py", workdir)
+    studies.sweep.run_sweep(config, "experiments/scaling.py", workdir)
     assert sorted(calls) == sorted({gone, *ids} - set(rows))
     rows = read_results(f"{workdir}/results.jsonl")
     assert sorted(rows) == ids and all(r["status"] == "ok" for r in rows.values())

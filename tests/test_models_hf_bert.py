@@ -10,7 +10,8 @@ pytest.importorskip("transformers")
 from transformers import BertConfig, BertForMaskedLM, BertForPreTraining  # noqa: E402
 
 from experiments.families import bert_model  # noqa: E402
-from models import encoder, hf  # noqa: E402
+from hf import convert as hf  # noqa: E402
+from models import encoder  # noqa: E402
 from models.sizes import default_model_config  # noqa: E402
 from tests.hf_helpers import (  # noqa: E402
     assert_reimport_matches,

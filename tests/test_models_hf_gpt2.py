@@ -9,7 +9,9 @@ pytest.importorskip("transformers")
 
 from transformers import GPT2Config, GPT2LMHeadModel  # noqa: E402
 
-from models import decoder, hf, hf_io  # noqa: E402
+from hf import convert as hf  # noqa: E402
+from hf import files as hf_io  # noqa: E402
+from models import decoder  # noqa: E402
 from tests.hf_helpers import (  # noqa: E402
     assert_reimport_matches,
     assert_round_trip,

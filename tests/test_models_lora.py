@@ -5,10 +5,11 @@ import jax
 import numpy as np
 import pytest
 
-from models import decoder, encdec, lora
+from adapt import lora
+from adapt.wrap import AdaptedModel, default_adapt_config
+from models import decoder, encdec
 from models.layers import dense
 from models.sizes import default_model_config
-from train.adapt import AdaptedModel, default_adapt_config
 
 
 def _cfg(family="decoder", **kw):

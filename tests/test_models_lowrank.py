@@ -6,10 +6,10 @@ import jax
 import numpy as np
 import pytest
 
+from compress.lowrank import energy_rank, factorize, factorize_params
 from models import decoder
 from models.counting import count_tree, flops_per_token
 from models.layers import dense
-from models.lowrank import energy_rank, factorize, factorize_params
 from models.sizes import default_model_config
 
 

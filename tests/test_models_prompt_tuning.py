@@ -5,7 +5,8 @@ import jax
 import numpy as np
 import pytest
 
-from models import decoder, prompt_tuning
+from adapt import prompt as prompt_tuning
+from models import decoder
 from models.sizes import default_model_config
 
 

@@ -7,9 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from models import decoder
-from models.layers import dense
-from models.quant import (
+from compress.methods import dir_bytes, restore_params, save_params
+from compress.quant import (
     dequantize,
     dequantize_params,
     fake_quant,
@@ -19,8 +18,9 @@ from models.quant import (
     quantize_params,
     wrap_apply,
 )
+from models import decoder
+from models.layers import dense
 from models.sizes import default_model_config
-from train.compress import dir_bytes, restore_params, save_params
 
 
 def _cfg(**kw):

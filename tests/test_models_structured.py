@@ -6,11 +6,11 @@ import jax
 import numpy as np
 import pytest
 
+from compress.quant import logical_names
+from compress.structured import importance, keep_indices, prune_structured
 from models import decoder
 from models.counting import count_params, count_tree, flops_per_token
-from models.quant import logical_names
 from models.sizes import default_model_config
-from models.structured import importance, keep_indices, prune_structured
 
 
 def _setup():

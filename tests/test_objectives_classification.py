@@ -30,11 +30,11 @@ def test_loss_and_accuracy_match_hand_computed_values():
     np.testing.assert_allclose(float(aux["nll_sum"]), sum(nll), rtol=1e-6)
     np.testing.assert_allclose(float(loss), sum(nll) / 3, rtol=1e-6)
     # Row 0 right; row 1 argmax 1 != 2; row 2 ties -> class 0 != 1; row 3 ignored.
-    assert float(aux["correct"]) == 1
+    assert float(aux["accuracy_sum"]) == 1
 
     batch["labels"] = np.array([0, -1, -1, 1])  # negative labels are ignored too
     loss, aux = loss_fn(jnp.asarray(logits_BC), batch)
-    assert float(aux["tokens"]) == 1 and float(aux["correct"]) == 1
+    assert float(aux["tokens"]) == 1 and float(aux["accuracy_sum"]) == 1
     np.testing.assert_allclose(float(loss), nll[0], rtol=1e-6)
 
 
@@ -79,7 +79,7 @@ def test_loss_accuracy_and_gradient_match_numpy():
     np.testing.assert_allclose(float(aux["nll_sum"]), nll[real].sum(), rtol=1e-5)
     np.testing.assert_allclose(float(loss), nll[real].mean(), rtol=1e-5)
     assert float(aux["tokens"]) == float(aux["bytes"]) == n
-    assert float(aux["correct"]) == ((x.argmax(-1) == labels_B) & real).sum()
+    assert float(aux["accuracy_sum"]) == ((x.argmax(-1) == labels_B) & real).sum()
     onehot = np.eye(C)[np.maximum(labels_B, 0)]
     expected_grad = (p_BC - onehot) * real[:, None] / n
     np.testing.assert_allclose(np.asarray(grad_BC), expected_grad, atol=1e-6)

@@ -6,7 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from objectives import causal_lm, distill
+from distill import loss as distill
+from objectives import causal_lm
 
 
 class _Cfg:

@@ -5,7 +5,7 @@ import math
 import jax.numpy as jnp
 import numpy as np
 
-from objectives import dpo
+from prefs import loss as dpo
 
 V = 5
 

@@ -140,7 +140,7 @@ def test_loss_with_nsp_matches_numpy():
     correct = (nsp_logits.argmax(-1) == labels) & real
     np.testing.assert_allclose(float(aux["nll_sum"]), mlm[chosen].sum(), rtol=1e-5)
     np.testing.assert_allclose(float(aux["nsp_nll_sum"]), nsp[real].sum(), rtol=1e-5)
-    assert float(aux["nsp_examples"]) == 4 and float(aux["nsp_correct"]) == correct.sum()
+    assert float(aux["nsp_nll_count"]) == 4 and float(aux["nsp_accuracy_sum"]) == correct.sum()
     np.testing.assert_allclose(float(loss), mlm[chosen].mean() + nsp[real].mean(), rtol=1e-5)
     # Without the head the NSP term is gone (same batch, same logits).
     cfg.nsp_head = False

@@ -11,7 +11,7 @@ from unittest import mock
 
 import pytest
 
-from scaling import atomic
+from common import atomic
 from tests.helpers import fake_gcs, small_config
 
 RUN = "gs://bucket/runs/r"
@@ -118,9 +118,9 @@ def test_claim_workdir_writes_config_and_refuses_another(gcs, tmp_path):
 def test_sweep_results_fit_report_and_plots(gcs):
     import numpy as np
 
-    from launch.sweep import read_results, write_results
     from scaling import synthetic
     from scaling.fit import analyze, load_rows
+    from studies.sweep import read_results, write_results
 
     sweep = "gs://bucket/sweeps/s"
     rows = synthetic.grid_rows(

@@ -5,9 +5,10 @@ import jax
 import numpy as np
 import pytest
 
+from adapt import wrap as adapt
 from data.pipeline import make_train_iterator
+from studies.recipes import recipe_for
 from tests.helpers import small_config
-from train import adapt
 from train.checkpoint import load_state
 from train.loop import Run, train_and_evaluate
 
@@ -33,7 +34,7 @@ def _adapted_run(tmp, base_dir, method, **adapt_kw):
     config.adapt.prompt.length = 4
     config.train.lr = 1e-2
     config.train.warmup_steps = 0
-    return config, Run(config)
+    return config, Run(config, recipe=recipe_for(config))
 
 
 def _train(run, config, steps):

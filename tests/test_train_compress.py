@@ -4,15 +4,16 @@
 import numpy as np
 import pytest
 
+from compress.lowrank import DEFAULT_TARGETS
+from compress.magnitude import prunable_spec, sparsity_of
+from compress.methods import compress, measure
+from compress.quant import quant_spec, quantize
+from compress.tune import Tools, load_config, load_params
 from models import decoder
-from models.lowrank import DEFAULT_TARGETS
-from models.prune import prunable_spec, sparsity_of
-from models.quant import quant_spec, quantize
+from studies.recipes import recipe_for
 from tests.helpers import small_config
-from train.compress import compress, measure
 from train.loop import train_and_evaluate
 from train.metrics import read_metrics
-from train.tune import Tools, load_config, load_params
 
 pytestmark = pytest.mark.slow
 
@@ -26,7 +27,7 @@ def trained(tmp_path_factory):
     config.train.prune_end = 8
     config.train.prune_every = 2
     workdir = str(tmp / "run")
-    summary = train_and_evaluate(config, workdir)
+    summary = train_and_evaluate(config, workdir, recipe=recipe_for(config))
     assert np.isfinite(summary["eval/loss"])
     return workdir
 

@@ -8,9 +8,9 @@ import pytest
 from data.tokenizer import ByteTokenizer
 from experiments.dpo import get_config
 from models import decoder
-from objectives import dpo as dpo_loss
 from parallel.sharding import batch_shardings
-from train import dpo
+from prefs import dpo
+from prefs import loss as dpo_loss
 from train.loop import Run
 from train.metrics import MetricWriter
 

@@ -210,7 +210,6 @@ def test_sigkill_at_three_moments_resumes_to_the_uninterrupted_result(straight):
 
 _WORKER = """
 import sys, time
-sys.path.insert(0, {root!r})
 import jax
 jax.config.update("jax_cpu_collectives_implementation", "gloo")
 pid = int(sys.argv[1])

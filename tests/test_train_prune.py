@@ -7,13 +7,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from compress.magnitude import apply_masks, magnitude_masks, prunable_spec, sparsity_of
+from compress.masked import masked, sparsity_schedule
 from models import decoder
-from models.prune import apply_masks, magnitude_masks, prunable_spec, sparsity_of
 from models.sizes import default_model_config
 from parallel.mesh import make_mesh
 from parallel.rules import get_rules
 from train.optim import default_train_config, make_optimizer
-from train.prune import masked, sparsity_schedule
 from train.state import create_train_state
 
 

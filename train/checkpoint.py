@@ -15,7 +15,7 @@ during an async write) are moved there too.
 
 The directory may be remote (`gs://bucket/run/checkpoints`): Orbax writes the arrays with
 TensorStore's GCS driver and its metadata through `etils.epath`, and this file reaches the same
-objects through scaling/atomic.py. On GCS, Orbax does not rename a temporary directory but writes
+objects through common/atomic.py. On GCS, Orbax does not rename a temporary directory but writes
 the step directory in place and commits it with `commit_success.txt` last, so there an unfinished
 save is a step directory without that file; it is moved aside like a local temporary directory
 (on an object store a move is a copy and a delete, so it is slow for big steps but rare).
@@ -33,7 +33,7 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 from orbax.checkpoint.path import atomicity
 
-from scaling import atomic
+from common import atomic
 
 MANIFEST = "scalelab_files.json"
 COMMIT_FILE = "commit_success.txt"

@@ -21,6 +21,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import objectives
+from common import atomic
 from data import tasks
 from data.pipeline import (
     batch_keys,
@@ -31,25 +32,23 @@ from data.pipeline import (
 )
 from models import get_model
 from models.counting import count_params, flops_per_token
-from models.quant import wrap_apply
 from objectives.transforms import eval_rng
 from parallel.mesh import make_mesh
 from parallel.pipeline import pipelined_apply
 from parallel.rules import get_rules
 from parallel.sharding import batch_shardings, check_batch, process_batch_block
-from scaling import atomic
-from train import adapt, preemption
+from train import preemption
 from train.checkpoint import Checkpointer
 from train.metrics import MetricWriter
 from train.optim import make_optimizer, schedule_args
 from train.perf import measure_peak_flops, mfu
 from train.progress import Progress
-from train.prune import maybe_masked
+from train.recipe import Recipe
 from train.state import abstract_with_shardings, materialize, train_state_shardings
 from train.step import make_eval_step, make_train_step
 from train.validate import ConfigError, check_config, check_workdir
 
-validate = check_config  # the config checks, under the name launch/sweep.py uses
+validate = check_config  # the config checks, under the name studies/sweep.py uses
 
 __all__ = ["ConfigError", "NonFiniteError", "Run", "claim_workdir", "train_and_evaluate"]
 
@@ -59,7 +58,7 @@ class NonFiniteError(FloatingPointError):
 
 
 def write_json_atomic(path: str, obj) -> None:
-    """Writes `obj` as JSON to `path` (local or remote) atomically (scaling/atomic.py)."""
+    """Writes `obj` as JSON to `path` (local or remote) atomically (common/atomic.py)."""
     atomic.write_text(path, json.dumps(obj, indent=2, sort_keys=True))
 
 
@@ -79,12 +78,20 @@ class Run:
     """Everything a run builds before its first step (shared by the loop, bench and tests)."""
 
     def __init__(
-        self, config, *, synthetic_data: bool = False, devices=None, abstract: bool = False
+        self,
+        config,
+        *,
+        recipe: Recipe | None = None,
+        synthetic_data: bool = False,
+        devices=None,
+        abstract: bool = False,
     ):
         """Builds mesh, model, loss, sharded state and jitted steps for `config`.
 
         Args:
           config: the run config.
+          recipe: what the experiment adds (train/recipe.py: wrappers, a loss, frozen inputs, a
+            data source); None trains the objective alone.
           synthetic_data: random-token benchmarks may use a vocabulary smaller than the tokenizer's.
           devices: the devices of the mesh (None: all of this process's backend); compile-only
             TPU or GPU devices for ahead-of-time compilation (aot/compile.py).
@@ -92,6 +99,7 @@ class Run:
             shardings and allocate nothing (the steps can then only be lowered and compiled).
         """
         check_config(config, None if devices is None else len(devices))
+        self.recipe = recipe = recipe or Recipe()
         self.config = config
         self.abstract = abstract
         self.mesh = make_mesh(config.parallel.mesh, devices)
@@ -103,8 +111,10 @@ class Run:
                 f"tokenizer vocabulary ({self.tokenizer.vocab_size}); raise it"
             )
         self.model = get_model(config.model.family)
-        self.model = adapt.wrap_model(self.model, config, self.tokenizer.vocab_size)
+        if recipe.model:
+            self.model = recipe.model(self, self.model)
         self.pipeline, apply_fn = pipelined_apply(self.model, config, self.mesh, self.rules)
+        self.apply_fn = recipe.apply(self, apply_fn) if recipe.apply else apply_fn
         # Host-side batch transform of the objective (masking, span corruption), or None.
         self.transform = objectives.get_batch_transform(config, self.tokenizer)
         target_len = getattr(self.transform, "target_len", None)
@@ -116,20 +126,20 @@ class Run:
         if self.task:
             self.batch_keys = tasks.batch_keys(config.data.task)
             target_len = config.data.task.target_len if self.task == "naming" else None
+        if recipe.batch_keys:
+            self.batch_keys = recipe.batch_keys(self)
         self.target_len = target_len
         self.counts = count_params(config.model)
         self.flops = flops_per_token(config.model, config.data.seq_len, target_len=target_len)
-        # Compression switch, a no-op by default: pruning masks kept by the optimizer
-        # (train.prune_*); fake-quantized weights (model.weight_bits) wrap the apply below.
-        self.optimizer = maybe_masked(
-            make_optimizer(config.train, config.model), config.train, self.model, config.model
+        self.optimizer = make_optimizer(config.train, config.model)
+        if recipe.optimizer:
+            self.optimizer = recipe.optimizer(self, self.optimizer)
+        # The objective's loss (the held-out evaluation's) and the one the step trains.
+        objective_loss = objectives.get_loss_fn(config.objective)(
+            config.model, self.apply_fn, bytes_per_token=self.tokenizer.bytes_per_token
         )
-        self.optimizer = adapt.wrap_optimizer(self.optimizer, config)  # frozen: no state
-        self.loss_fn = objectives.get_loss_fn(config.objective)(
-            config.model,
-            wrap_apply(self.model, config.model, apply_fn),
-            bytes_per_token=self.tokenizer.bytes_per_token,
-        )
+        self.train_loss_fn = recipe.loss(self, self.apply_fn) if recipe.loss else None
+        self.loss_fn = self.train_loss_fn if recipe.eval_loss else objective_loss
         check_batch(config.data.batch_size, self.mesh, self.rules, config.train.grad_accum)
         with nn.logical_axis_rules(self.rules):  # outside the mesh: optax runs init eagerly
             abstract_state, self.state_shardings = train_state_shardings(
@@ -146,14 +156,27 @@ class Run:
                 if abstract
                 else jax.make_array_from_callback(args.shape, replicated, lambda i: args[i])
             )
+            # Inputs of the step that are not trained (a teacher): () or (tree,).
+            self.frozen = (recipe.frozen(self),) if recipe.frozen else ()
+            frozen_shardings = jax.tree.map(lambda x: x.sharding, self.frozen)
+            if self.train_loss_fn is None:
+                self.train_loss_fn = objective_loss
+                if self.frozen:
+                    raise ValueError(f"{recipe.name}: a frozen input needs the recipe's loss")
             self.train_step = jax.jit(
                 make_train_step(
-                    self.loss_fn,
+                    self.train_loss_fn,
                     self.optimizer,
                     config.train.grad_accum,
                     poison_step=config.train.get("debug_poison_step", 0),
+                    frozen=bool(self.frozen),
                 ),
-                in_shardings=(self.state_shardings, self.batch_shardings, replicated),
+                in_shardings=(
+                    self.state_shardings,
+                    self.batch_shardings,
+                    replicated,
+                    *frozen_shardings,
+                ),
                 out_shardings=(self.state_shardings, replicated),
                 donate_argnums=(0,),
             )
@@ -162,8 +185,8 @@ class Run:
                 in_shardings=(self.state_shardings.params, self.batch_shardings),
                 out_shardings=replicated,
             )
-        if not abstract:
-            self.state = adapt.load_init_from(self.state, config)  # --config.init_from=DIR
+        if not abstract and recipe.init:
+            self.state = recipe.init(self, self.state)  # e.g. --config.init_from=DIR
 
     def init_state(self):
         """A freshly initialised train state, built directly in its shards."""
@@ -199,19 +222,15 @@ class Run:
         }
 
     def evaluate(self, params, eval_batches: list) -> dict[str, float]:
-        """Loss and bits/byte over `eval_batches` (global arrays from `global_batch`)."""
-        sums = {"nll_sum": 0.0, "tokens": 0.0, "bytes": 0.0}
+        """Loss, bits/byte and every `<name>_sum` of the loss's aux per token (accuracy) over
+        `eval_batches` (global arrays from `global_batch`)."""
         with self.activate():
             outs = [self.eval_step(params, b) for b in eval_batches]
+        sums: dict[str, float] = {}
         for aux in jax.device_get(outs):
-            if "correct" in aux:  # classification: accuracy over the examples
-                sums.setdefault("correct", 0.0)
-            for k in sums:
-                sums[k] += float(aux[k])
-        out = objectives.summarize(sums)
-        if "correct" in sums:
-            out["accuracy"] = sums["correct"] / max(sums["tokens"], 1.0)
-        return out
+            for k, v in aux.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+        return objectives.summarize(sums)
 
 
 def train_and_evaluate(
@@ -222,6 +241,7 @@ def train_and_evaluate(
     init_from: tuple[str, int] | None = None,
     keep_steps: tuple[int, ...] = (),
     desc: str = "train",
+    recipe: Recipe | None = None,
 ) -> dict:
     """Trains `config` in `workdir` (resuming if it holds checkpoints); returns the final summary.
 
@@ -236,6 +256,7 @@ def train_and_evaluate(
         branch). Ignored once `workdir` holds checkpoints of its own.
       keep_steps: checkpoints never deleted (a WSD trunk keeps its branch points).
       desc: label of the progress bar and lines (a sweep names its point here).
+      recipe: what the experiment adds to the run (train/recipe.py); None: the objective alone.
 
     Returns:
       The summary (final eval metrics, counts, timings); `preempted=True` if a signal stopped
@@ -247,7 +268,9 @@ def train_and_evaluate(
     """
     check_workdir(workdir, config)
     with preemption.active() as guard:
-        return _train_and_evaluate(config, workdir, stop_at, init_from, keep_steps, desc, guard)
+        return _train_and_evaluate(
+            config, workdir, stop_at, init_from, keep_steps, desc, guard, recipe
+        )
 
 
 def _warn(msg: str) -> None:
@@ -255,38 +278,18 @@ def _warn(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
 
-def _train_and_evaluate(config, workdir, stop_at, init_from, keep_steps, desc, guard) -> dict:
+def _train_and_evaluate(
+    config, workdir, stop_at, init_from, keep_steps, desc, guard, recipe
+) -> dict:
     t_start = time.perf_counter()
     is_main = jax.process_index() == 0
     try:
-        run = Run(config)
+        run = Run(config, recipe=recipe)
         # This process reads only the block of batch rows its devices hold.
         any_sharding = next(iter(run.batch_shardings.values()))
         index, count = process_batch_block(any_sharding, config.data.batch_size)
-        shard = dict(process_index=index, process_count=count)
-        if run.task:
-            train_iter = tasks.make_train_iterator(
-                config.data, run.tokenizer, seed=config.seed, **shard
-            )
-        elif run.transform is None:
-            train_iter = make_train_iterator(config.data, seed=config.seed, **shard)
-        else:  # seeded per batch by grain, so it resumes with the iterator's checkpoint
-            train_ds = make_train_dataset(config.data, seed=config.seed, **shard)
-            seed = config.seed + index
-            train_iter = iter(train_ds.random_map(run.transform, seed=seed))
-        eval_from = (
-            functools.partial(tasks.make_eval_batches, tokenizer=run.tokenizer)
-            if run.task
-            else make_eval_batches
-        )
-        eval_local = eval_from(
-            config.data,
-            num_batches=config.train.eval_batches,
-            process_index=index,
-            process_count=count,
-        )
-        if run.transform is not None:
-            eval_local = [run.transform(b, eval_rng(i)) for i, b in enumerate(eval_local)]
+        source = run.recipe.data or _default_data
+        train_iter, eval_local = source(run, index, count)
     except ValueError as e:  # every setup check raises ValueError naming the field and the fix
         raise ConfigError(str(e)) from e
     eval_batches = [run.global_batch(b) for b in eval_local]  # on device once, not every eval
@@ -366,7 +369,7 @@ def _train_and_evaluate(config, workdir, stop_at, init_from, keep_steps, desc, g
                     # Tracing (Python) and XLA compilation apart: only the second is what the
                     # persistent compilation cache saves.
                     t = time.perf_counter()
-                    lowered = run.train_step.lower(state, batch, run.schedule_args)
+                    lowered = run.train_step.lower(state, batch, run.schedule_args, *run.frozen)
                     trace_s, t = time.perf_counter() - t, time.perf_counter()
                     compiled = lowered.compile()
                     compile_s = time.perf_counter() - t
@@ -375,7 +378,7 @@ def _train_and_evaluate(config, workdir, stop_at, init_from, keep_steps, desc, g
                         f"{desc}: traced in {trace_s:.2f} s, compiled in {compile_s:.2f} s"
                     )
                     clock = {"t": time.perf_counter(), "step": start}
-                state, metrics = compiled(state, batch, run.schedule_args)
+                state, metrics = compiled(state, batch, run.schedule_args, *run.frozen)
                 if pending is not None:
                     log(*pending)
                     pending = None
@@ -390,7 +393,11 @@ def _train_and_evaluate(config, workdir, stop_at, init_from, keep_steps, desc, g
                     progress.write(
                         f"step {step}: eval loss {ev['loss']:.4f} nats/token, "
                         f"{ev['bits_per_byte']:.4f} bits/byte"
-                        + (f", accuracy {ev['accuracy']:.4f}" if "accuracy" in ev else "")
+                        + "".join(
+                            f", {k} {v:.4f}"
+                            for k, v in ev.items()
+                            if k not in ("loss", "bits_per_byte")
+                        )
                     )
                     summary.update({f"eval/{k}": v for k, v in ev.items()})
                     clock = {"t": time.perf_counter(), "step": step}
@@ -437,6 +444,31 @@ def _train_and_evaluate(config, workdir, stop_at, init_from, keep_steps, desc, g
     return summary
 
 
+def _default_data(run: Run, index: int, count: int):
+    """(checkpointable train iterator, eval batches) of this process's rows: packed text through
+    the objective's transform, or a labelled task (`data.task`)."""
+    config = run.config
+    shard = dict(process_index=index, process_count=count)
+    if run.task:
+        train_iter = tasks.make_train_iterator(
+            config.data, run.tokenizer, seed=config.seed, **shard
+        )
+    elif run.transform is None:
+        train_iter = make_train_iterator(config.data, seed=config.seed, **shard)
+    else:  # seeded per batch by grain, so it resumes with the iterator's checkpoint
+        train_ds = make_train_dataset(config.data, seed=config.seed, **shard)
+        train_iter = iter(train_ds.random_map(run.transform, seed=config.seed + index))
+    eval_from = (
+        functools.partial(tasks.make_eval_batches, tokenizer=run.tokenizer)
+        if run.task
+        else make_eval_batches
+    )
+    eval_local = eval_from(config.data, num_batches=config.train.eval_batches, **shard)
+    if run.transform is not None:
+        eval_local = [run.transform(b, eval_rng(i)) for i, b in enumerate(eval_local)]
+    return train_iter, eval_local
+
+
 class _Faults:
     """Applies `train.nan_policy` to the device's `nonfinite` counter whenever it is fetched."""
 
@@ -475,12 +507,13 @@ def _log_train(step, metrics, writer, progress, run, peak, tokens_per_step, cloc
     """Writes a finished step's metrics; blocks only on that step, not on the one queued after."""
     m = jax.device_get(metrics)
     faults.check(m["nonfinite"])
+    derived = objectives.summarize(m)  # bits/byte and every `<name>_sum` of the loss's aux
     now = time.perf_counter()
     tok_s = tokens_per_step * max(step - clock["step"], 1) / max(now - clock["t"], 1e-9)
     clock.update(t=now, step=step)
     out = {
+        **{f"train/{k}": v for k, v in derived.items()},
         "train/loss": float(m["loss"]),  # written as null if it was not finite (and skipped)
-        "train/bits_per_byte": objectives.summarize(m)["bits_per_byte"],
         "train/grad_norm": float(m["grad_norm"]),
         "train/lr": float(m["lr"]),
         "train/skipped_steps": float(m["nonfinite"][0]),

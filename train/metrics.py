@@ -4,7 +4,7 @@ Every JSON line is `{"step": int, "<name>": float | null, ...}`. Non-finite valu
 written as `null`, because strict JSON has no spelling for them and other readers (jq, pandas)
 reject Python's `NaN` extension; TensorBoard still receives the raw value.
 
-A remote workdir (`gs://...`, scaling/atomic.py) holds the same files. An object cannot be appended
+A remote workdir (`gs://...`, common/atomic.py) holds the same files. An object cannot be appended
 to (gcsfs silently turns append into overwrite), so there the lines are kept in memory and the whole
 metrics.jsonl is uploaded in one put at most every `upload_every_s` seconds and on every `flush`
 (the loop flushes before each checkpoint, so a resumed run finds every row up to its checkpoint),
@@ -22,7 +22,7 @@ from typing import Any
 
 from tensorboardX import SummaryWriter, record_writer
 
-from scaling import atomic
+from common import atomic
 
 _CHUNK = 1 << 16
 
@@ -94,7 +94,7 @@ class _ObjectRecordWriterFactory:
 
 
 def _use_object_store_for_tensorboard(url: str) -> None:
-    """Routes tensorboardX's files under `url`'s scheme through scaling/atomic.py (epath): its own
+    """Routes tensorboardX's files under `url`'s scheme through common/atomic.py (epath): its own
     gs:// writer would need google-cloud-storage, a second client next to the one Orbax uses."""
     scheme = url.split("://", 1)[0]
     record_writer.register_writer_factory(scheme, _ObjectRecordWriterFactory())

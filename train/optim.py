@@ -14,7 +14,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from models.prune import SCOPES
+from compress.magnitude import SCOPES
 
 SCHEDULES = ("cosine", "wsd", "constant")
 DECAY_SHAPES = ("linear", "1-sqrt")
@@ -88,7 +88,7 @@ def default_train_config() -> ml_collections.ConfigDict:
             nan_policy="stop",
             max_nonfinite=10,  # 'skip': stop anyway after this many skipped updates.
             debug_poison_step=0,  # Tests: > 0 makes that step's loss and gradients NaN.
-            # Magnitude pruning during training (train/prune.py): 0 = off; else the final
+            # Magnitude pruning during training (compress/masked.py): 0 = off; else the final
             # fraction of the layers' matmul weights zeroed, reached by a cubic ramp pruning every
             # `prune_every` steps from `prune_start` to `prune_end` (-1: 75% of `steps`); scope
             # 'global' (one threshold) or 'layer' (each matrix of each layer alike).

@@ -36,42 +36,51 @@ def make_train_step(
     optimizer: optax.GradientTransformation,
     grad_accum: int = 1,
     poison_step: int = 0,
+    *,
+    frozen: bool = False,
 ) -> Callable:
-    """Builds `train_step(state, batch, schedule) -> (state, metrics)` (pure; jit with shardings).
+    """Builds `train_step(state, batch, schedule[, frozen]) -> (state, metrics)` (pure; jit it
+    with shardings).
 
     Args:
-      loss_fn: `loss_fn(params, batch, rng) -> (loss, aux)` with `nll_sum`, `tokens`, `bytes`.
+      loss_fn: `loss_fn(params, batch, rng) -> (loss, aux)`; aux holds sums: `nll_sum`, `tokens`,
+        `bytes` and any others (each summed over microbatches and returned in the metrics).
       optimizer: a `train.optim.make_optimizer` transformation (its `update` takes `lr=`); the
         step's `schedule` argument is `train.optim.schedule_args(...)`, f32[6].
       grad_accum: microbatches per step.
       poison_step: test hook (`train.debug_poison_step`): > 0 makes the loss and gradients of that
         step NaN, as a bad batch would.
+      frozen: the step takes a fourth argument, a tree of inputs that are not trained (a
+        teacher's parameters), passed to `loss_fn(params, batch, rng, frozen)`.
     """
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
-    def micro_step(params, batch, rng):
-        (loss, aux), grads = grad_fn(params, batch, rng)
+    def micro_step(params, batch, rng, *extra):
+        (loss, aux), grads = grad_fn(params, batch, rng, *extra)
         # grads of the token-mean loss times the token count = grads of the NLL sum.
         grads = jax.tree.map(lambda g: g * aux["tokens"], grads)
         return grads, aux
 
-    def train_step(state: TrainState, batch: dict, schedule: jax.Array):
+    def train_step(state: TrainState, batch: dict, schedule: jax.Array, *extra):
+        if len(extra) != int(frozen):
+            raise TypeError(f"train_step takes {3 + frozen} arguments (frozen={frozen})")
         key = jax.random.wrap_key_data(state.rng)
         key, step_key = jax.random.split(key)
         if grad_accum == 1:
-            grads, aux = micro_step(state.params, batch, step_key)
+            grads, aux = micro_step(state.params, batch, step_key, *extra)
         else:
             micro = _split_microbatches(batch, grad_accum)
             keys = jax.random.split(step_key, grad_accum)
-            zeros = jax.tree.map(jnp.zeros_like, state.params)
-            zero_aux = {"nll_sum": 0.0, "tokens": 0.0, "bytes": 0.0}
+            step = lambda b, k: micro_step(state.params, b, k, *extra)
+            zeros = jax.tree.map(
+                lambda s: jnp.zeros(s.shape, s.dtype),
+                jax.eval_shape(step, jax.tree.map(lambda x: x[0], micro), keys[0]),
+            )
 
-            def body(carry, xs):
-                g_acc, a_acc = carry
-                g, a = micro_step(state.params, xs[0], xs[1])
-                return (jax.tree.map(jnp.add, g_acc, g), {k: a_acc[k] + a[k] for k in a_acc}), None
+            def body(acc, xs):
+                return jax.tree.map(jnp.add, acc, step(*xs)), None
 
-            (grads, aux), _ = jax.lax.scan(body, (zeros, zero_aux), (micro, keys))
+            (grads, aux), _ = jax.lax.scan(body, zeros, (micro, keys))
         tokens = jnp.maximum(aux["tokens"], 1.0)
         grads = jax.tree.map(lambda g: g / tokens, grads)
         nll_sum = aux["nll_sum"]
@@ -87,10 +96,9 @@ def make_train_step(
         cause = jnp.where(jnp.isfinite(loss), 2, 1)
         skipped = jnp.stack([state.nonfinite[0] + 1, state.step + 1, cause]).astype(jnp.int32)
         metrics = {
+            **aux,
             "loss": loss,
             "nll_sum": nll_sum,
-            "tokens": aux["tokens"],
-            "bytes": aux["bytes"],
             "grad_norm": grad_norm,
             "lr": lr,
             "nonfinite": keep(state.nonfinite, skipped),
@@ -108,7 +116,7 @@ def make_train_step(
 
 
 def make_eval_step(loss_fn: Callable, microbatches: int = 1) -> Callable:
-    """Builds `eval_step(params, batch) -> aux sums` (nll_sum, tokens, bytes).
+    """Builds `eval_step(params, batch) -> aux sums` (nll_sum, tokens, bytes, ...).
 
     `microbatches` > 1 evaluates the batch in that many pieces (a `lax.map`, rows split as the
     train step splits them) and sums their aux: a batch that trains as `train.grad_accum`

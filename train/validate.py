@@ -5,7 +5,7 @@ to do (`launch/run.py` prints it as `error: <line>` and exits 2). Nothing here w
 creates a directory: a rejected run leaves its workdir exactly as it was.
 
 Every field of a run config is declared once, next to its block's default (models/sizes.py,
-data/config.py, train/optim.py, objectives/__init__.py, train/adapt.py, parallel/mesh.py;
+data/config.py, train/optim.py, objectives/__init__.py, adapt/wrap.py, parallel/mesh.py;
 `config_fields` gathers them) with its type, range and allowed values, and `check_fields` walks
 them all; rules across fields and blocks (divisibility by mesh axes, the pipeline) follow.
 
@@ -48,11 +48,11 @@ def config_fields() -> dict:
     `base_config` sets itself are declared here. Top-level blocks not listed (an experiment's
     `sweep`, `distill`, `dpo`, `transfer`) belong to the tool that reads them.
     """
+    from adapt.wrap import ADAPT_FIELDS
     from data.config import DATA_FIELDS
     from models.sizes import MODEL_FIELDS
     from objectives import OBJECTIVE_ARGS_FIELDS
     from parallel.mesh import PARALLEL_FIELDS
-    from train.adapt import ADAPT_FIELDS
     from train.optim import TRAIN_FIELDS
 
     return {
@@ -405,7 +405,7 @@ def check_workdir(workdir: str, config, what: str = "run") -> None:
     Raises:
       ConfigError: not writable, not a directory, or holding a `what` of another config.
     """
-    from scaling import atomic
+    from common import atomic
 
     field = f"--workdir={workdir}"
     remote = atomic.is_remote(workdir)
@@ -495,8 +495,8 @@ def check_shared(
     Raises:
       ConfigError: one line naming the flag and the fix.
     """
+    from common import atomic
     from data.corpus import is_local, resolve_data_dir
-    from scaling import atomic
 
     if process_count is None:
         import jax

@@ -5,12 +5,12 @@
 mesh, sharded state, optimizer, eval batches, held-out evaluation by plain cross-entropy); the
 teacher's parameters are restored from its run directory and placed with the shardings its own
 logical axes give under the same rules, then passed to the jitted step as an argument (never
-donated, never differentiated), where `objectives.distill.make_loss_fn` is built around them and
+donated, never differentiated), where `distill.loss.make_loss_fn` is built around them and
 handed to the project's train step. `distill.alpha = 0` trains the same student on the same
 batches by cross-entropy alone and skips the teacher: the control of the experiment.
 
 The run writes `config.json`, `metrics.jsonl`, a final checkpoint (the student's train state, so
-`launch/compress.py` and evaluation read it like any run) and `summary.json`. It does not resume
+`launch/compress_ckpt.py` and evaluation read it like any run) and `summary.json`. It does not resume
 a killed run (rerunning starts it again).
 """
 
@@ -22,16 +22,17 @@ import jax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from compress.quant import wrap_apply
+from compress.tune import load_config, load_params
 from data.pipeline import make_eval_batches, make_train_iterator
+from distill.loss import make_loss_fn
 from models import get_model
-from models.quant import wrap_apply
-from objectives.distill import make_loss_fn
 from parallel.sharding import named_shardings
+from studies.recipes import recipe_for
 from train.checkpoint import Checkpointer
 from train.loop import ConfigError, Run, claim_workdir, write_json_atomic
 from train.metrics import MetricWriter
 from train.step import make_train_step
-from train.tune import load_config, load_params
 
 
 def _teacher(run: Run, teacher_dir: str):
@@ -52,7 +53,7 @@ def distill_and_evaluate(config, workdir: str) -> dict:
     with student_config.unlocked():
         student_config.objective = "causal_lm"  # the held-out loss is plain cross-entropy
     try:
-        run = Run(student_config)
+        run = Run(student_config, recipe=recipe_for(student_config))
         teacher = _teacher(run, d.teacher) if d.alpha > 0 else None
         train_iter = make_train_iterator(config.data, seed=config.seed)
         eval_batches = [

@@ -7,7 +7,7 @@ shared embedding and scaled by d_model**-0.5. v1.1: gated GELU (`wi_0` activated
 a separate `lm_head`, no scaling. torch `nn.Linear` weights are [out, in]: each is transposed.
 """
 
-from models.hf_io import Rule, export_state, import_state, inverse_name, linear, require, tied_equal
+from hf.files import Rule, export_state, import_state, inverse_name, linear, require, tied_equal
 from models.sizes import default_model_config
 
 MODEL_TYPE = "t5"

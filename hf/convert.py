@@ -9,11 +9,13 @@ from types import ModuleType
 
 import numpy as np
 
-from models.hf_io import read_hf_config, read_weights, write_hf_dir
+from hf.files import read_hf_config, read_weights, write_hf_dir
 
 
 def _converters() -> dict[str, ModuleType]:
-    from models import hf_bert, hf_gpt2, hf_t5
+    from hf import bert as hf_bert
+    from hf import gpt2 as hf_gpt2
+    from hf import t5 as hf_t5
 
     return {m.MODEL_TYPE: m for m in [hf_gpt2, hf_bert, hf_t5]}
 

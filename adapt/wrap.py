@@ -2,8 +2,8 @@
 
 `config.adapt.method` picks the parameter tree the train state holds:
   'full'    the model's own tree (full fine-tuning; `adapt.freeze` may still freeze parts)
-  'lora'    {'base': model tree, 'lora': adapters} (models/lora.py), base frozen
-  'prompt'  {'base': model tree, 'prompt': {'embeds'}} (models/prompt_tuning.py), base frozen
+  'lora'    {'base': model tree, 'lora': adapters} (adapt/lora.py), base frozen
+  'prompt'  {'base': model tree, 'prompt': {'embeds'}} (adapt/prompt.py), base frozen
 `wrap_model` gives the loop an object with the family's `init`/`apply` contract over that tree.
 Frozen parameters pass through `stop_gradient` in `apply` (their gradients are never computed) and
 get `optax.set_to_zero` through `optax.multi_transform`, so they hold no optimizer state.
@@ -25,7 +25,9 @@ import ml_collections
 import numpy as np
 import optax
 
-from models import lora, prompt_tuning
+from adapt import lora
+from adapt import prompt as prompt_tuning
+from train.recipe import Recipe
 
 METHODS = ("full", "lora", "prompt")
 
@@ -217,14 +219,19 @@ def _active(config) -> bool:
     return a.method != "full" or bool(a.freeze)
 
 
-def wrap_model(model, config, vocab_size: int):
-    """The family module, or an `AdaptedModel` when `config.adapt` trains a subset."""
-    return AdaptedModel(model, _adapt_cfg(config), vocab_size) if _active(config) else model
-
-
-def wrap_optimizer(optimizer: optax.GradientTransformation, config):
-    """`freeze_optimizer` under `config.adapt` (the optimizer itself for plain training)."""
-    return freeze_optimizer(optimizer, _adapt_cfg(config)) if _active(config) else optimizer
+def recipe(config) -> Recipe | None:
+    """The run's adaptation (train/recipe.py): an `AdaptedModel` and a freezing optimizer when
+    `config.adapt` trains a subset, and `init_from` loaded before step 1; None for neither."""
+    active, init = _active(config), bool(config.get("init_from", ""))
+    if not (active or init):
+        return None
+    a = _adapt_cfg(config)
+    return Recipe(
+        name="adapt",
+        model=(lambda run, m: AdaptedModel(m, a, run.tokenizer.vocab_size)) if active else None,
+        optimizer=(lambda run, opt: freeze_optimizer(opt, a)) if active else None,
+        init=(lambda run, state: load_init_from(state, config)) if init else None,
+    )
 
 
 def load_init_from(state, config):

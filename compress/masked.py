@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from models.prune import magnitude_masks, prunable_spec
+from compress.magnitude import magnitude_masks, prunable_spec
 
 
 class MaskedState(NamedTuple):
@@ -52,7 +52,7 @@ def masked(
 
     Args:
       inner: the optimizer to wrap.
-      prunable: `models.prune.prunable_spec` tree.
+      prunable: `compress.magnitude.prunable_spec` tree.
       final_sparsity: fraction of the prunable weights zero from step `end` on.
       start, end, every: prune at steps start, start + every, ... up to end (start == end: once).
       scope: 'global' or 'layer'.

@@ -4,7 +4,7 @@ A Hugging Face directory holds `config.json` and the weights as `model.safetenso
 `model.safetensors.index.json`, or a PyTorch state dict `pytorch_model.bin`. Weights are read into
 numpy arrays (torch only for a `.bin`, JAX only for bfloat16 safetensors, which numpy cannot name).
 
-Each family converter (models/hf_gpt2.py, hf_bert.py, hf_t5.py) is a list of `Rule`s: one rule
+Each family converter (hf/gpt2.py, hf_bert.py, hf_t5.py) is a list of `Rule`s: one rule
 maps a few Hugging Face tensors to a few of our parameters with a pair of exactly inverse array
 functions (transposes, reshapes, splits, concatenations: no arithmetic), so export after import
 gives back the same bits. `import_state` and `export_state` apply the rules and fail if any tensor
@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from scaling import atomic
+from common import atomic
 
 SAFETENSORS = "model.safetensors"
 SAFETENSORS_INDEX = "model.safetensors.index.json"

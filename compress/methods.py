@@ -28,13 +28,13 @@ import tempfile
 import jax
 import orbax.checkpoint as ocp
 
+from compress.lowrank import DEFAULT_TARGETS, factorize_params
+from compress.magnitude import apply_masks, magnitude_masks, prunable_spec, sparsity_of
+from compress.masked import masked
+from compress.quant import dequantize_params, logical_names, quant_spec, quantize_params
+from compress.structured import importance, prune_structured
 from models import get_model
 from models.counting import count_tree
-from models.lowrank import DEFAULT_TARGETS, factorize_params
-from models.prune import apply_masks, magnitude_masks, prunable_spec, sparsity_of
-from models.quant import dequantize_params, logical_names, quant_spec, quantize_params
-from models.structured import importance, prune_structured
-from train.prune import masked
 
 METHODS = ("none", "int8", "int4", "w8a8", "w4a8", "prune", "structured", "lowrank")
 # Quantization methods: (weight bits, activation bits).

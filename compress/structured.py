@@ -22,7 +22,7 @@ Which parameters belong to a unit is read off the logical axes: every `layers` p
 import jax.numpy as jnp
 import numpy as np
 
-from models.quant import logical_names
+from compress.quant import logical_names
 from models.sizes import resolved_dims
 
 IMPORTANCE = ("taylor", "weight")

@@ -1,18 +1,18 @@
 r"""Compress a trained checkpoint and report what it buys: one method, one new checkpoint.
 
-  python launch/compress.py --workdir runs/small --method int8 --out runs/small_int8
-  python launch/compress.py --workdir runs/small --method int4 --qat --finetune_steps 100 ...
-  python launch/compress.py --workdir runs/small --method w4a8 --bits 3 ...
-  python launch/compress.py --workdir runs/small --method prune --sparsity 0.5 --finetune_steps 50
-  python launch/compress.py --workdir runs/small --method structured --keep_heads 3 --keep_ff 768
-  python launch/compress.py --workdir runs/small --method lowrank --energy 0.9
+  python launch/compress_ckpt.py --workdir runs/small --method int8 --out runs/small_int8
+  python launch/compress_ckpt.py --workdir runs/small --method int4 --qat --finetune_steps 100 ...
+  python launch/compress_ckpt.py --workdir runs/small --method w4a8 --bits 3 ...
+  python launch/compress_ckpt.py --workdir runs/small --method prune --sparsity 0.5 --finetune_steps 50
+  python launch/compress_ckpt.py --workdir runs/small --method structured --keep_heads 3 --keep_ff 768
+  python launch/compress_ckpt.py --workdir runs/small --method lowrank --energy 0.9
 
 `--out` receives `config.json` (the run's config with the new model config), `params/` (Orbax:
 int8 + scales, low-rank factors or the smaller model's arrays) and `report.json`; one JSON line
 per call is appended to `--report` (default `<workdir>/compress.jsonl`) and printed: held-out
 loss and bits/byte against the uncompressed model's, checkpoint bytes against the f32 tree
 written the same way, parameters (non-zero too) and training FLOPs per token. Methods and their
-options: train/compress.py. `load_compressed(out)` reads an output back (evaluation,
+options: compress/methods.py. `load_compressed(out)` reads an output back (evaluation,
 generation: int8 leaves are dequantized inside the jitted forward pass).
 """
 
@@ -20,9 +20,7 @@ import json
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from absl import app, flags, logging  # noqa: E402
+from absl import app, flags, logging
 
 F = flags
 F.DEFINE_string("workdir", None, "Run directory of the trained model (config.json, checkpoints/).")
@@ -47,9 +45,9 @@ F.DEFINE_integer("eval_batches", -1, "Held-out batches (-1: the run's train.eval
 
 
 def load_compressed(out: str):
-    """(config, params) of a `launch/compress.py` output directory."""
-    from train.compress import restore_params
-    from train.tune import load_config
+    """(config, params) of a `launch/compress_ckpt.py` output directory."""
+    from compress.methods import restore_params
+    from compress.tune import load_config
 
     return load_config(out), restore_params(os.path.join(out, "params"))
 
@@ -58,9 +56,9 @@ def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)
     FL = flags.FLAGS
-    from train.compress import compress, measure, save_params
+    from compress.methods import compress, measure, save_params
+    from compress.tune import Tools, load_config, load_params
     from train.loop import write_json_atomic
-    from train.tune import Tools, load_config, load_params
 
     config = load_config(FL.workdir)
     params = load_params(FL.workdir, None if FL.step < 0 else FL.step)

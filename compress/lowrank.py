@@ -1,6 +1,6 @@
 """Low-rank factorisation of layer matmul weights by truncated SVD.
 
-A weight W viewed as a matrix [in, out] (its input axes from models/quant.py `input_axes`,
+A weight W viewed as a matrix [in, out] (its input axes from compress/quant.py `input_axes`,
 which for every layer weight lead its shape) becomes `{"a": [in..., r], "b": [r, out...]}` with
 A = U_r sqrt(S_r), B = sqrt(S_r) V_r^T, the best rank-r approximation in Frobenius norm
 (Eckart-Young). `layers.dense` computes `(x @ A) @ B`, so a factorised matrix costs r (in + out)
@@ -13,7 +13,7 @@ so that layers stay stacked), which only ever keeps more of a layer than asked.
 
 import numpy as np
 
-from models.quant import input_axes, logical_names
+from compress.quant import input_axes, logical_names
 
 DEFAULT_TARGETS = ("q", "k", "v", "o", "wi", "wo")
 

@@ -1,5 +1,5 @@
 r"""Runs experiments/adapt.py end to end and prints its table:
-`python launch/adapt.py --workdir runs/adapt [--args steps=150,pre_steps=300]`.
+`python launch/adapt_table.py --workdir runs/adapt [--args steps=150,pre_steps=300]`.
 
 Pre-trains the base model (once; a rerun reuses it), evaluates it on the held-out task before any
 adaptation, then fine-tunes it three ways. The table (also written to `<workdir>/table.md`) gives
@@ -10,13 +10,10 @@ parameters (count and share of the model), and median step time (from metrics.js
 import json
 import os
 import statistics
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from absl import app, flags, logging
 
-from absl import app, flags, logging  # noqa: E402
-
-from scaling import atomic  # noqa: E402
+from common import atomic
 
 _WORKDIR = flags.DEFINE_string("workdir", "runs/adapt", "Directory of the four runs.")
 _ARGS = flags.DEFINE_string("args", "", "Extra experiments/adapt.py arguments (k=v,...).")
@@ -35,9 +32,10 @@ def _step_time_ms(workdir: str, tokens_per_step: int) -> float:
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)
+    from adapt import wrap as adapt
     from data.pipeline import make_eval_batches
     from experiments.adapt import get_config
-    from train import adapt
+    from studies.recipes import recipe_for
     from train.loop import Run, train_and_evaluate
 
     root = os.path.abspath(_WORKDIR.value)
@@ -47,7 +45,7 @@ def main(argv):
     rows = []
     # The base model on the task before adaptation: a 'full' run's evaluation at step 0.
     cfg0 = get_config(f"method=full,base={base}{extra}")
-    run0 = Run(cfg0)
+    run0 = Run(cfg0, recipe=recipe_for(cfg0))
     ev0 = run0.evaluate(
         run0.state.params,
         [
@@ -61,7 +59,7 @@ def main(argv):
     for method in ("full", "lora", "prompt"):
         config = get_config(f"method={method},base={base}{extra}")
         workdir = os.path.join(root, method)
-        summary = train_and_evaluate(config, workdir, desc=method)
+        summary = train_and_evaluate(config, workdir, desc=method, recipe=recipe_for(config))
         trainable, n = _count(config)
         tokens = config.data.batch_size * config.data.seq_len
         rows.append(
@@ -93,8 +91,8 @@ def _count(config) -> tuple[int, int]:
     import flax.linen as nn
     import jax
 
+    from adapt import wrap as adapt
     from models import get_model
-    from train import adapt
 
     model = adapt.AdaptedModel(get_model(config.model.family), config.adapt, 360)
     shapes = jax.eval_shape(lambda: nn.unbox(model.init(jax.random.key(0), config.model)))

@@ -1,7 +1,7 @@
 """The sweep runner: expand an experiment's grid, train every point, record it, fit and report.
 
 `launch/run.py` calls `run_sweep` for configs that carry a `sweep` block (experiments/scaling.py).
-The sweep workdir (local or remote: `gs://...`, every file through scaling/atomic.py) holds:
+The sweep workdir (local or remote: `gs://...`, every file through common/atomic.py) holds:
   config.json          the sweep config (a rerun with another config is refused)
   results.jsonl        one line per point, rewritten atomically after each point
   points/<id>/         each point's own run directory (config, metrics, checkpoints, summary)
@@ -24,8 +24,9 @@ import traceback
 
 import jax
 
+from common import atomic
 from models.sizes import resolved_dims
-from scaling import atomic
+from studies.recipes import recipe_for
 from train import preemption
 from train.checkpoint import latest_step
 from train.loop import ConfigError, claim_workdir, train_and_evaluate, validate
@@ -339,6 +340,7 @@ def _run_pieces(
                 init_from=piece.init_from,
                 keep_steps=piece.keep_steps,
                 desc=label,
+                recipe=recipe_for(piece.config),
             )
         except ConfigError:
             raise

@@ -9,7 +9,7 @@ as objectives/causal_lm.py), so the logged train loss compares with undistilled 
 `kl_sum`.
 
 The teacher's parameters are an argument of the factory, not a closed-over constant: the
-distillation step (train/distill.py) passes them into the jitted step, sharded like the
+distillation step (distill/run.py) passes them into the jitted step, sharded like the
 teacher's own training state, builds this loss inside the step and never differentiates them.
 """
 

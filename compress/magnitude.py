@@ -1,6 +1,6 @@
 """Unstructured magnitude pruning: keep-masks for the matmul weights of the layers.
 
-Prunable weights are the matrices the quantizer would quantize (models/quant.py `input_axes`)
+Prunable weights are the matrices the quantizer would quantize (compress/quant.py `input_axes`)
 except vocabulary tables: the embedding is a lookup as much as a matmul, and pruning it removes
 whole token meanings, so it stays dense (the usual choice; Zhu & Gupta 2017, Frantar & Alistarh
 2023). A mask is True where a weight is kept.
@@ -15,7 +15,7 @@ only grow sparser as the sparsity rises.
 import jax
 import jax.numpy as jnp
 
-from models.quant import input_axes, is_names, logical_names
+from compress.quant import input_axes, is_names, logical_names
 
 SCOPES = ("global", "layer")
 

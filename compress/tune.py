@@ -3,9 +3,9 @@
 A compressed model's parameters no longer match what `model.init` builds (int8 leaves, low-rank
 factors, fewer heads), so these tools take the tree as it is: it is replicated over the run's
 mesh, batches are sharded over its batch axes as in training, and the loss is the causal-LM
-objective through `models.quant.wrap_apply` (which dequantizes int8 leaves inside the jitted
+objective through `compress.quant.wrap_apply` (which dequantizes int8 leaves inside the jitted
 step). `finetune` runs the project's own train step (`train.step.make_train_step`) on the
-run's training data, optionally keeping pruning masks fixed (train/prune.py).
+run's training data, optionally keeping pruning masks fixed (compress/masked.py).
 """
 
 import contextlib
@@ -20,9 +20,9 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import objectives
+from compress.quant import wrap_apply
 from data.pipeline import BATCH_KEYS, make_eval_batches, make_train_iterator, tokenizer_from_config
 from models import get_model
-from models.quant import wrap_apply
 from parallel.mesh import make_mesh
 from parallel.rules import get_rules
 from parallel.sharding import batch_shardings
@@ -130,7 +130,7 @@ class Tools:
           model_cfg: its model config.
           steps: optimizer updates.
           lr: peak learning rate.
-          wrap: optional `optimizer -> optimizer` (e.g. `train.prune.masked` with fixed masks).
+          wrap: optional `optimizer -> optimizer` (e.g. `compress.masked.masked` with fixed masks).
           seed_offset: added to the run seed so tuning does not replay the first training batches.
 
         Returns:

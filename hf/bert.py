@@ -6,7 +6,7 @@ projection plus an output bias). torch `nn.Linear` weights are [out, in]: each i
 BertForMaskedLM and BertForPreTraining (with the pooler and next-sentence head) are converted.
 """
 
-from models.hf_io import (
+from hf.files import (
     Rule,
     export_state,
     import_state,

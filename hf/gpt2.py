@@ -7,7 +7,7 @@ mapping is reshapes and the split of the fused `c_attn` [D, 3D] into q, k, v.
 
 import numpy as np
 
-from models.hf_io import (
+from hf.files import (
     Rule,
     export_state,
     import_state,

@@ -8,7 +8,7 @@ workdir) and `config.dpo` (experiments/dpo.py):
      validation split (crc32 of 'path:name'), never used for pairs.
   2. `dpo.samples` completions per pair prompt from the SFT model (temperature sampling with the
      KV cache, prompts of different lengths left-padded in one batch, EOS as the stop token);
-  3. each judged by `objectives.dpo.function_body` + `parses(header, body)`; (chosen, rejected)
+  3. each judged by `prefs.loss.function_body` + `parses(header, body)`; (chosen, rejected)
      pairs are an accepted and a rejected body of the same prompt, each followed by EOS;
   4. the reference (the frozen SFT parameters) scores every pair once, in a jitted sharded
      forward; the log-probs are cached in `<workdir>/pairs.json` with the pairs;
@@ -33,12 +33,13 @@ import orbax.checkpoint as ocp
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from common import atomic
+from compress.quant import wrap_apply
 from data.instructions import PROMPT, load_pairs, split_header
 from models.generate import SampleSettings, generate_array
-from models.quant import wrap_apply
-from objectives import dpo
 from parallel.sharding import batch_shardings
-from scaling import atomic
+from prefs import loss as dpo
+from studies.recipes import recipe_for
 from train.loop import ConfigError, Run, claim_workdir
 from train.metrics import MetricWriter
 from train.step import make_train_step
@@ -236,7 +237,7 @@ def dpo_and_evaluate(config, workdir: str) -> dict:
     try:
         if not config.init_from:
             raise ValueError("dpo needs init_from=<the SFT workdir> (the policy and reference)")
-        run = Run(config)
+        run = Run(config, recipe=recipe_for(config))
     except (ValueError, FileNotFoundError) as e:
         raise ConfigError(str(e)) from e
     claim_workdir(workdir, config, "dpo run")

@@ -1,0 +1,1 @@
+"""Parameter-efficient adaptation: LoRA, prompt tuning, freezing, loading pre-trained weights."""

@@ -1,0 +1,1 @@
+"""Knowledge distillation: a student trained against a frozen teacher."""

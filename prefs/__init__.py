@@ -1,0 +1,1 @@
+"""Preference tuning: judged samples, preference pairs, DPO."""

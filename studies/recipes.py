@@ -1,0 +1,14 @@
+"""The features a run config asks for, composed into one recipe for the core loop.
+
+Each feature folder gives `recipe(config) -> Recipe | None` (None when the config does not use
+it); the core never imports them, this module is where they meet (train/recipe.py).
+"""
+
+import adapt.wrap
+import compress
+from train.recipe import Recipe, compose
+
+
+def recipe_for(config) -> Recipe:
+    """Every feature `config` turns on, composed in a fixed order (adaptation wraps first)."""
+    return compose(adapt.wrap.recipe(config), compress.recipe(config))
