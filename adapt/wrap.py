@@ -28,6 +28,7 @@ import optax
 from adapt import lora
 from adapt import prompt as prompt_tuning
 from train.recipe import Recipe
+from train.validate import check_fields
 
 METHODS = ("full", "lora", "prompt")
 
@@ -222,6 +223,8 @@ def _active(config) -> bool:
 def recipe(config) -> Recipe | None:
     """The run's adaptation (train/recipe.py): an `AdaptedModel` and a freezing optimizer when
     `config.adapt` trains a subset, and `init_from` loaded before step 1; None for neither."""
+    if "adapt" in config:
+        check_fields(config.adapt, ADAPT_FIELDS, "adapt.")
     active, init = _active(config), bool(config.get("init_from", ""))
     if not (active or init):
         return None

@@ -145,3 +145,20 @@ def save_figure(fig, path: str) -> None:
         return
     with _temp_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+
+
+def read_rows(path: str, key: str = "id") -> dict[str, dict]:
+    """A JSONL results file (local or remote) as {row[key]: row}; the last line of a key wins;
+    {} when the file does not exist."""
+    rows = {}
+    if exists(path):
+        for line in read_text(path).splitlines():
+            if line.strip():
+                row = json.loads(line)
+                rows[row[key]] = row
+    return rows
+
+
+def write_rows(path: str, rows: dict[str, dict]) -> None:
+    """Rewrites a JSONL results file atomically, one row per line in `rows`' order."""
+    write_text(path, "".join(json.dumps(row, sort_keys=True) + "\n" for row in rows.values()))

@@ -10,7 +10,8 @@ handed to the project's train step. `distill.alpha = 0` trains the same student 
 batches by cross-entropy alone and skips the teacher: the control of the experiment.
 
 The run writes `config.json`, `metrics.jsonl`, a final checkpoint (the student's train state, so
-`launch/compress_ckpt.py` and evaluation read it like any run) and `summary.json`. It does not resume
+`launch/compress_ckpt.py` and evaluation read it like any run) and `summary.json`. It does not
+resume
 a killed run (rerunning starts it again).
 """
 

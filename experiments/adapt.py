@@ -6,7 +6,7 @@ adaptation task is the `asyncio` package (`<stdlib>/asyncio/*.py`), which pre-tr
 sees, split into train/validation files by the corpus's path hash. All four runs in one command
 (`launch/adapt_table.py` trains them in turn and prints the table):
 
-  python launch/adapt_table.py --workdir runs/adapt            # about 6 minutes on a loaded 2-core CPU
+  python launch/adapt_table.py --workdir runs/adapt   # about 6 minutes on a loaded 2-core CPU
 
 or one phase at a time (`method=pretrain|full|lora|prompt`, `base=` the pre-training workdir):
 

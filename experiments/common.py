@@ -203,6 +203,9 @@ def task_phase(
 def base_config(size: str = "small") -> ml_collections.ConfigDict:
     """Every field a single run reads, with defaults; experiments override what they study."""
     config = ml_collections.ConfigDict()
+    # What launch/run.py does with the config: 'train' one run, 'sweep' a grid of runs and the
+    # fit (studies/sweep.py), 'study' the stages of a multi-stage study (studies/stages.py).
+    config.kind = "train"
     config.seed = 0
     config.objective = "causal_lm"  # see the table in objectives/__init__.py
     config.objective_args = default_objective_args()  # masking / span-corruption settings

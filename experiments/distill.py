@@ -31,7 +31,7 @@ def get_config(arg: str = ""):
     config = gpt_config(
         f"size={args.size},steps={args.steps},tokenizer={args.tokenizer},vocab={args.vocab}"
     )
-    config.objective = "distill"
+    config.objective = "causal_lm"
     config.distill = ml_collections.ConfigDict(
         {"teacher": args.teacher, "alpha": args.alpha, "temperature": args.tau}
     )

@@ -110,6 +110,7 @@ def get_config(arg: str = ""):
         raise ValueError(f"mode={args.mode!r} is unknown; choose grid, isoflop or both")
     p = PRESETS[args.preset]
     config = base_config("tiny")
+    config.kind = "sweep"
     set_tokenizer(config, args.tokenizer, args.vocab)
     config.data.seq_len = p["seq_len"]
     set_family(config, args.family)  # architecture and objective (experiments/families.py)

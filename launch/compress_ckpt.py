@@ -3,8 +3,10 @@ r"""Compress a trained checkpoint and report what it buys: one method, one new c
   python launch/compress_ckpt.py --workdir runs/small --method int8 --out runs/small_int8
   python launch/compress_ckpt.py --workdir runs/small --method int4 --qat --finetune_steps 100 ...
   python launch/compress_ckpt.py --workdir runs/small --method w4a8 --bits 3 ...
-  python launch/compress_ckpt.py --workdir runs/small --method prune --sparsity 0.5 --finetune_steps 50
-  python launch/compress_ckpt.py --workdir runs/small --method structured --keep_heads 3 --keep_ff 768
+  python launch/compress_ckpt.py --workdir runs/small --method prune --sparsity 0.5 \
+      --finetune_steps 50
+  python launch/compress_ckpt.py --workdir runs/small --method structured \
+      --keep_heads 3 --keep_ff 768
   python launch/compress_ckpt.py --workdir runs/small --method lowrank --energy 0.9
 
 `--out` receives `config.json` (the run's config with the new model config), `params/` (Orbax:

@@ -208,6 +208,7 @@ def execute(args: Args) -> int:
     import jax
 
     from parallel.distributed import initialize
+    from studies.recipes import recipe_for
     from train.validate import ConfigError, check_run, check_shared
 
     try:  # before anything touches a JAX backend (validation counts devices)
@@ -224,23 +225,36 @@ def execute(args: Args) -> int:
             shared_workdir=args.shared_workdir,
             shared_data_dir=args.shared_data_dir,
         )
-        check_run(config, workdir, "sweep" if "sweep" in config else "run")
+        check_run(config, workdir, config.get("kind", "train"))
+        if config.get("kind", "train") == "train":
+            try:  # the features the config asks for check their own blocks
+                recipe = recipe_for(config)
+            except ValueError as e:
+                raise ConfigError(str(e)) from e
     if args.compile_cache:
         jax.config.update("jax_compilation_cache_dir", args.compile_cache)
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
         jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-    from studies.recipes import recipe_for
     from train.loop import NonFiniteError, train_and_evaluate
 
     resume = shlex.join(sys.argv) if sys.argv and sys.argv[0].endswith("run.py") else ""
     resume = resume or f"python launch/run.py --config {args.experiment} --workdir {workdir}"
+    kind = config.get("kind", "train")
     try:
-        if "sweep" in config:
+        if kind == "sweep":
             from studies.sweep import run_sweep
 
             fit = run_sweep(config, args.experiment, workdir, dry_run=args.dry_run)
             if fit.get("preempted"):
                 print(f"preempted: the sweep stopped with its checkpoints; resume with: {resume}")
+            return 0
+        if kind == "study":
+            from studies.stages import run_study
+            from studies.sweep import load_experiment
+
+            out = run_study(config, load_experiment(args.experiment), workdir, dry_run=args.dry_run)
+            if out["preempted"]:
+                print(f"preempted: the study stopped with its checkpoints; resume with: {resume}")
             return 0
         if args.dry_run:
             print(config)
@@ -256,7 +270,7 @@ def execute(args: Args) -> int:
             print(report_table(report))
             return 0
         else:
-            summary = train_and_evaluate(config, workdir, recipe=recipe_for(config))
+            summary = train_and_evaluate(config, workdir, recipe=recipe)
     except NonFiniteError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_NONFINITE

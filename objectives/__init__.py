@@ -72,7 +72,6 @@ def get_loss_fn(name: str) -> Callable:
     from objectives import (
         causal_lm,
         classification,
-        distill,
         masked_lm,
         prefix_lm,
         seq2seq,
@@ -86,9 +85,6 @@ def get_loss_fn(name: str) -> Callable:
         "span_corruption": span_corruption.make_loss_fn,
         "classification": classification.make_loss_fn,
         "seq2seq": seq2seq.make_loss_fn,
-        # 'distill' also needs the teacher (keyword arguments): distill/run.py builds it in
-        # the step.
-        "distill": distill.make_loss_fn,
     }
     if name not in factories:
         raise ValueError(f"objective={name!r} is unknown; choose one of {sorted(factories)}")

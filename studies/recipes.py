@@ -12,3 +12,12 @@ from train.recipe import Recipe, compose
 def recipe_for(config) -> Recipe:
     """Every feature `config` turns on, composed in a fixed order (adaptation wraps first)."""
     return compose(adapt.wrap.recipe(config), compress.recipe(config))
+
+
+def config_fields() -> dict:
+    """The declared fields of a run config: the core's blocks (train.validate.config_fields)
+    and those of the feature blocks `experiments.common.base_config` carries (`adapt`)."""
+    from adapt.wrap import ADAPT_FIELDS
+    from train.validate import config_fields as core_fields
+
+    return {**core_fields(), "adapt": ADAPT_FIELDS}

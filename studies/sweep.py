@@ -15,7 +15,6 @@ any moment finishes with exactly one result per point and the numbers of an unin
 
 import dataclasses
 import importlib.util
-import json
 import os
 import platform
 import sys
@@ -129,20 +128,12 @@ def _point_dir(workdir: str, point: dict) -> str:
 
 def read_results(path: str) -> dict[str, dict]:
     """results.jsonl (local or remote) as {point id: row} (the last line of an id wins)."""
-    rows = {}
-    if atomic.exists(path):
-        for line in atomic.read_text(path).splitlines():
-            if line.strip():
-                row = json.loads(line)
-                rows[row["id"]] = row
-    return rows
+    return atomic.read_rows(path)
 
 
 def write_results(path: str, rows: dict[str, dict]) -> None:
     """Rewrites results.jsonl atomically (local: temp file, fsync, rename; remote: one put)."""
-    atomic.write_text(
-        path, "".join(json.dumps(row, sort_keys=True) + "\n" for row in rows.values())
-    )
+    atomic.write_rows(path, rows)
 
 
 def _row(config, point: dict, status: str, **extra) -> dict:

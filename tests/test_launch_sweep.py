@@ -214,7 +214,9 @@ def test_failed_point_is_recorded_the_sweep_goes_on_and_a_rerun_retries_it(tmp_p
     victim = sorted(points)[4]
     calls = []
 
-    def fake_train(cfg, workdir, *, stop_at=None, init_from=None, keep_steps=(), desc=""):
+    def fake_train(
+        cfg, workdir, *, stop_at=None, init_from=None, keep_steps=(), desc="", recipe=None
+    ):
         calls.append(desc)
         if desc == victim and fail[0]:
             raise RuntimeError("disk on fire\nsecond line")
@@ -256,7 +258,9 @@ def test_unfinished_and_preempted_points_are_retried_and_nothing_else(tmp_path, 
     ids = sorted(p["id"] for p in scaling.get_sweep(config))
     preempt, calls = [ids[3]], []
 
-    def fake_train(cfg, workdir, *, stop_at=None, init_from=None, keep_steps=(), desc=""):
+    def fake_train(
+        cfg, workdir, *, stop_at=None, init_from=None, keep_steps=(), desc="", recipe=None
+    ):
         calls.append(desc)
         if desc in preempt:
             return {"preempted": True, "step": 1, "resumed_from": 0}

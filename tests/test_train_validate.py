@@ -19,8 +19,9 @@ import pytest
 
 from experiments.common import base_config
 from launch import run as run_cli
+from studies.recipes import config_fields
 from tests.helpers import make_corpus
-from train.validate import ConfigError, check_config, check_fields, config_fields
+from train.validate import ConfigError, check_config, check_fields
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

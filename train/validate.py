@@ -44,11 +44,11 @@ def _registry_check(fn, *args) -> None:
 def config_fields() -> dict:
     """The declared fields of a run config (experiments/common.py `base_config`), block by block.
 
-    Each block's fields are declared next to its default config; the three top-level fields
-    `base_config` sets itself are declared here. Top-level blocks not listed (an experiment's
-    `sweep`, `distill`, `dpo`, `transfer`) belong to the tool that reads them.
+    Each block's fields are declared next to its default config; the top-level fields
+    `base_config` sets itself are declared here. Top-level blocks not listed (`adapt`, an
+    experiment's `sweep`, `distill`, `dpo`) belong to the feature that reads them, which checks
+    them when the run's recipe is composed (studies/recipes.py).
     """
-    from adapt.wrap import ADAPT_FIELDS
     from data.config import DATA_FIELDS
     from models.sizes import MODEL_FIELDS
     from objectives import OBJECTIVE_ARGS_FIELDS
@@ -56,6 +56,7 @@ def config_fields() -> dict:
     from train.optim import TRAIN_FIELDS
 
     return {
+        "kind": {"choices": ("train", "sweep", "study")},
         "seed": {"type": int, "min": 0},
         "objective": {"type": str},  # a registry name: objectives.get_loss_fn
         "objective_args": OBJECTIVE_ARGS_FIELDS,
@@ -63,7 +64,6 @@ def config_fields() -> dict:
         "data": DATA_FIELDS,
         "train": TRAIN_FIELDS,
         "init_from": {"type": str},  # '' or a run's workdir: check_init_from reads it
-        "adapt": ADAPT_FIELDS,
         "parallel": PARALLEL_FIELDS,
     }
 
@@ -575,11 +575,13 @@ def check_init_from(config) -> None:
 
 
 def check_run(config, workdir: str, what: str = "run") -> None:
-    """Every check a run (or sweep) needs before it builds anything: config, data, workdir."""
-    if "sweep" not in config:
+    """Every check a run (or sweep, or study) needs before it builds anything: config, data,
+    workdir. A sweep's points and a study's stages are checked by their runners."""
+    single = config.get("kind", "train") == "train"
+    if single:
         check_config(config)
         check_init_from(config)
     check_data(config.data)
-    if "sweep" not in config:
+    if single:
         check_vocab(config)
     check_workdir(workdir, config, what)

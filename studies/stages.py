@@ -1,0 +1,108 @@
+"""The stage runner: a multi-stage study (pre-train, fine-tune, compare) as one resumable command.
+
+An experiment whose config has `kind = "study"` defines, beside `get_config`,
+  get_stages(config, workdir) -> list[Stage]   the stages, in order
+  report(config, rows) -> str                  the study's markdown report from the stage rows
+and `launch/run.py --config experiments/X.py --workdir DIR` runs them. A stage is either a run
+(`config`, trained by the one loop `train.loop.train_and_evaluate` in `DIR/<name>` with the
+recipe its config asks for) or an `action(stage_dir, rows) -> row` (sampling, judging, scoring,
+compressing: work that is not training). The study workdir holds:
+  config.json     the study config (a rerun with another config is refused)
+  results.jsonl   one row per finished stage (`stage`, `status`, the run's summary or the action's
+                  row), rewritten atomically after each stage
+  <name>/         each stage's own directory (a run's checkpoints, metrics and summary)
+  report.md       `report(config, rows)` once every stage is done
+
+Rerunning the command skips finished stages and resumes an interrupted run stage from its newest
+checkpoint (a SIGTERM stops the study after the current step with a checkpoint), so a study
+killed at any moment ends with the rows of an uninterrupted one. Actions must be deterministic
+given their inputs; a killed action is rerun from its start.
+"""
+
+import dataclasses
+import os
+import time
+from collections.abc import Callable
+
+import jax
+
+from common import atomic
+from studies.recipes import recipe_for
+from train.loop import claim_workdir, train_and_evaluate
+from train.recipe import Recipe
+from train.validate import ConfigError
+
+
+@dataclasses.dataclass
+class Stage:
+    """One step of a study: a run (`config`) or an `action` (exactly one of them)."""
+
+    name: str
+    config: object = None
+    action: Callable[[str, dict[str, dict]], dict] | None = None
+    recipe: Recipe | None = None  # None: `studies.recipes.recipe_for(config)`
+
+    def __post_init__(self):
+        if (self.config is None) == (self.action is None):
+            raise ValueError(f"stage {self.name!r} needs exactly one of config and action")
+
+
+def stage_dir(workdir: str, name: str) -> str:
+    return os.path.join(workdir, name)
+
+
+def run_study(config, module, workdir: str, *, dry_run: bool = False) -> dict:
+    """Runs the stages `module.get_stages(config, workdir)` still needed; returns
+    `{'rows': {stage: row}, 'preempted': bool}`.
+
+    Raises:
+      ConfigError: a stage's config does not validate (before any stage runs), or two stages
+        share a name.
+    """
+    stages = module.get_stages(config, workdir)
+    names = [s.name for s in stages]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"study stages must have distinct names, got {names}")
+    recipes = {}
+    for s in stages:
+        if s.config is not None:
+            try:
+                recipes[s.name] = s.recipe or recipe_for(s.config)
+            except ValueError as e:
+                raise ConfigError(f"stage {s.name}: {e}") from e
+    is_main = jax.process_index() == 0
+    if is_main:
+        kinds = ", ".join(
+            f"{s.name} ({'run' if s.config is not None else 'action'})" for s in stages
+        )
+        print(f"study: {len(stages)} stages: {kinds}", flush=True)
+    if dry_run:
+        return {"rows": {}, "preempted": False}
+    claim_workdir(workdir, config, "study", write=is_main)
+    results_path = os.path.join(workdir, "results.jsonl")
+    rows = atomic.read_rows(results_path, key="stage")
+    for s in stages:
+        if rows.get(s.name, {}).get("status") == "ok":
+            continue
+        t = time.perf_counter()
+        done = {k: v for k, v in rows.items() if v.get("status") == "ok"}
+        if s.config is not None:
+            summary = train_and_evaluate(
+                s.config, stage_dir(workdir, s.name), desc=s.name, recipe=recipes[s.name]
+            )
+            if summary.get("preempted"):
+                return {"rows": rows, "preempted": True}
+            row = dict(summary)
+        else:
+            atomic.makedirs(stage_dir(workdir, s.name))
+            row = dict(s.action(stage_dir(workdir, s.name), done))
+        row.update(stage=s.name, status="ok", stage_wall_s=time.perf_counter() - t)
+        rows[s.name] = row
+        if is_main:
+            atomic.write_rows(results_path, rows)
+        print(f"study: stage {s.name} done in {row['stage_wall_s']:.0f} s", flush=True)
+    if is_main:
+        text = module.report(config, rows)
+        atomic.write_text(os.path.join(workdir, "report.md"), text + "\n")
+        print(text, flush=True)
+    return {"rows": rows, "preempted": False}
