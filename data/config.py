@@ -97,7 +97,20 @@ def default_data_config() -> ml_collections.ConfigDict:
     cfg.seq_len = 256
     cfg.batch_size = 16
     cfg.shards = 0
-    from data.tasks import default_task_config  # data/tasks.py imports the pipeline
 
     cfg.task = default_task_config()
     return cfg
+
+
+def default_task_config() -> ml_collections.ConfigDict:
+    """The `data.task` block ('' = ordinary packed LM data)."""
+    return ml_collections.ConfigDict(
+        {
+            "name": "",  # '' | 'packages' | 'naming' (data/tasks.py TASKS)
+            "root": "",  # directory of .py files ('' = the stdlib)
+            "num_classes": 8,  # packages: the most frequent packages by file count
+            "snippets_per_file": 8,  # packages: leading windows of T - 1 bytes per file
+            "val_percent": 20,  # held-out share of files
+            "target_len": 32,  # naming: decoder tokens per row (name + EOS)
+        }
+    )

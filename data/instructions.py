@@ -198,7 +198,7 @@ def fitting_examples(
 
 
 def _examples(data_cfg, split: str) -> list[dict[str, np.ndarray]]:
-    from data.pipeline import tokenizer_from_config
+    from data.vocabulary import tokenizer_from_config
 
     if data_cfg.glob or data_cfg.dataset != "stdlib":
         raise ValueError(
@@ -218,10 +218,10 @@ def _packed(examples, data_cfg, rows: int, *, seed, num_epochs, index, count) ->
     if seed is not None:
         ds = ds.shuffle(seed=int(np.random.SeedSequence(seed).generate_state(1)[0]))
     ds = ds.repeat(num_epochs)[index::count]
-    from data.pipeline import _pack_and_batch
+    from data.batching import pack_and_batch
 
     pieces = ds.to_iter_dataset(grain.ReadOptions(num_threads=0))
-    return _pack_and_batch(pieces, data_cfg.seq_len, rows, extra=("loss_mask",))
+    return pack_and_batch(pieces, data_cfg.seq_len, rows, extra=("loss_mask",))
 
 
 def make_sft_dataset(
@@ -233,7 +233,7 @@ def make_sft_dataset(
     num_epochs: int | None = None,
 ) -> grain.IterDataset:
     """Packed SFT training batches (tokens, segment_ids, positions, loss_mask) of this process."""
-    from data.pipeline import local_batch_size
+    from data.batching import local_batch_size
 
     rows = local_batch_size(data_cfg, process_count)
     return _packed(
@@ -258,7 +258,7 @@ def make_sft_eval_batches(
     process packs the same global batches and keeps its own block of rows."""
     import itertools
 
-    from data.pipeline import local_batch_size
+    from data.batching import local_batch_size
 
     rows = local_batch_size(data_cfg, process_count)
     ds = _packed(

@@ -28,6 +28,7 @@ import ml_collections
 import numpy as np
 
 from data import corpus, vocabulary
+from data.batching import EVAL_SEED, local_batch_size, pack_and_batch, shuffle_seed
 from data.config import default_data_config
 from data.pieces import PieceIndex, SplitIntoPiecesIterDataset, tokenize_document
 from data.tokenizer import Tokenizer
@@ -48,28 +49,15 @@ SOURCES = ("text", "instructions")
 
 def batch_keys(data_cfg: ml_collections.ConfigDict) -> tuple[str, ...]:
     """The keys of a batch of `data.source` (instruction batches add `loss_mask`)."""
-    source = data_cfg.get("source", "text")
+    source = data_cfg.source
     if source not in SOURCES:
         raise ValueError(f"data.source={source!r} is unknown; choose one of {SOURCES}")
     return BATCH_KEYS + (("loss_mask",) if source == "instructions" else ())
 
 
-EVAL_SEED = 0  # the evaluation sample is the same for every run
-
-
 def tokenizer_from_config(data_cfg: ml_collections.ConfigDict) -> Tokenizer:
     """Returns the tokenizer `data.tokenizer` names (trained on first use: data/vocabulary.py)."""
     return vocabulary.tokenizer_from_config(data_cfg)
-
-
-def local_batch_size(data_cfg: ml_collections.ConfigDict, process_count: int) -> int:
-    """Returns `data.batch_size // process_count`, raising if it does not divide."""
-    if data_cfg.batch_size <= 0 or data_cfg.batch_size % process_count:
-        raise ValueError(
-            f"data.batch_size={data_cfg.batch_size} must be a positive multiple of the process "
-            f"count {process_count}; set data.batch_size to a multiple of {process_count}."
-        )
-    return data_cfg.batch_size // process_count
 
 
 class _TokenizeDocument:
@@ -84,15 +72,6 @@ class _TokenizeDocument:
 
 def _as_features(tokens: np.ndarray) -> dict[str, np.ndarray]:
     return {"tokens": tokens}
-
-
-def _shuffle_seed(seed: int) -> int:
-    """Hashes the run seed into grain's shuffle seed (in [0, 2**32)).
-
-    grain seeds epoch e with `seed + e`, so with raw seeds the second epoch of seed s would be
-    the first epoch of seed s + 1; hashing keeps the data orders of neighbouring seeds unrelated.
-    """
-    return int(np.random.SeedSequence(seed).generate_state(1)[0])
 
 
 def _piece_dataset(
@@ -116,7 +95,7 @@ def _piece_dataset(
         ds = grain.MapDataset.source(texts)
         read_options = None  # grain's default reader threads hide storage latency.
     if seed is not None:
-        ds = ds.shuffle(seed=_shuffle_seed(seed))
+        ds = ds.shuffle(seed=shuffle_seed(seed))
     ds = ds.repeat(num_epochs)
     ds = ds[process_index::process_count]
     if corpus.is_local(data_cfg):
@@ -125,42 +104,6 @@ def _piece_dataset(
         docs = ds.map(_TokenizeDocument(tokenizer)).to_iter_dataset(read_options)
         pieces = SplitIntoPiecesIterDataset(docs, data_cfg.seq_len)
     return pieces.map(_as_features)
-
-
-class _ToBatch:
-    """Renames grain's packing outputs to the batch contract; pads a short batch with zero rows."""
-
-    def __init__(self, rows: int, extra: tuple[str, ...] = ()):
-        self._rows, self._extra = rows, extra
-
-    def __call__(self, packed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        batch = {
-            "tokens": packed["tokens"],
-            "segment_ids": packed["tokens_segment_ids"],
-            "positions": packed["tokens_positions"],
-            **{k: packed[k] for k in self._extra},  # e.g. SFT's loss_mask
-        }
-        # Only the final batch of a finite stream is short; zero rows carry no loss.
-        missing = self._rows - len(batch["tokens"])
-        return {
-            k: np.pad(v, ((0, missing), (0, 0))).astype(np.int32, copy=False)
-            for k, v in batch.items()
-        }
-
-
-def _pack_and_batch(
-    pieces: grain.IterDataset, seq_len: int, rows: int, extra: tuple[str, ...] = ()
-) -> grain.IterDataset:
-    """First-fit packs pieces into rows of `seq_len` and batches `rows` of them; `extra` names
-    per-token fields packed beside the tokens."""
-    packed = grain.experimental.FirstFitPackIterDataset(
-        pieces,
-        length_struct={"tokens": seq_len, **dict.fromkeys(extra, seq_len)},
-        num_packing_bins=rows,
-        # Pieces are already shuffled; row order within a batch does not matter.
-        shuffle_bins=False,
-    )
-    return packed.batch(rows, drop_remainder=False).map(_ToBatch(rows, extra))
 
 
 def make_train_dataset(
@@ -195,7 +138,7 @@ def make_train_dataset(
             process_count=process_count,
             num_epochs=num_epochs,
         )
-    shards = data_cfg.get("shards", 0) or process_count
+    shards = data_cfg.shards or process_count
     if shards % process_count:
         raise ValueError(
             f"data.shards={shards} is not a multiple of the {process_count} data-loading "
@@ -203,7 +146,7 @@ def make_train_dataset(
         )
     per_process = shards // process_count
     parts = [
-        _pack_and_batch(
+        pack_and_batch(
             _piece_dataset(
                 data_cfg,
                 "train",
@@ -293,7 +236,7 @@ def make_eval_batches(
     pieces = _piece_dataset(
         data_cfg, "validation", seed=EVAL_SEED, num_epochs=1, process_index=0, process_count=1
     )
-    global_batches = _pack_and_batch(pieces, data_cfg.seq_len, data_cfg.batch_size)
+    global_batches = pack_and_batch(pieces, data_cfg.seq_len, data_cfg.batch_size)
     lo = process_index * rows
     return [
         {k: v[lo : lo + rows] for k, v in batch.items()}

@@ -21,12 +21,11 @@ label -1).
 import functools
 
 import grain
-import ml_collections
 import numpy as np
 
 from data import labels, naming
+from data.batching import EVAL_SEED, local_batch_size, shuffle_seed
 from data.instructions import stdlib_files
-from data.pipeline import EVAL_SEED, _shuffle_seed, local_batch_size
 from data.tokenizer import Tokenizer
 
 TASKS = {"packages": "classification", "naming": "seq2seq"}  # task -> the objective it trains
@@ -35,27 +34,13 @@ _SEQ2SEQ_KEYS = [
 ]
 
 
-def default_task_config() -> ml_collections.ConfigDict:
-    """The `data.task` block ('' = ordinary packed LM data)."""
-    return ml_collections.ConfigDict(
-        {
-            "name": "",  # '' | 'packages' | 'naming' (table above)
-            "root": "",  # directory of .py files ('' = the stdlib)
-            "num_classes": 8,  # packages: the most frequent packages by file count
-            "snippets_per_file": 8,  # packages: leading windows of T - 1 bytes per file
-            "val_percent": 20,  # held-out share of files
-            "target_len": 32,  # naming: decoder tokens per row (name + EOS)
-        }
-    )
-
-
 def check(config) -> str:
     """The task of `config` ('' for none), checked against `config.objective`.
 
     Raises:
       ValueError: naming the field and the fix.
     """
-    task = config.data.get("task", default_task_config())
+    task = config.data.task
     name, objective = task.name, config.objective
     if name and name not in TASKS:
         raise ValueError(f"data.task.name={name!r} is unknown; choose one of {sorted(TASKS)}")
@@ -172,7 +157,7 @@ def make_train_iterator(
     """Endless, checkpointable batches of B_local training examples for this process."""
     rows = local_batch_size(data_cfg, process_count)
     arrays = encode(data_cfg, tokenizer, examples(data_cfg, "train"))
-    ds = grain.MapDataset.source(_Rows(arrays)).shuffle(seed=_shuffle_seed(seed)).repeat(None)
+    ds = grain.MapDataset.source(_Rows(arrays)).shuffle(seed=shuffle_seed(seed)).repeat(None)
     ds = ds[process_index::process_count].batch(rows, drop_remainder=True)
     return iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=0)))
 

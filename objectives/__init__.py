@@ -109,7 +109,7 @@ def get_batch_transform(config, tokenizer):
             f"objective={name!r} trains model.family in {FAMILIES[name]}, not {family!r}; "
             "set model.family or objective"
         )
-    args = config.get("objective_args", default_objective_args())
+    args = config.objective_args
     ids = special_ids(tokenizer, config.model.vocab_size)
     if name == "masked_lm":
         if args.nsp and not config.model.nsp_head:

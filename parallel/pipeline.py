@@ -309,7 +309,7 @@ def pipelined_apply(model, config, mesh, rules) -> tuple[Schedule | None, Callab
             "set parallel.mesh.stage=1"
         )
     schedule = check_pipeline_config(config, mesh.shape, rules)
-    stack = make_layer_stack(schedule, config.model.get("layer_loop", "python"))
+    stack = make_layer_stack(schedule, config.model.layer_loop)
     return schedule, functools.partial(model.apply, layer_stack=stack)
 
 

@@ -168,7 +168,7 @@ class Run:
                     self.train_loss_fn,
                     self.optimizer,
                     config.train.grad_accum,
-                    poison_step=config.train.get("debug_poison_step", 0),
+                    poison_step=config.train.debug_poison_step,
                     frozen=bool(self.frozen),
                 ),
                 in_shardings=(
@@ -473,8 +473,8 @@ class _Faults:
     """Applies `train.nan_policy` to the device's `nonfinite` counter whenever it is fetched."""
 
     def __init__(self, train_cfg, ckpt: Checkpointer, nonfinite):
-        self.policy = train_cfg.get("nan_policy", "stop")
-        self.limit = train_cfg.get("max_nonfinite", 10)
+        self.policy = train_cfg.nan_policy
+        self.limit = train_cfg.max_nonfinite
         self.ckpt = ckpt
         self.seen = int(nonfinite[0])  # skips before this run (restored with the state)
 

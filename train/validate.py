@@ -366,7 +366,7 @@ def _check_glob(data_cfg) -> None:
         raise ConfigError(
             f"{field} matches {len(matched)} file(s) holding no text; point it at non-empty files"
         )
-    utf8_filter = "utf8" in tuple(data_cfg.filters.get("enabled", ()))
+    utf8_filter = "utf8" in tuple(data_cfg.filters.enabled)
     if not_utf8 == len(matched) or (not_utf8 and not utf8_filter):
         raise ConfigError(
             f"{field}: {not_utf8} of {len(matched)} files are not UTF-8 text (first: {first_bad}); "
