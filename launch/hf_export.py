@@ -8,23 +8,16 @@ config.json and model.safetensors, loadable with `transformers`' `from_pretraine
 """
 
 import argparse
-import json
 import os
 import sys
 
 
 def read_checkpoint(workdir: str, step: int | None = None):
     """(model config, parameters as numpy arrays) of a workdir's checkpoint (newest by default)."""
-    from models.sizes import default_model_config
     from train.checkpoint import load_state
+    from train.loop import read_run_config
 
-    config_path = os.path.join(workdir, "config.json")
-    if not os.path.exists(config_path):
-        raise FileNotFoundError(f"{workdir} has no config.json; pass a run's workdir as --ckpt")
-    with open(config_path) as f:
-        saved = json.load(f)["model"]
-    cfg = default_model_config("tiny")  # fields added since the checkpoint keep their defaults
-    cfg.update(saved)
+    cfg = read_run_config(workdir).model
     state = load_state(os.path.join(os.path.abspath(workdir), "checkpoints"), step)
     return cfg, state["params"]
 

@@ -9,7 +9,6 @@ encoder-decoder the prompt is the encoder input. Several `--prompt` flags form o
       --max_new_tokens 64 --temperature 0.8 --top_p 0.95
 """
 
-import json
 import os
 
 from absl import app, flags, logging
@@ -29,14 +28,13 @@ _STOP_AT_EOS = flags.DEFINE_bool("stop_at_eos", True, "End a completion at the E
 
 def load_for_sampling(workdir: str, step: int = -1):
     """(params, model config, tokenizer) of a run, LoRA merged; raises on prompt-tuned runs."""
-    import ml_collections
 
     from adapt import lora
     from data.pipeline import tokenizer_from_config
     from train.checkpoint import load_state
+    from train.loop import read_run_config
 
-    with open(os.path.join(workdir, "config.json")) as f:
-        config = ml_collections.ConfigDict(json.load(f))
+    config = read_run_config(workdir)
     ckpt = os.path.join(workdir, "checkpoints")
     params = load_state(ckpt if os.path.isdir(ckpt) else workdir, None if step < 0 else step)
     params = params["params"]

@@ -16,6 +16,7 @@ import time
 
 import flax.linen as nn
 import jax
+import ml_collections
 import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -50,7 +51,14 @@ from train.validate import ConfigError, check_config, check_workdir
 
 validate = check_config  # the config checks, under the name studies/sweep.py uses
 
-__all__ = ["ConfigError", "NonFiniteError", "Run", "claim_workdir", "train_and_evaluate"]
+__all__ = [
+    "ConfigError",
+    "NonFiniteError",
+    "Run",
+    "claim_workdir",
+    "read_run_config",
+    "train_and_evaluate",
+]
 
 
 class NonFiniteError(FloatingPointError):
@@ -72,6 +80,19 @@ def claim_workdir(workdir: str, config, what: str = "run", *, write: bool = True
     atomic.makedirs(workdir)
     if write:
         write_json_atomic(os.path.join(workdir, "config.json"), config.to_dict())
+
+
+def read_run_config(workdir: str) -> ml_collections.ConfigDict:
+    """The config a run was trained with: its workdir's `config.json` (every field, as written by
+    `claim_workdir`); the one way the codebase reads a saved run's config.
+
+    Raises:
+      ConfigError: `workdir` holds no config.json (not a run directory).
+    """
+    path = os.path.join(workdir, "config.json")
+    if not atomic.exists(path):
+        raise ConfigError(f"{workdir} has no config.json; pass the workdir of a run")
+    return ml_collections.ConfigDict(json.loads(atomic.read_text(path)))
 
 
 class Run:
