@@ -35,6 +35,8 @@ from collections.abc import Iterable, Iterator, Sequence
 import numpy as np
 import sentencepiece as sp_lib
 
+from common import atomic
+
 FORMAT = 1  # Bump whenever the trainer options change, so cached vocabularies are retrained.
 KINDS = ("bpe", "unigram")
 MASK_PIECE = "<mask>"
@@ -205,7 +207,7 @@ def train(
     tmp_dir = tempfile.mkdtemp(prefix=".spm-train-", dir=os.path.dirname(model_path))
     try:
         # The model comes back in memory (no model_prefix: the proto would record the temp path
-        # and two identical trainings would differ), is written in the temp dir, then moved.
+        # and two identical trainings would differ), is checked from the temp dir, then written.
         tmp_path, proto = os.path.join(tmp_dir, "spm.model"), io.BytesIO()
         sp_lib.set_random_generator_seed(seed)
         try:
@@ -222,10 +224,8 @@ def train(
             raise
         with open(tmp_path, "wb") as f:
             f.write(proto.getvalue())
-            f.flush()
-            os.fsync(f.fileno())
         SentencePieceTokenizer(tmp_path, num_sentinels)  # Loads and checks it.
-        os.replace(tmp_path, model_path)
+        atomic.write_bytes(model_path, proto.getvalue())
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
 

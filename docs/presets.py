@@ -20,16 +20,11 @@ import subprocess
 import sys
 import time
 
+from common import atomic
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOCS = os.path.join(ROOT, "docs")
 GiB = 1024**3
-
-
-def _write(path: str, text: str) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def _machine() -> str:
@@ -160,7 +155,7 @@ def main(argv: list[str]) -> int:
         with open(json_path) as f:
             results = json.load(f)
     machine = _machine()
-    _write(os.path.join(DOCS, "presets.md"), table(presets, plans, results, machine))
+    atomic.write_text(os.path.join(DOCS, "presets.md"), table(presets, plans, results, machine))
     if args.table:
         return 0
     for path, arg, slice_name in presets:
@@ -172,8 +167,8 @@ def main(argv: list[str]) -> int:
         r["date"] = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M")
         r["machine"] = machine
         results[key] = r
-        _write(json_path, json.dumps(results, indent=1, sort_keys=True) + "\n")
-        _write(os.path.join(DOCS, "presets.md"), table(presets, plans, results, machine))
+        atomic.write_text(json_path, json.dumps(results, indent=1, sort_keys=True) + "\n")
+        atomic.write_text(os.path.join(DOCS, "presets.md"), table(presets, plans, results, machine))
         print(f"  {_row(key, slice_name, plans[key], r)}", file=sys.stderr, flush=True)
     return 0
 

@@ -81,20 +81,13 @@ def _torch_to_numpy(t) -> np.ndarray:
 
 def write_hf_dir(hf_dir: str, config: dict, state: dict[str, np.ndarray]) -> None:
     """Writes config.json and model.safetensors into `hf_dir`, each file atomically."""
-    from safetensors.numpy import save_file
+    from safetensors.numpy import save
 
     os.makedirs(hf_dir, exist_ok=True)
-    weights = os.path.join(hf_dir, SAFETENSORS)
-    tmp = f"{weights}.tmp.{os.getpid()}"
     # transformers refuses safetensors files whose metadata does not name a framework.
-    save_file(
-        {k: np.ascontiguousarray(v) for k, v in state.items()}, tmp, metadata={"format": "pt"}
-    )
-    os.replace(tmp, weights)
-    write_json(os.path.join(hf_dir, "config.json"), config)
-
-
-write_json = atomic.write_json  # config.json files, temp file + fsync + rename
+    data = save({k: np.ascontiguousarray(v) for k, v in state.items()}, metadata={"format": "pt"})
+    atomic.write_bytes(os.path.join(hf_dir, SAFETENSORS), data)
+    atomic.write_json(os.path.join(hf_dir, "config.json"), config)
 
 
 _PLAIN = {"attention_pattern": "dense", "mup": False}

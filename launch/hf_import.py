@@ -22,7 +22,7 @@ def write_checkpoint(out: str, cfg, params: dict) -> None:
     """
     import orbax.checkpoint as ocp
 
-    from hf.files import write_json
+    from common.atomic import write_json
 
     ckpt_dir = os.path.join(os.path.abspath(out), "checkpoints")
     if os.path.isdir(ckpt_dir) and os.listdir(ckpt_dir):

@@ -16,7 +16,6 @@ import io
 import json
 import math
 import os
-import tempfile
 import time
 from typing import Any
 
@@ -193,7 +192,7 @@ class MetricWriter:
     def truncate_after(self, step: int) -> None:
         """Keeps only lines with `step <= step`, so a resumed run never writes a step twice.
 
-        The JSON file is rewritten atomically (local: temp file + `os.replace`; remote: one put).
+        The JSON file is rewritten atomically (common/atomic.py).
         Event files cannot be edited, so the TensorBoard writer is reopened with
         `purge_step=step + 1`, which makes TensorBoard hide the older events past `step`.
 
@@ -215,18 +214,7 @@ class MetricWriter:
     def _truncate_local(self, step: int) -> None:
         os.close(self._fd)
         kept = [r for r in read_metrics(self.path) if r["step"] <= step]
-        fd, tmp = tempfile.mkstemp(dir=self._dir, prefix=".metrics.", suffix=".tmp")
-        os.fchmod(fd, 0o644)  # mkstemp's 0o600 would hide the metrics from other users.
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.writelines(json.dumps(r, allow_nan=False) + "\n" for r in kept)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
-        dir_fd = os.open(self._dir, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)  # Makes the rename itself durable.
-        finally:
-            os.close(dir_fd)
+        atomic.write_text(self.path, "".join(json.dumps(r, allow_nan=False) + "\n" for r in kept))
         self._open()
 
     def flush(self) -> None:
