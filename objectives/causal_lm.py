@@ -32,6 +32,17 @@ def token_nll(logits_BTV: jax.Array, targets_BT: jax.Array, dtype=jnp.float32) -
     return lse_BT - target_logit_BT
 
 
+def byte_table(vocab_size: int, bytes_per_token: np.ndarray | None) -> jax.Array:
+    """[V] raw bytes each id stands for (ids beyond the tokenizer's vocabulary, padding, count 0;
+    None: one byte per token), for the bits-per-byte sums of every loss."""
+    if bytes_per_token is None:
+        return jnp.ones((vocab_size,), jnp.float32)
+    table = np.zeros((vocab_size,), np.float32)
+    n = min(len(bytes_per_token), vocab_size)  # synthetic benchmarks may truncate
+    table[:n] = bytes_per_token[:n]
+    return jnp.asarray(table)
+
+
 def make_loss_fn(cfg, apply_fn: Callable, *, bytes_per_token: np.ndarray | None = None) -> Callable:
     """Builds `loss_fn(params, batch, rng) -> (loss, aux)` for causal LM training.
 
@@ -41,13 +52,7 @@ def make_loss_fn(cfg, apply_fn: Callable, *, bytes_per_token: np.ndarray | None 
       bytes_per_token: [tokenizer vocab] raw bytes each id stands for; ids beyond it (vocab
         padding) count 0. None counts one byte per token.
     """
-    if bytes_per_token is None:
-        table_V = jnp.ones((cfg.vocab_size,), jnp.float32)
-    else:
-        table = np.zeros((cfg.vocab_size,), np.float32)
-        n = min(len(bytes_per_token), cfg.vocab_size)  # synthetic benchmarks may truncate
-        table[:n] = bytes_per_token[:n]
-        table_V = jnp.asarray(table)
+    table_V = byte_table(cfg.vocab_size, bytes_per_token)
 
     def loss_fn(params, batch: dict, rng: jax.Array | None = None):
         logits_BTV = apply_fn(params, batch, cfg, rngs=rng)

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from objectives.causal_lm import token_nll
+from objectives.causal_lm import byte_table, token_nll
 from objectives.transforms import SpecialIds
 
 
@@ -110,7 +110,7 @@ def make_loss_fn(cfg, apply_fn: Callable, *, bytes_per_token: np.ndarray | None 
       apply_fn: `apply(params, batch, cfg, rngs=...) -> {'logits': [B, T, V], ...}`.
       bytes_per_token: raw bytes per id (None: one per token).
     """
-    table_V = _byte_table(cfg.vocab_size, bytes_per_token)
+    table_V = byte_table(cfg.vocab_size, bytes_per_token)
 
     def loss_fn(params, batch: dict, rng: jax.Array | None = None):
         out = apply_fn(params, batch, cfg, rngs=rng)
@@ -138,12 +138,3 @@ def make_loss_fn(cfg, apply_fn: Callable, *, bytes_per_token: np.ndarray | None 
         return loss, aux
 
     return loss_fn
-
-
-def _byte_table(vocab_size: int, bytes_per_token) -> jax.Array:
-    if bytes_per_token is None:
-        return jnp.ones((vocab_size,), jnp.float32)
-    table = np.zeros((vocab_size,), np.float32)
-    n = min(len(bytes_per_token), vocab_size)
-    table[:n] = bytes_per_token[:n]
-    return jnp.asarray(table)

@@ -19,8 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from objectives.causal_lm import token_nll
-from objectives.masked_lm import _byte_table
+from objectives.causal_lm import byte_table, token_nll
 from objectives.transforms import SpecialIds, random_composition, segments
 
 
@@ -133,7 +132,7 @@ def make_loss_fn(cfg, apply_fn: Callable, *, bytes_per_token: np.ndarray | None 
       apply_fn: `apply(params, batch, cfg, rngs=...) -> logits [B, T_out, V]`.
       bytes_per_token: raw bytes per id (None: one per token).
     """
-    table_V = _byte_table(cfg.vocab_size, bytes_per_token)
+    table_V = byte_table(cfg.vocab_size, bytes_per_token)
 
     def loss_fn(params, batch: dict, rng: jax.Array | None = None):
         logits_BTV = apply_fn(params, batch, cfg, rngs=rng)
