@@ -24,7 +24,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from compress.quant import wrap_apply
-from compress.tune import load_config, load_params
+from compress.measure import load_config, load_params
 from data.pipeline import make_eval_batches, make_train_iterator
 from distill.loss import make_loss_fn
 from models import get_model

@@ -581,7 +581,8 @@ def check_run(config, workdir: str, what: str = "run") -> None:
     if single:
         check_config(config)
         check_init_from(config)
-    check_data(config.data)
+    if "data" in config:  # a study over another run's checkpoint reads that run's data
+        check_data(config.data)
     if single:
         check_vocab(config)
     check_workdir(workdir, config, what)

@@ -1,35 +1,45 @@
-"""Evaluation and short fine-tuning of arbitrary parameter trees (compressed models).
+"""Measuring arbitrary parameter trees (compressed models), and reading and writing them.
 
 A compressed model's parameters no longer match what `model.init` builds (int8 leaves, low-rank
-factors, fewer heads), so these tools take the tree as it is: it is replicated over the run's
-mesh, batches are sharded over its batch axes as in training, and the loss is the causal-LM
-objective through `compress.quant.wrap_apply` (which dequantizes int8 leaves inside the jitted
-step). `finetune` runs the project's own train step (`train.step.make_train_step`) on the
-run's training data, optionally keeping pruning masks fixed (compress/masked.py).
+factors), which the loop's eval step (sharded like the model's own tree) cannot take, so
+`Evaluator` takes the tree as it is: it is replicated over the run's mesh, batches are sharded
+over its batch axes as in training, and the loss is the causal-LM objective through
+`compress.quant.wrap_apply` (int8 leaves dequantized inside the jitted step, activations
+fake-quantized at `act_bits`). Fine-tuning is not done here: it is a run of the one loop
+(compress/study.py).
+
+`measure` gives a report line's numbers: held-out loss and bits/byte (the run's fixed eval
+batches, the ones its own evaluation used), checkpoint bytes (the tree written with Orbax),
+parameters (and non-zero parameters) and training FLOPs per token (models/counting.py
+`count_tree`: real for low-rank and structured pruning; unstructured sparsity only lowers
+`flops_per_token_nonzero`, which a sparse kernel could reach).
 """
 
 import contextlib
 import json
 import os
+import shutil
+import subprocess
+import tempfile
 
 import flax.linen as nn
 import jax
 import ml_collections
 import numpy as np
+import orbax.checkpoint as ocp
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import objectives
-from compress.quant import wrap_apply
+from compress.quant import dequantize_params, wrap_apply
 from data.pipeline import BATCH_KEYS, make_eval_batches, make_train_iterator, tokenizer_from_config
 from models import get_model
+from models.counting import count_tree
 from parallel.mesh import make_mesh
 from parallel.rules import get_rules
 from parallel.sharding import batch_shardings
 from train.checkpoint import load_state
-from train.optim import make_optimizer, schedule_args
-from train.state import TrainState
-from train.step import make_eval_step, make_train_step
+from train.step import make_eval_step
 
 
 def _merge(base: ml_collections.ConfigDict, saved: dict) -> None:
@@ -64,7 +74,7 @@ def load_params(workdir: str, step: int | None = None):
     return jax.device_get(state["params"] if isinstance(state, dict) else state.params)
 
 
-class Tools:
+class Evaluator:
     """Mesh, eval batches and steps for one data/parallel config (any model config)."""
 
     def __init__(self, config, *, eval_batches: int | None = None):
@@ -90,18 +100,18 @@ class Tools:
             if k in self.batch_shardings
         }
 
-    def loss_fn(self, model_cfg):
-        model = get_model(model_cfg.family)
+    def loss_fn(self, model_cfg, act_bits: int = 0):
+        apply = wrap_apply(get_model(model_cfg.family), model_cfg, act_bits=act_bits)
         return objectives.get_loss_fn("causal_lm")(
-            model_cfg, wrap_apply(model, model_cfg), bytes_per_token=self.tokenizer.bytes_per_token
+            model_cfg, apply, bytes_per_token=self.tokenizer.bytes_per_token
         )
 
     def replicate(self, tree):
         return jax.device_put(tree, self.replicated)
 
-    def evaluate(self, params, model_cfg) -> dict[str, float]:
+    def evaluate(self, params, model_cfg, act_bits: int = 0) -> dict[str, float]:
         """Held-out loss (nats/token) and bits/byte of `params` on the fixed eval batches."""
-        step = jax.jit(make_eval_step(self.loss_fn(model_cfg)))
+        step = jax.jit(make_eval_step(self.loss_fn(model_cfg, act_bits)))
         params = self.replicate(params)
         sums = {"nll_sum": 0.0, "tokens": 0.0, "bytes": 0.0}
         with self.activate():
@@ -122,43 +132,48 @@ class Tools:
                 for _ in range(n_batches)
             ]
 
-    def finetune(self, params, model_cfg, *, steps: int, lr: float, wrap=None, seed_offset=1):
-        """`steps` updates of AdamW (warmup 10%, cosine) on the training data from `params`.
 
-        Args:
-          params: the tree to tune.
-          model_cfg: its model config.
-          steps: optimizer updates.
-          lr: peak learning rate.
-          wrap: optional `optimizer -> optimizer` (e.g. `compress.masked.masked` with fixed masks).
-          seed_offset: added to the run seed so tuning does not replay the first training batches.
+def save_params(path: str, params) -> None:
+    """Writes a parameter tree with Orbax (replacing `path`: Orbax commits by rename)."""
+    if os.path.exists(path):
+        shutil.rmtree(path)
+    with ocp.StandardCheckpointer() as ckptr:
+        ckptr.save(os.path.abspath(path), jax.device_get(params))
 
-        Returns:
-          (tuned params on host, last train loss).
-        """
-        tcfg = self.config.train.copy_and_resolve_references()
-        with tcfg.unlocked():
-            tcfg.steps, tcfg.lr, tcfg.warmup_steps = steps, lr, max(steps // 10, 1)
-        optimizer = make_optimizer(tcfg)
-        if wrap is not None:
-            optimizer = wrap(optimizer)
-        schedule = schedule_args(tcfg)  # a runtime argument: every (steps, lr) shares a compile
-        step_fn = jax.jit(
-            make_train_step(self.loss_fn(model_cfg), optimizer, tcfg.grad_accum),
-            donate_argnums=(0,),
-        )
-        # Fresh buffers (via host): the step donates its state, and `params` stays the caller's.
-        params = self.replicate(jax.device_get(params))
-        state = TrainState(
-            step=jax.numpy.zeros((), jax.numpy.int32),
-            params=params,
-            opt_state=jax.jit(optimizer.init)(params),
-            rng=jax.random.key_data(jax.random.key(self.config.seed)),
-        )
-        it = make_train_iterator(self.config.data, seed=self.config.seed + seed_offset)
-        loss = float("nan")
-        with self.activate():
-            for _ in range(steps):
-                state, metrics = step_fn(state, self.global_batch(next(it)), schedule)
-            loss = float(metrics["loss"]) if steps else loss
-        return jax.device_get(state.params), loss
+
+def restore_params(path: str):
+    with ocp.StandardCheckpointer() as ckptr:
+        return ckptr.restore(os.path.abspath(path))
+
+
+def save_checkpoint(workdir: str, params) -> None:
+    """Writes `params` as step 0 of `workdir/checkpoints`, the layout `init_from` loads."""
+    path = os.path.abspath(os.path.join(workdir, "checkpoints"))
+    with ocp.CheckpointManager(path) as manager:
+        state = ocp.args.StandardSave({"params": jax.device_get(params)})
+        manager.save(0, args=ocp.args.Composite(state=state), force=True)
+
+
+def dir_bytes(path: str) -> int:
+    """Bytes of every file under `path`."""
+    return int(subprocess.check_output(["du", "-sb", path]).split()[0])
+
+
+def measure(params, model_cfg, evaluator: Evaluator, act_bits: int = 0) -> dict:
+    """Held-out loss, checkpoint bytes, parameters and FLOPs per token of a (compressed) tree."""
+    out = evaluator.evaluate(params, model_cfg, act_bits)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "params")
+        save_params(path, params)
+        out["ckpt_bytes"] = dir_bytes(path)
+    out["param_bytes"] = sum(x.nbytes for x in jax.tree.leaves(jax.device_get(params)))
+    seq_len = evaluator.config.data.seq_len
+    out.update(count_tree(dequantize_params(params), model_cfg, seq_len))
+    return out
+
+
+def load_compressed(out: str):
+    """(config, params) of a compressed checkpoint (the `compress` stage of
+    experiments/compress_ckpt.py): evaluate with `Evaluator.evaluate(params, config.model,
+    config.quant.act_bits)`; int8 leaves are dequantized inside the jitted forward pass."""
+    return load_config(out), restore_params(os.path.join(out, "params"))
