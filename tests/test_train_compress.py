@@ -65,26 +65,36 @@ def test_qat_finetune_on_the_loop_trains_what_int3_deploys(source, tmp_path):
     assert abs(summary["eval/loss"] - deployed) < 1e-5 < abs(summary["eval/loss"] - f32) - 1e-5
 
 
-def test_pruned_finetune_holds_masks_and_resumes_exactly(source, tmp_path):
-    config, _ = _finetune(source, str(tmp_path / "full"), steps=4, sparsity=0.5)
-    _finetune(source, str(tmp_path / "cut"), steps=4, sparsity=0.5, stop_at=2)
-    _finetune(source, str(tmp_path / "cut"), steps=4, sparsity=0.5)  # resumed from step 2
-    before, full = load_params(source), load_params(str(tmp_path / "full"))
+@pytest.fixture(scope="module")
+def pruned(source, tmp_path_factory):
+    """A 4-step fine-tune of `source` with 50% magnitude masks held."""
+    workdir = str(tmp_path_factory.mktemp("pruned") / "full")
+    config, _ = _finetune(source, workdir, steps=4, sparsity=0.5)
+    return config, workdir
+
+
+def test_pruned_finetune_holds_masks(source, pruned):
+    config, workdir = pruned
+    before, full = load_params(source), load_params(workdir)
     prunable = prunable_spec(decoder, config.model)
     masks = magnitude_masks(before, prunable, 0.5, "global")  # one-shot masks of the source
-    for w0, w, m in zip(*(jax.tree.leaves(t) for t in (before, full, masks)),
-                        strict=True):  # fmt: skip
+    for w0, w, m in zip(*(jax.tree.leaves(t) for t in (before, full, masks)), strict=True):
         w0, w, m = np.asarray(w0), np.asarray(w), np.asarray(m)
         assert np.all(w[~m] == 0.0)  # pruned weights stay exactly zero through the loop
-        if m.all() or (~m).all():
-            continue
-        assert np.any(w[m] != w0[m])  # the kept ones trained
+        if not (m.all() or (~m).all()):
+            assert np.any(w[m] != w0[m])  # the kept ones trained
     assert abs(sparsity_of(full, prunable) - 0.5) < 1e-3
-    resumed = load_params(str(tmp_path / "cut"))
-    for a, b in zip(*(jax.tree.leaves(t) for t in (full, resumed)), strict=True):
-        np.testing.assert_array_equal(a, b)
-    rows = read_metrics(str(tmp_path / "full" / "metrics.jsonl"))
+    rows = read_metrics(f"{workdir}/metrics.jsonl")
     assert [r["step"] for r in rows if "train/loss" in r] == [1, 2, 3, 4]
+
+
+@pytest.mark.slow
+def test_pruned_finetune_resumes_exactly(source, pruned, tmp_path):
+    _finetune(source, str(tmp_path / "cut"), steps=4, sparsity=0.5, stop_at=2)
+    _finetune(source, str(tmp_path / "cut"), steps=4, sparsity=0.5)  # resumed from step 2
+    full, resumed = load_params(pruned[1]), load_params(str(tmp_path / "cut"))
+    for a, b in zip(jax.tree.leaves(full), jax.tree.leaves(resumed), strict=True):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_every_method_reports(source):
