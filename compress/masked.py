@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from compress.magnitude import magnitude_masks, prunable_spec
+from compress.magnitude import apply_masks, magnitude_masks, prunable_spec
 
 
 class MaskedState(NamedTuple):
@@ -58,11 +58,11 @@ def masked(
       scope: 'global' or 'layer'.
     """
     if not 0.0 <= final_sparsity < 1.0:
-        raise ValueError(f"train.prune_sparsity={final_sparsity} must be in [0, 1)")
+        raise ValueError(f"prune.sparsity={final_sparsity} must be in [0, 1)")
     if end < start or every < 1:
         raise ValueError(
-            f"train.prune_start={start}, prune_end={end}, prune_every={every}: need "
-            "start <= end and every >= 1"
+            f"prune.start={start}, prune.end={end}, prune.every={every}: need start <= end and "
+            "every >= 1"
         )
     schedule = sparsity_schedule(final_sparsity, start, end)
 
@@ -86,18 +86,23 @@ def masked(
     return optax.GradientTransformationExtraArgs(init, update)
 
 
-def maybe_masked(optimizer, train_cfg, model, model_cfg) -> optax.GradientTransformation:
-    """`optimizer`, wrapped by `masked` when `train.prune_sparsity` > 0 (the training switch)."""
-    sparsity = train_cfg.get("prune_sparsity", 0.0)
-    if not sparsity:
-        return optimizer
-    end = train_cfg.prune_end if train_cfg.prune_end >= 0 else int(0.75 * train_cfg.steps)
-    return masked(
-        optimizer,
-        prunable_spec(model, model_cfg),
-        sparsity,
-        start=train_cfg.prune_start,
-        end=end,
-        every=train_cfg.prune_every,
-        scope=train_cfg.prune_scope,
+def prune_initial(run, state, config):
+    """`state` with the masks of step 0 applied to its parameters (the `init` hook).
+
+    The optimizer computes the same masks at its first update and zeroes those weights then; doing
+    it before step 1 too means the first forward pass already runs the pruned model, which is what
+    a fine-tune of a pruned checkpoint (`prune.start = prune.end = 0` with `init_from`) must see.
+    """
+    from compress import prune_end
+
+    p = config.prune
+    sparsity = float(sparsity_schedule(p.sparsity, p.start, prune_end(config))(0))
+    if p.start or not sparsity:
+        return state
+    prunable = prunable_spec(run.model, config.model)
+    prune = jax.jit(
+        lambda params: apply_masks(params, magnitude_masks(params, prunable, sparsity, p.scope)),
+        out_shardings=run.state_shardings.params,
     )
+    with run.activate():
+        return state.replace(params=prune(state.params))

@@ -19,8 +19,9 @@ one per int8 byte (not packed). `dequantize_params` turns the tree back into f32
 jitted forward pass (`wrap_apply`).
 
 Fake quantization (QAT) rounds in the forward pass and passes the gradient straight through
-(STE: d fake_quant(w) / dw = 1), for weights (`model.weight_bits`) and for the input
-activations of every dense matmul (`model.act_bits`, per-row dynamic scales, in layers.dense).
+(STE: d fake_quant(w) / dw = 1), for weights (`quant.weight_bits`) and for the input
+activations of every dense matmul (`quant.act_bits`, per-row dynamic scales), which `wrap_apply`
+inserts with `models.layers.intercept_dense_inputs`: the model code knows nothing of it.
 """
 
 from collections.abc import Callable
@@ -28,6 +29,8 @@ from collections.abc import Callable
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from models.layers import intercept_dense_inputs
 
 QUANT_KEYS = ("int8", "scale")
 
@@ -132,22 +135,32 @@ def fake_quant_params(params, spec, bits: int):
     )
 
 
-def wrap_apply(model, model_cfg, apply_fn: Callable | None = None) -> Callable:
-    """`model.apply` that accepts int8-stored trees and, if `model.weight_bits`, fake-quantizes.
+def wrap_apply(
+    model, model_cfg, weight_bits: int = 0, act_bits: int = 0, apply_fn: Callable | None = None
+) -> Callable:
+    """`model.apply` that accepts int8-stored trees and fake-quantizes weights and activations.
 
-    `apply_fn` (default `model.apply`) is what runs the model, e.g. a pipelined apply.
-    The returned function has the `apply(params, batch, cfg, *, rngs=None)` signature, so loss
-    factories and eval steps use it unchanged. With `weight_bits=0` and an unquantized tree it is
-    `model.apply` itself.
+    Args:
+      model: the family module (its logical axis names give each weight's input axes).
+      model_cfg: its model config.
+      weight_bits: fake-quantize every matmul weight per output channel (0: off).
+      act_bits: fake-quantize the input of every dense matmul per row (0: off).
+      apply_fn: what runs the model (default `model.apply`), e.g. a pipelined apply.
+
+    Returns:
+      A function with the `apply(params, batch, cfg, *, rngs=None)` signature, so loss factories
+      and eval steps use it unchanged.
     """
-    bits = model_cfg.get("weight_bits", 0)
-    spec = quant_spec(model, model_cfg) if bits else None
+    spec = quant_spec(model, model_cfg) if weight_bits else None
+    run = apply_fn or model.apply
 
     def apply(params, batch, cfg, *, rngs=None):
         params = dequantize_params(params, jnp.float32)
-        if bits:
-            params = fake_quant_params(params, spec, bits)
-        return run(params, batch, cfg, rngs=rngs)
+        if weight_bits:
+            params = fake_quant_params(params, spec, weight_bits)
+        if not act_bits:
+            return run(params, batch, cfg, rngs=rngs)
+        with intercept_dense_inputs(lambda x_RI: fake_quant_rows(x_RI, act_bits)):
+            return run(params, batch, cfg, rngs=rngs)
 
-    run = apply_fn or model.apply
     return apply

@@ -123,11 +123,17 @@ def prune_structured(params, model_cfg, model, scores: dict, *, n_heads: int, d_
             if axis_name in ns and (axis_name != "kv_heads" or K == N):
                 w = _gather(w, ns.index(axis_name), idx)
         layers[key] = w
-    new_params = dict(params, layers=layers)
+    return structured_config(model_cfg, n_heads, d_ff), dict(params, layers=layers)
+
+
+def structured_config(model_cfg, n_heads: int, d_ff: int):
+    """The model config after keeping `n_heads` heads and `d_ff` neurons per layer (`d_head`
+    made explicit, since it no longer follows from d_model / n_heads)."""
+    L, D, N, K, H, F, V = resolved_dims(model_cfg)
     new_cfg = model_cfg.copy_and_resolve_references()
     with new_cfg.unlocked():
         new_cfg.n_heads = n_heads
         new_cfg.n_kv_heads = 0 if K == N else K
         new_cfg.d_head = H
         new_cfg.d_ff = d_ff
-    return new_cfg, new_params
+    return new_cfg

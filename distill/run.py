@@ -10,7 +10,7 @@ handed to the project's train step. `distill.alpha = 0` trains the same student 
 batches by cross-entropy alone and skips the teacher: the control of the experiment.
 
 The run writes `config.json`, `metrics.jsonl`, a final checkpoint (the student's train state, so
-`launch/compress_ckpt.py` and evaluation read it like any run) and `summary.json`. It does not
+experiments/compress_ckpt.py and evaluation read it like any run) and `summary.json`. It does not
 resume
 a killed run (rerunning starts it again).
 """
@@ -23,8 +23,8 @@ import jax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from compress.measure import load_config, load_params
 from compress.quant import wrap_apply
-from compress.tune import load_config, load_params
 from data.pipeline import make_eval_batches, make_train_iterator
 from distill.loss import make_loss_fn
 from models import get_model

@@ -5,6 +5,7 @@ from typing import NamedTuple
 import ml_collections
 
 from adapt.wrap import default_adapt_config
+from compress import default_prune_config, default_quant_config
 from data.config import default_data_config
 from data.vocabulary import TRAINED_KINDS
 from models.blocks import validate_attention_impl
@@ -216,5 +217,8 @@ def base_config(size: str = "small") -> ml_collections.ConfigDict:
     # train from scratch) and the method (full / lora / prompt), what to load and to freeze.
     config.init_from = ""
     config.adapt = default_adapt_config()
+    # Quantization-aware training and pruning during training (compress/__init__.py); 0 = off.
+    config.quant = default_quant_config()
+    config.prune = default_prune_config()
     config.parallel = default_parallel_config()  # mesh, rule table, pipeline schedule
     return config

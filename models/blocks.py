@@ -23,11 +23,12 @@ import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
 from kernels import attention as kernel_attention
-from models import layers, mup, sparse_attention
+from models import mup, sparse_attention
 from models.layers import (
     ACTIVATIONS,
     NEG_INF,
     constrain,
+    dense,
     dot_attention,
     layer_norm,
     normal,
@@ -410,7 +411,6 @@ def attention(
     `positions_BT` computed once for all layers (`layers.rotary_tables`); None: computed here.
     With a fused kernel (`model.attention_impl`) `bias` is unused and the mask is `causal`,
     `segment_ids_BT` and, for cross-attention, `kv_segment_ids_BS` (None: unpacked rows)."""
-    dense = functools.partial(layers.dense, act_bits=cfg.get("act_bits", 0))  # QAT switch
     self_attention = kv_BSD is None or kv_BSD is h_BTD
     kv_BSD = h_BTD if kv_BSD is None else kv_BSD
     q_BTNH = _biased(dense(h_BTD, p[prefix + "q"]), p, prefix + "q")
@@ -447,7 +447,6 @@ def attention(
 
 def mlp(h_BTD, p, cfg) -> Array:
     """Position-wise MLP, plain `act(x wi) wo` or gated `(act(x wi_0) * x wi_1) wo`."""
-    dense = functools.partial(layers.dense, act_bits=cfg.get("act_bits", 0))  # QAT switch
     if cfg.activation in GATED:
         gate_BTF = _biased(dense(h_BTD, p["wi_0"]), p, "wi_0")
         lin_BTF = _biased(dense(h_BTD, p["wi_1"]), p, "wi_1")

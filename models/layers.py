@@ -13,15 +13,15 @@ their logical axes off an abstract `jax.eval_shape(init)`; `apply` functions tak
 Activations are annotated with `constrain`, a no-op unless a mesh and logical rules are active.
 """
 
+import contextlib
+import contextvars
 import functools
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-
-from compress.quant import fake_quant_rows
 
 Array = jax.Array
 NEG_INF = -1e30  # finite, so a fully masked row gives a uniform softmax instead of NaN
@@ -107,7 +107,25 @@ def attention_bias(
     return jnp.where(mask_BTS, 0.0, NEG_INF).astype(jnp.float32)[:, None]
 
 
-def dense(x: Array, w: Array | dict, n_in: int = 1, act_bits: int = 0) -> Array:
+_DENSE_INPUTS: contextvars.ContextVar[Callable | None] = contextvars.ContextVar(
+    "dense_inputs", default=None
+)
+
+
+@contextlib.contextmanager
+def intercept_dense_inputs(fn: Callable[[Array], Array]) -> Iterator[None]:
+    """Within the block, every `dense` passes its flattened input x [rows, in] through `fn`
+    first (what flax's `nn.intercept_methods` does for module methods, here for the pure
+    functions). An apply wrapper enters it around the model while the model is traced, so the
+    transform is part of the jitted program and the model code stays ignorant of it."""
+    token = _DENSE_INPUTS.set(fn)
+    try:
+        yield
+    finally:
+        _DENSE_INPUTS.reset(token)
+
+
+def dense(x: Array, w: Array | dict, n_in: int = 1) -> Array:
     """Contracts the last `n_in` dims of x with the first `n_in` of w, as one 2-D matmul.
 
     Equivalent to an einsum such as 'BTD,DNH->BTNH', but flattening to [rows, in] @ [in, out]
@@ -115,16 +133,17 @@ def dense(x: Array, w: Array | dict, n_in: int = 1, act_bits: int = 0) -> Array:
     far better than of 3-D einsums (measured: MLP fwd+bwd 171 ms -> 91 ms at B*T=4096, D=256).
 
     `w` may be low-rank factors `{"a": [in..., r], "b": [r, out...]}` (compress/lowrank.py),
-    computed as two matmuls. `act_bits` > 0 fake-quantizes x per row (QAT, compress/quant.py).
+    computed as two matmuls. An `intercept_dense_inputs` transform applies to x [rows, in].
     """
     if isinstance(w, dict):
-        return dense(dense(x, w["a"], n_in, act_bits), w["b"], 1, act_bits)
+        return dense(dense(x, w["a"], n_in), w["b"], 1)
     lead, inner = x.shape[: x.ndim - n_in], x.shape[x.ndim - n_in :]
     assert inner == w.shape[:n_in], (x.shape, w.shape)
     out = w.shape[n_in:]
     x_RI = x.reshape(-1, math.prod(inner))
-    if act_bits:
-        x_RI = fake_quant_rows(x_RI, act_bits)
+    transform = _DENSE_INPUTS.get()
+    if transform is not None:
+        x_RI = transform(x_RI)
     y = x_RI @ w.reshape(math.prod(inner), -1).astype(x.dtype)
     return y.reshape(*lead, *out)
 

@@ -52,7 +52,6 @@ PUBLISHED = {
 
 
 DTYPES = ("float32", "bfloat16")
-QUANT_BITS = (0, 2, 3, 4, 5, 6, 7, 8)  # 0 = off; int8 storage holds 2..8 bits
 _DROPOUT = {"type": float, "min": 0.0, "below": 1.0}
 
 # Type, range and allowed values of every `model` field (train/validate.py `check_fields` reads
@@ -111,8 +110,6 @@ MODEL_FIELDS = {
     "sparse_stride": {"type": int, "min": 0},
     "sparse_summary": {"type": int, "min": 1},
     "sparse_layers": {"type": str, "check": sparse_layer_set},
-    "weight_bits": {"choices": QUANT_BITS},
-    "act_bits": {"choices": QUANT_BITS},
 }
 
 
@@ -204,11 +201,6 @@ def default_model_config(size: str = "small") -> ml_collections.ConfigDict:
             # which layers use attention_pattern (the others are dense): 'all' | 'alternate'
             # (odd layers, GPT-3's alternating dense/sparse) | a comma list of indices, '0,2'
             "sparse_layers": "all",
-            # Quantization-aware training (compress/quant.py): fake-quantize matmul weights to this
-            # many bits per output channel (0 = off; 8 or 4) and the inputs of every dense
-            # matmul per row (0 = off; 8), straight-through gradients.
-            "weight_bits": 0,
-            "act_bits": 0,
         }
     )
     cfg.update(shape)

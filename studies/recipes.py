@@ -16,8 +16,10 @@ def recipe_for(config) -> Recipe:
 
 def config_fields() -> dict:
     """The declared fields of a run config: the core's blocks (train.validate.config_fields)
-    and those of the feature blocks `experiments.common.base_config` carries (`adapt`)."""
+    and those of the feature blocks `experiments.common.base_config` carries (`adapt`, `quant`,
+    `prune`)."""
     from adapt.wrap import ADAPT_FIELDS
+    from compress import PRUNE_FIELDS, QUANT_FIELDS
     from train.validate import config_fields as core_fields
 
-    return {**core_fields(), "adapt": ADAPT_FIELDS}
+    return {**core_fields(), "adapt": ADAPT_FIELDS, "quant": QUANT_FIELDS, "prune": PRUNE_FIELDS}

@@ -19,36 +19,16 @@ killed at any moment ends with the rows of an uninterrupted one. Actions must be
 given their inputs; a killed action is rerun from its start.
 """
 
-import dataclasses
 import os
 import time
-from collections.abc import Callable
 
 import jax
 
 from common import atomic
 from studies.recipes import recipe_for
 from train.loop import claim_workdir, train_and_evaluate
-from train.recipe import Recipe
+from train.recipe import stage_dir
 from train.validate import ConfigError
-
-
-@dataclasses.dataclass
-class Stage:
-    """One step of a study: a run (`config`) or an `action` (exactly one of them)."""
-
-    name: str
-    config: object = None
-    action: Callable[[str, dict[str, dict]], dict] | None = None
-    recipe: Recipe | None = None  # None: `studies.recipes.recipe_for(config)`
-
-    def __post_init__(self):
-        if (self.config is None) == (self.action is None):
-            raise ValueError(f"stage {self.name!r} needs exactly one of config and action")
-
-
-def stage_dir(workdir: str, name: str) -> str:
-    return os.path.join(workdir, name)
 
 
 def run_study(config, module, workdir: str, *, dry_run: bool = False) -> dict:

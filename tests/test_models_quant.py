@@ -1,5 +1,8 @@
-"""Per-channel int8/int4 quantization, its checkpoint bytes, and fake-quant with a straight-through
-gradient, against numpy references."""
+"""Per-channel int8/int4 quantization, its checkpoint bytes, fake-quant with a straight-through
+gradient, and activation fake-quant inserted by the apply wrapper, against numpy references and
+the formula models/layers.py `dense` used to apply itself."""
+
+import math
 
 import flax.linen as nn
 import jax
@@ -7,19 +10,20 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from compress.methods import dir_bytes, restore_params, save_params
+from compress.measure import dir_bytes, restore_params, save_params
 from compress.quant import (
     dequantize,
     dequantize_params,
     fake_quant,
+    fake_quant_rows,
     input_axes,
     quant_spec,
     quantize,
     quantize_params,
     wrap_apply,
 )
-from models import decoder
-from models.layers import dense
+from models import blocks, decoder
+from models.layers import dense, intercept_dense_inputs
 from models.sizes import default_model_config
 
 
@@ -70,16 +74,44 @@ def test_fake_quant_gradient_is_straight_through():
     np.testing.assert_array_equal(grad, c)
 
 
-def test_int8_activations_in_dense():
+def test_int8_activations_through_the_interceptor():
     x = jax.random.normal(jax.random.key(0), (2, 5, 16))
     w = jax.random.normal(jax.random.key(1), (16, 4, 3))
     x_np = np.asarray(x).reshape(10, 16)
     s = np.abs(x_np).max(-1, keepdims=True) / 127
     xq = np.clip(np.round(x_np / s), -127, 127) * s
     ref = (xq @ np.asarray(w).reshape(16, 12)).reshape(2, 5, 4, 3)
-    np.testing.assert_allclose(dense(x, w, act_bits=8), ref, rtol=1e-5, atol=1e-5)
-    grad = jax.grad(lambda x: dense(x, w, act_bits=8).sum())(x)
+    with intercept_dense_inputs(lambda x_RI: fake_quant_rows(x_RI, 8)):
+        out = dense(x, w)
+        grad = jax.grad(lambda x: dense(x, w).sum())(x)
+    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(grad, jax.grad(lambda x: dense(x, w).sum())(x), rtol=1e-6)
+    assert float(jnp.abs(dense(x, w) - out).max()) > 1e-4  # outside the block: no rounding
+
+
+def _old_dense(x, w, n_in=1, act_bits=0):
+    """models/layers.py `dense` as it was, with the activation fake-quant built in."""
+    if isinstance(w, dict):
+        return _old_dense(_old_dense(x, w["a"], n_in, act_bits), w["b"], 1, act_bits)
+    lead, inner = x.shape[: x.ndim - n_in], x.shape[x.ndim - n_in :]
+    x_RI = x.reshape(-1, math.prod(inner))
+    if act_bits:
+        x_RI = fake_quant_rows(x_RI, act_bits)
+    y = x_RI @ w.reshape(math.prod(inner), -1).astype(x.dtype)
+    return y.reshape(*lead, *w.shape[n_in:])
+
+
+@pytest.mark.parametrize("layer_loop", ["python", "scan"])
+def test_act_bits_wrapper_equals_the_old_in_model_path(layer_loop, monkeypatch):
+    cfg = _cfg(layer_loop=layer_loop)
+    params = nn.unbox(decoder.init(jax.random.key(0), cfg))
+    batch = {"tokens": jax.random.randint(jax.random.key(2), (2, 16), 0, 300)}
+    new = jax.jit(lambda p: wrap_apply(decoder, cfg, act_bits=4)(p, batch, cfg))(params)
+    plain = jax.jit(lambda p: decoder.apply(p, batch, cfg))(params)
+    monkeypatch.setattr(blocks, "dense", lambda x, w, n_in=1: _old_dense(x, w, n_in, 4))
+    old = jax.jit(lambda p: decoder.apply(p, batch, cfg))(params)
+    np.testing.assert_allclose(new, old, rtol=1e-5, atol=1e-5)
+    assert float(jnp.abs(new - plain).max()) > 1e-3  # it does quantize
 
 
 def test_int8_model_and_checkpoint_bytes(tmp_path):
@@ -104,16 +136,16 @@ def test_int8_model_and_checkpoint_bytes(tmp_path):
     assert 0 < float(jnp.abs(logits - f32).max()) < 0.05
 
 
-def test_weight_bits_switch_fake_quantizes_weights():
-    cfg = _cfg(weight_bits=4)
+def test_weight_bits_fake_quantize_weights():
+    cfg = _cfg()
     params = nn.unbox(decoder.init(jax.random.key(0), cfg))
     batch = {"tokens": jax.random.randint(jax.random.key(2), (2, 16), 0, 300)}
-    qat = jax.jit(lambda p: wrap_apply(decoder, cfg)(p, batch, cfg))(params)
+    qat = jax.jit(lambda p: wrap_apply(decoder, cfg, 4)(p, batch, cfg))(params)
     ptq = dequantize_params(quantize_params(params, quant_spec(decoder, cfg), 4))
     ref = jax.jit(lambda p: decoder.apply(p, batch, cfg))(ptq)
     np.testing.assert_allclose(qat, ref, rtol=1e-5, atol=1e-5)
     # Its gradient is the f32 model's gradient at the quantized point (straight-through).
     loss = lambda f: lambda p: f(p, batch, cfg).sum()
-    g_qat = jax.jit(jax.grad(loss(wrap_apply(decoder, cfg))))(params)
+    g_qat = jax.jit(jax.grad(loss(wrap_apply(decoder, cfg, 4))))(params)
     g_ref = jax.jit(jax.grad(loss(decoder.apply)))(ptq)
     np.testing.assert_allclose(g_qat["layers"]["wi"], g_ref["layers"]["wi"], rtol=1e-4, atol=1e-6)

@@ -14,8 +14,6 @@ import ml_collections
 import numpy as np
 import optax
 
-from compress.magnitude import SCOPES
-
 SCHEDULES = ("cosine", "wsd", "constant")
 DECAY_SHAPES = ("linear", "1-sqrt")
 NAN_POLICIES = ("skip", "stop")
@@ -46,11 +44,6 @@ TRAIN_FIELDS = {
     "nan_policy": {"choices": NAN_POLICIES},
     "max_nonfinite": {"type": int, "min": 1},
     "debug_poison_step": {"type": int, "min": 0},
-    "prune_sparsity": {"type": float, "min": 0.0, "below": 1.0},
-    "prune_start": {"type": int, "min": 0},
-    "prune_end": {"type": int, "min": -1},
-    "prune_every": {"type": int, "min": 1},
-    "prune_scope": {"choices": SCOPES},
 }
 
 
@@ -88,15 +81,6 @@ def default_train_config() -> ml_collections.ConfigDict:
             nan_policy="stop",
             max_nonfinite=10,  # 'skip': stop anyway after this many skipped updates.
             debug_poison_step=0,  # Tests: > 0 makes that step's loss and gradients NaN.
-            # Magnitude pruning during training (compress/masked.py): 0 = off; else the final
-            # fraction of the layers' matmul weights zeroed, reached by a cubic ramp pruning every
-            # `prune_every` steps from `prune_start` to `prune_end` (-1: 75% of `steps`); scope
-            # 'global' (one threshold) or 'layer' (each matrix of each layer alike).
-            prune_sparsity=0.0,
-            prune_start=0,
-            prune_end=-1,
-            prune_every=50,
-            prune_scope="global",
         )
     )
 

@@ -25,11 +25,16 @@ loss and bits/byte; every other key `<name>_sum` is logged as `train/<name>` (an
 divided by `tokens`. The held-out evaluation uses the objective's own loss unless `eval_loss` is
 set (DPO evaluates its pair loss on held-out pairs).
 
+A `Stage` is one step of a multi-stage study (studies/stages.py runs them): a run config that
+the loop trains with its recipe, or an action (sampling, judging, compressing); features build
+the stages of their studies, the runner executes them.
+
 `compose(a, b, ...)` chains the wrappers in order (a's model wrapper runs first) and takes the
 one `loss`, `frozen`, `data` and `batch_keys` hook that is set (two are a conflict).
 """
 
 import dataclasses
+import os
 from collections.abc import Callable
 
 _CHAINED = ("model", "optimizer", "apply", "init")
@@ -81,3 +86,21 @@ def compose(*recipes: Recipe | None) -> Recipe:
     fields["eval_loss"] = any(r.eval_loss for r in recipes)
     fields["name"] = "+".join(r.name for r in recipes if r.name)
     return Recipe(**fields)
+
+
+@dataclasses.dataclass
+class Stage:
+    """One step of a study: a run (`config`) or an `action` (exactly one of them)."""
+
+    name: str
+    config: object = None
+    action: Callable[[str, dict[str, dict]], dict] | None = None
+    recipe: Recipe | None = None  # None: `studies.recipes.recipe_for(config)`
+
+    def __post_init__(self):
+        if (self.config is None) == (self.action is None):
+            raise ValueError(f"stage {self.name!r} needs exactly one of config and action")
+
+
+def stage_dir(workdir: str, name: str) -> str:
+    return os.path.join(workdir, name)

@@ -45,9 +45,9 @@ def config_fields() -> dict:
     """The declared fields of a run config (experiments/common.py `base_config`), block by block.
 
     Each block's fields are declared next to its default config; the top-level fields
-    `base_config` sets itself are declared here. Top-level blocks not listed (`adapt`, an
-    experiment's `sweep`, `distill`, `dpo`) belong to the feature that reads them, which checks
-    them when the run's recipe is composed (studies/recipes.py).
+    `base_config` sets itself are declared here. Top-level blocks not listed (`adapt`, `quant`,
+    `prune`, an experiment's `sweep`, `distill`, `dpo`) belong to the feature that reads them,
+    which checks them when the run's recipe is composed (studies/recipes.py).
     """
     from data.config import DATA_FIELDS
     from models.sizes import MODEL_FIELDS
@@ -581,7 +581,8 @@ def check_run(config, workdir: str, what: str = "run") -> None:
     if single:
         check_config(config)
         check_init_from(config)
-    check_data(config.data)
+    if "data" in config:  # a study over another run's checkpoint reads that run's data
+        check_data(config.data)
     if single:
         check_vocab(config)
     check_workdir(workdir, config, what)
