@@ -67,7 +67,7 @@ def _teacher_config(config):
 
 def _teacher_params(run, teacher_dir: str, teacher_cfg):
     """The teacher's parameters placed with its logical shardings under `run.rules` on
-    `run.mesh` (ShapeDtypeStructs carrying them for an abstract run)."""
+    `run.mesh`."""
     from compress.tune import load_params
     from models import get_model
     from parallel.sharding import named_shardings
@@ -75,14 +75,7 @@ def _teacher_params(run, teacher_dir: str, teacher_cfg):
     model = get_model(teacher_cfg.family)
     boxed = jax.eval_shape(lambda: model.init(jax.random.key(0), teacher_cfg))
     specs = nn.logical_to_mesh(nn.get_partition_spec(boxed), run.rules)
-    shardings = named_shardings(specs, run.mesh)
-    if run.abstract:
-        return jax.tree.map(
-            lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-            nn.unbox(boxed),
-            shardings,
-        )
-    return jax.device_put(load_params(teacher_dir), shardings)
+    return jax.device_put(load_params(teacher_dir), named_shardings(specs, run.mesh))
 
 
 def recipe(config) -> Recipe | None:

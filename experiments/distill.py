@@ -16,7 +16,7 @@ ordinary run of the one training loop (distill/recipe.py adds the loss and the t
 parameters as a frozen step input), so it resumes bitwise after preemption or a kill (rerun the
 same command), follows `train.nan_policy` and reads multi-host data; the teacher is reloaded from
 its directory, never checkpointed. A distilled step costs a teacher forward pass more than the
-control's (measured in docs/compression.md).
+control's. Results: docs/compression.md#distillation.
 """
 
 from distill.recipe import default_distill_config
@@ -35,7 +35,5 @@ def get_config(arg: str = ""):
     )
     config.objective = "causal_lm"
     config.distill = default_distill_config()
-    config.distill.update(
-        teacher=args.teacher, alpha=float(args.alpha), temperature=float(args.tau)
-    )
+    config.distill.update(teacher=args.teacher, alpha=args.alpha, temperature=args.tau)
     return config
