@@ -122,10 +122,13 @@ def _with_distill(config, teacher: str, alpha: float = 0.8, tau: float = 1.0):
 
 
 def _write_teacher(config, workdir: str) -> str:
-    """A teacher run directory holding `config`'s freshly initialised state (no training)."""
+    """A teacher run directory holding `config`'s initial state with its parameters scaled up
+    (no training; sharper logits than the student's, so its KL term weighs in the gradient)."""
     claim_workdir(workdir, config)
+    state = Run(config).state
+    state = state.replace(params=jax.tree.map(lambda x: 4 * x, state.params))
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=1, every=1)
-    ckpt.save(1, Run(config).state, make_train_iterator(config.data, seed=0), force=True)
+    ckpt.save(1, state, make_train_iterator(config.data, seed=0), force=True)
     ckpt.close()
     return workdir
 
