@@ -36,15 +36,8 @@ from models.counting import count_tree
 from parallel.mesh import make_mesh
 from parallel.rules import get_rules
 from parallel.sharding import batch_shardings
-from train.checkpoint import load_state
 from train.loop import read_run_config
 from train.step import make_eval_step
-
-
-def load_params(workdir: str, step: int | None = None):
-    """Host parameters of a run's checkpoint (newest step by default)."""
-    state = load_state(os.path.abspath(os.path.join(workdir, "checkpoints")), step)
-    return jax.device_get(state["params"] if isinstance(state, dict) else state.params)
 
 
 class Evaluator:

@@ -19,13 +19,13 @@ import ml_collections
 from common import atomic
 from compress.measure import (
     Evaluator,
-    load_params,
     measure,
     save_checkpoint,
     save_params,
 )
 from compress.methods import METHODS, QUANT_BITS, compress, quant_bits
 from compress.structured import IMPORTANCE, structured_config
+from train.checkpoint import load_params
 from train.loop import read_run_config
 from train.recipe import Stage, stage_dir
 from train.validate import ConfigError, check_fields

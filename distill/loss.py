@@ -8,9 +8,9 @@ temperature. `aux` carries the student's plain cross-entropy sums (`nll_sum`, `t
 as objectives/causal_lm.py), so the logged train loss compares with undistilled runs, plus
 `kl_sum`.
 
-The teacher's parameters are an argument of the factory, not a closed-over constant: the
-distillation step (distill/run.py) passes them into the jitted step, sharded like the
-teacher's own training state, builds this loss inside the step and never differentiates them.
+The teacher's parameters are the loss's fourth argument, not a closed-over constant: the run
+passes them into its jitted step as a frozen input (train/recipe.py; distill/recipe.py restores
+them), sharded by the teacher's own logical axes, and never differentiates them.
 """
 
 from collections.abc import Callable
@@ -26,19 +26,18 @@ def make_loss_fn(
     cfg,
     apply_fn: Callable,
     *,
-    teacher_params,
     teacher_apply: Callable,
     teacher_cfg,
     alpha: float = 0.5,
     temperature: float = 2.0,
     bytes_per_token: np.ndarray | None = None,
 ) -> Callable:
-    """Builds `loss_fn(params, batch, rng) -> (loss, aux)` for a student distilled from a teacher.
+    """Builds `loss_fn(params, batch, rng, teacher_params) -> (loss, aux)` for a student distilled
+    from a teacher.
 
     Args:
       cfg: the student's model config.
       apply_fn: the student's `apply(params, batch, cfg, rngs=...) -> logits [B, T, V]`.
-      teacher_params: the teacher's parameters (traced arrays inside the step).
       teacher_apply: the teacher's `apply`.
       teacher_cfg: the teacher's model config (same vocabulary as the student).
       alpha: weight of the distillation term (0: plain cross-entropy).
@@ -63,7 +62,7 @@ def make_loss_fn(
         table_V = jnp.asarray(table)
     tau = float(temperature)
 
-    def loss_fn(params, batch: dict, rng: jax.Array | None = None):
+    def loss_fn(params, batch: dict, rng: jax.Array | None, teacher_params):
         logits_BTV = apply_fn(params, batch, cfg, rngs=rng)[:, :-1].astype(jnp.float32)
         targets_BT, mask_BT = next_token_targets(batch)
         nll_BT = token_nll(logits_BTV, targets_BT) * mask_BT

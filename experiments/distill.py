@@ -11,13 +11,15 @@ Arguments: teacher=DIR (run directory), size=tiny (student), steps=N (student st
 tokens each; default 300 = 1.2M tokens), alpha (weight of the KL term), tau (temperature),
 tokenizer (must be the teacher's). Both runs see the same batches in the same order (same seed),
 so the held-out losses in their summary.json compare the teacher's effect alone. The loss is
-alpha * tau^2 * KL(teacher || student) + (1 - alpha) * CE (distill/loss.py); the teacher runs
-inside every sharded step (distill/run.py), so a distilled step costs a teacher forward pass
-more than the control's (measured in docs/compression.md).
+alpha * tau^2 * KL(teacher || student) + (1 - alpha) * CE (distill/loss.py); the student is an
+ordinary run of the one training loop (distill/recipe.py adds the loss and the teacher's
+parameters as a frozen step input), so it resumes bitwise after preemption or a kill (rerun the
+same command), follows `train.nan_policy` and reads multi-host data; the teacher is reloaded from
+its directory, never checkpointed. A distilled step costs a teacher forward pass more than the
+control's. Results: docs/compression.md#distillation.
 """
 
-import ml_collections
-
+from distill.recipe import default_distill_config
 from experiments.common import parse_arg
 from experiments.gpt import get_config as gpt_config
 
@@ -32,7 +34,6 @@ def get_config(arg: str = ""):
         f"size={args.size},steps={args.steps},tokenizer={args.tokenizer},vocab={args.vocab}"
     )
     config.objective = "causal_lm"
-    config.distill = ml_collections.ConfigDict(
-        {"teacher": args.teacher, "alpha": args.alpha, "temperature": args.tau}
-    )
+    config.distill = default_distill_config()
+    config.distill.update(teacher=args.teacher, alpha=args.alpha, temperature=args.tau)
     return config

@@ -259,11 +259,7 @@ def execute(args: Args) -> int:
         if args.dry_run:
             print(config)
             return 0
-        if "distill" in config:  # a student trained against a teacher run (distill/run.py)
-            from distill.run import distill_and_evaluate
-
-            summary = distill_and_evaluate(config, workdir)
-        elif "dpo" in config:  # preference tuning of an SFT run (prefs/dpo.py)
+        if "dpo" in config:  # preference tuning of an SFT run (prefs/dpo.py)
             from prefs.dpo import dpo_and_evaluate, report_table
 
             report = dpo_and_evaluate(config, workdir)

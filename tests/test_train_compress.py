@@ -9,7 +9,7 @@ import pytest
 
 from compress.lowrank import DEFAULT_TARGETS
 from compress.magnitude import magnitude_masks, prunable_spec, sparsity_of
-from compress.measure import Evaluator, load_compressed, load_params, measure
+from compress.measure import Evaluator, load_compressed, measure
 from compress.methods import compress
 from compress.quant import quant_spec, quantize
 from compress.study import finetune_stage, study_config
@@ -18,6 +18,7 @@ from models import decoder
 from studies.recipes import recipe_for
 from studies.stages import run_study
 from tests.helpers import small_config
+from train.checkpoint import load_params
 from train.loop import read_run_config as load_config
 from train.loop import train_and_evaluate
 from train.metrics import read_metrics

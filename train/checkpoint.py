@@ -283,6 +283,11 @@ def load_state(directory: str, step: int | None = None):
     return restored["state"]
 
 
+def load_params(workdir: str, step: int | None = None):
+    """A run's parameters as host numpy arrays, from `workdir/checkpoints` (newest by default)."""
+    return load_state(os.path.join(workdir, "checkpoints"), step)["params"]
+
+
 def latest_step(directory: str) -> int | None:
     """Newest checkpoint step in `directory` (None if there is none), without creating anything."""
     if not atomic.isdir(directory):
