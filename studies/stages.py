@@ -6,17 +6,21 @@ An experiment whose config has `kind = "study"` defines, beside `get_config`,
 and `launch/run.py --config experiments/X.py --workdir DIR` runs them. A stage is either a run
 (`config`, trained by the one loop `train.loop.train_and_evaluate` in `DIR/<name>` with the
 recipe its config asks for) or an `action(stage_dir, rows) -> row` (sampling, judging, scoring,
-compressing: work that is not training). The study workdir holds:
+compressing: work that is not training). A run stage with `record_nonfinite` that stops on a
+non-finite loss or gradient (`train.nan_policy`) is recorded with status 'diverged' and the study
+goes on (an LR grid's largest rates). The study workdir holds:
   config.json     the study config (a rerun with another config is refused)
-  results.jsonl   one row per finished stage (`stage`, `status`, the run's summary or the action's
-                  row), rewritten atomically after each stage
+  results.jsonl   one row per finished stage (`stage`, `status` 'ok' or 'diverged', the run's
+                  summary or the action's row), rewritten atomically after each stage
   <name>/         each stage's own directory (a run's checkpoints, metrics and summary)
   report.md       `report(config, rows)` once every stage is done
 
 Rerunning the command skips finished stages and resumes an interrupted run stage from its newest
 checkpoint (a SIGTERM stops the study after the current step with a checkpoint), so a study
-killed at any moment ends with the rows of an uninterrupted one. Actions must be deterministic
-given their inputs; a killed action is rerun from its start.
+killed at any moment ends with the rows of an uninterrupted one. A stage that raises stops the
+study with the rows before it intact; the rerun starts again at that stage. Actions must be
+deterministic given their inputs (`rows`: the finished stages with status 'ok'); a killed action
+is rerun from its start.
 """
 
 import dataclasses
@@ -28,9 +32,11 @@ import jax
 
 from common import atomic
 from studies.recipes import recipe_for
-from train.loop import claim_workdir, train_and_evaluate
+from train.loop import NonFiniteError, claim_workdir, train_and_evaluate
 from train.recipe import Recipe
-from train.validate import ConfigError
+from train.validate import ConfigError, check_config
+
+FINISHED = ("ok", "diverged")
 
 
 @dataclasses.dataclass
@@ -41,6 +47,7 @@ class Stage:
     config: object = None
     action: Callable[[str, dict[str, dict]], dict] | None = None
     recipe: Recipe | None = None  # None: `studies.recipes.recipe_for(config)`
+    record_nonfinite: bool = False  # a non-finite stop is a 'diverged' row, not an error
 
     def __post_init__(self):
         if (self.config is None) == (self.action is None):
@@ -61,11 +68,13 @@ def run_study(config, module, workdir: str, *, dry_run: bool = False) -> dict:
     """
     stages = module.get_stages(config, workdir)
     names = [s.name for s in stages]
-    if len(set(names)) != len(names):
-        raise ConfigError(f"study stages must have distinct names, got {names}")
+    twice = next((n for i, n in enumerate(names) if n in names[:i]), None)
+    if twice is not None:
+        raise ConfigError(f"study stages must have distinct names; {twice!r} appears more than once")
     recipes = {}
     for s in stages:
         if s.config is not None:
+            check_config(s.config)
             try:
                 recipes[s.name] = s.recipe or recipe_for(s.config)
             except ValueError as e:
@@ -82,25 +91,31 @@ def run_study(config, module, workdir: str, *, dry_run: bool = False) -> dict:
     results_path = os.path.join(workdir, "results.jsonl")
     rows = atomic.read_rows(results_path, key="stage")
     for s in stages:
-        if rows.get(s.name, {}).get("status") == "ok":
+        if rows.get(s.name, {}).get("status") in FINISHED:
             continue
         t = time.perf_counter()
         done = {k: v for k, v in rows.items() if v.get("status") == "ok"}
+        status = "ok"
         if s.config is not None:
-            summary = train_and_evaluate(
-                s.config, stage_dir(workdir, s.name), desc=s.name, recipe=recipes[s.name]
-            )
-            if summary.get("preempted"):
+            try:
+                row = train_and_evaluate(
+                    s.config, stage_dir(workdir, s.name), desc=s.name, recipe=recipes[s.name]
+                )
+            except NonFiniteError as e:
+                if not s.record_nonfinite:
+                    raise
+                row, status = {"error": str(e)}, "diverged"
+            if row.get("preempted"):
                 return {"rows": rows, "preempted": True}
-            row = dict(summary)
+            row = dict(row)
         else:
             atomic.makedirs(stage_dir(workdir, s.name))
             row = dict(s.action(stage_dir(workdir, s.name), done))
-        row.update(stage=s.name, status="ok", stage_wall_s=time.perf_counter() - t)
+        row.update(stage=s.name, status=status, stage_wall_s=time.perf_counter() - t)
         rows[s.name] = row
         if is_main:
             atomic.write_rows(results_path, rows)
-        print(f"study: stage {s.name} done in {row['stage_wall_s']:.0f} s", flush=True)
+        print(f"study: stage {s.name} {status} in {row['stage_wall_s']:.0f} s", flush=True)
     if is_main:
         text = module.report(config, rows)
         atomic.write_text(os.path.join(workdir, "report.md"), text + "\n")

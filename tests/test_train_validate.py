@@ -335,7 +335,7 @@ def test_bounds_are_inclusive_or_exclusive_as_declared():
 @pytest.mark.parametrize(
     "field, value, expected",
     [
-        ("model.sparse_layers", "0,9", "model.sparse_layers='0,9' is not 'all', 'alternate'"),
+        ("model.sparse.layers", "0,9", "model.sparse.layers='0,9' is not 'all', 'alternate'"),
         ("objective_args.random_frac", 0.3, "objective_args.mask_frac + random_frac = 0.8 + 0.3"),
         ("adapt.load", "(", "adapt.load='(': not a regular expression"),
         ("adapt.lora.targets", "q,v(", "adapt.lora.targets='q,v(': not a regular expression"),
