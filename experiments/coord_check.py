@@ -21,7 +21,7 @@ import os
 from common import atomic
 from experiments.common import base_config, parse_arg
 from studies import mup as analysis
-from studies.stages import Stage
+from studies.stages import Stage, run_config
 
 PARAMETRIZATIONS = ("sp", "mup")
 
@@ -48,10 +48,7 @@ def get_config(arg: str = ""):
 
 def width_config(config, parametrization: str, width: int):
     """The run config of one width under SP or muP."""
-    c = config.copy_and_resolve_references()
-    with c.unlocked():
-        del c.coord
-    c.kind = "train"
+    c = run_config(config, "coord")
     c.model.d_model, c.model.d_ff = width, 4 * width
     c.model.mup.enabled = parametrization == "mup"
     return c

@@ -25,7 +25,7 @@ import os
 from common import atomic
 from experiments.common import base_config, parse_arg
 from studies import mup as analysis
-from studies.stages import Stage
+from studies.stages import Stage, run_config
 
 PARAMETRIZATIONS = ("sp", "mup")
 
@@ -73,10 +73,7 @@ def members(config) -> list[dict]:
 
 def point_config(config, parametrization: str, width: int, lr_exp: int, seed: int = 0):
     """The run config of one member: width d_model (d_ff = 4x), LR 2**lr_exp, seed offset."""
-    c = config.copy_and_resolve_references()
-    with c.unlocked():
-        del c.transfer
-    c.kind = "train"
+    c = run_config(config, "transfer")
     c.seed = config.seed + seed
     c.model.d_model, c.model.d_ff = width, 4 * width
     c.model.mup.enabled = parametrization == "mup"
@@ -128,7 +125,9 @@ def report(config, rows: dict) -> str:
             ]
             best = out["optima"].get(p, {}).get(str(w))
             lines.append(f"| {p} | {w} | " + " | ".join(cells) + f" | 2^{best} |")
+    lines.append("")
     for p, ws in out["optima"].items():
         spread = max(ws.values()) - min(ws.values())
-        lines.append(f"\n{p.upper()}: best log2 LR per width {ws} (spread {spread} grid steps)")
+        best = ", ".join(f"{w}: {e}" for w, e in ws.items())
+        lines.append(f"{p.upper()}: best log2 LR per width {best} (spread {spread} grid steps)")
     return "\n".join(lines)

@@ -1,7 +1,7 @@
 """muP, the maximal update parametrization (Yang et al. 2022, "Tensor Programs V"), for Adam.
 
-One switch, `model.mup.enabled=True`, for every family: the rules are keyed by parameter name (the last
-key of its path: `q`, `wo`, `embed`, `ln1_scale`, ...), so a family gets muP by naming its
+One switch, `model.mup.enabled=True`, for every family: the rules are keyed by parameter name (the
+last key of its path: `q`, `wo`, `embed`, `ln1_scale`, ...), so a family gets muP by naming its
 parameters from `ROLES` (or adding its names there). With the width multiplier
 m = d_model / mup.base_width, the rules are TP5's Table 3, Adam column, in the form with an
 output multiplier (its Table 8 / the `mup` package's MuReadout), chosen so that at m = 1 muP is

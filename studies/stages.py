@@ -11,7 +11,8 @@ non-finite loss or gradient (`train.nan_policy`) is recorded with status 'diverg
 goes on (an LR grid's largest rates). The study workdir holds:
   config.json     the study config (a rerun with another config is refused)
   results.jsonl   one row per finished stage (`stage`, `status` 'ok' or 'diverged', the run's
-                  summary or the action's row), rewritten atomically after each stage
+                  summary or the action's row, `stage_wall_s` and the 1-minute load average
+                  `load_1min` at its end), rewritten atomically after each stage
   <name>/         each stage's own directory (a run's checkpoints, metrics and summary)
   report.md       `report(config, rows)` once every stage is done
 
@@ -58,6 +59,17 @@ def stage_dir(workdir: str, name: str) -> str:
     return os.path.join(workdir, name)
 
 
+def run_config(study_config, *blocks: str):
+    """A copy of `study_config` as one run's config: kind 'train', without the study's own
+    `blocks` (the arguments its stages are built from)."""
+    c = study_config.copy_and_resolve_references()
+    with c.unlocked():
+        for block in blocks:
+            del c[block]
+    c.kind = "train"
+    return c
+
+
 def run_study(config, module, workdir: str, *, dry_run: bool = False) -> dict:
     """Runs the stages `module.get_stages(config, workdir)` still needed; returns
     `{'rows': {stage: row}, 'preempted': bool}`.
@@ -70,7 +82,9 @@ def run_study(config, module, workdir: str, *, dry_run: bool = False) -> dict:
     names = [s.name for s in stages]
     twice = next((n for i, n in enumerate(names) if n in names[:i]), None)
     if twice is not None:
-        raise ConfigError(f"study stages must have distinct names; {twice!r} appears more than once")
+        raise ConfigError(
+            f"study stages must have distinct names; {twice!r} appears more than once"
+        )
     recipes = {}
     for s in stages:
         if s.config is not None:
@@ -111,7 +125,8 @@ def run_study(config, module, workdir: str, *, dry_run: bool = False) -> dict:
         else:
             atomic.makedirs(stage_dir(workdir, s.name))
             row = dict(s.action(stage_dir(workdir, s.name), done))
-        row.update(stage=s.name, status=status, stage_wall_s=time.perf_counter() - t)
+        wall = time.perf_counter() - t
+        row.update(stage=s.name, status=status, stage_wall_s=wall, load_1min=os.getloadavg()[0])
         rows[s.name] = row
         if is_main:
             atomic.write_rows(results_path, rows)

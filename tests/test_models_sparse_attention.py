@@ -240,7 +240,7 @@ def test_per_layer_patterns_and_scan_periods():
     ]:
         with pytest.raises(ValueError, match=f"model.sparse.{field}"):
             layer_pattern(_cfg(n_layers=4, **{field: value, **kw}), 0)
-    with pytest.raises(ValueError, match="model.pattern='strided' does not take pos"):
+    with pytest.raises(ValueError, match="model.sparse.pattern='strided' does not take pos"):
         decoder.init(jax.random.key(0), _cfg(pattern="strided", positions="relative"))
 
 

@@ -369,6 +369,11 @@ def test_every_experiment_config_is_declared_and_valid():
             for point in module.get_sweep(config):
                 check_fields(module.point_config(config, point), config_fields())
                 checked += 1
+        if hasattr(module, "get_stages"):  # a study's run stages
+            for stage in module.get_stages(config, "/nonexistent/study"):
+                if stage.config is not None:
+                    check_fields(stage.config, config_fields())
+                    checked += 1
     assert checked >= 20
 
 
