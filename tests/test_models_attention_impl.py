@@ -312,7 +312,8 @@ def test_validation_accepts_each_impl():
     for impl in ("xla", "splash", "flash"):
         blocks.validate(_cfg(impl))
     blocks.validate(_cfg("cudnn", dtype="bfloat16"))
-    blocks.validate(_cfg("splash", mup=dict(enabled=True), attn_scale=False))  # the scale is folded into q
+    # The muP scale is folded into q.
+    blocks.validate(_cfg("splash", mup=dict(enabled=True), attn_scale=False))
     blocks.validate(_cfg("splash", sparse=dict(pattern="local")))
     blocks.validate(_cfg("cudnn", dtype="bfloat16", sparse=dict(pattern="local")))
 
