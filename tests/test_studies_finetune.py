@@ -113,3 +113,25 @@ def test_classify_study_end_to_end(tmp_path):
     assert table.startswith(want)
     for name in ("pretrain", "before", "finetune", "scratch"):
         assert f"| {name} |" in table
+
+
+@pytest.mark.slow
+def test_adapt_study_end_to_end(tmp_path):
+    """Pre-train a 1-layer GPT for 2 steps, then 2 steps of each method on the asyncio package."""
+    config = adapt.get_config("steps=2,pre_steps=2,rank=2,prompt_len=2")
+    config.data.glob = make_corpus(str(tmp_path / "corpus"), n_files=40)
+    config.data.data_dir = str(tmp_path / "tfds")
+    config.model.update(n_layers=1, d_model=32, n_heads=2, d_ff=64)
+    config.train.update(grad_accum=1, peak_flops=1e11, eval_batches=2)
+    workdir = str(tmp_path / "study")
+    rows = run_study(config, adapt, workdir)["rows"]
+    counts, total = rows["counts"], rows["before"]["params"]
+    # The base model's parameter count from its real tree equals the one from shapes alone.
+    assert counts["full"]["trainable"] == counts["full"]["params"] == total
+    assert 0 < counts["prompt"]["trainable"] < counts["lora"]["trainable"] < total
+    for method in ("full", "lora", "prompt"):
+        assert rows[method]["step"] == 2 and rows[method]["resumed_from"] == 0
+    with open(os.path.join(workdir, "report.md")) as f:
+        table = f.read().splitlines()
+    assert table[2].startswith(f"| base (no adaptation) | {rows['before']['eval/loss']:.4f} |")
+    assert [line.split(" | ")[0] for line in table[3:]] == ["| full", "| lora", "| prompt"]
