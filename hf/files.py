@@ -112,9 +112,7 @@ def require(cfg, what: str, **need) -> None:
     cannot represent: each `need` field must have its given value, heads must be MHA."""
     need = _PLAIN | need
     wrong = [
-        f"model.{k}={v!r} (got {_field(cfg, k)!r})"
-        for k, v in need.items()
-        if _field(cfg, k) != v
+        f"model.{k}={v!r} (got {_field(cfg, k)!r})" for k, v in need.items() if _field(cfg, k) != v
     ]
     if (cfg.n_kv_heads or cfg.n_heads) != cfg.n_heads:
         wrong.append(f"model.n_kv_heads=0 or {cfg.n_heads} (got {cfg.n_kv_heads})")
