@@ -13,47 +13,35 @@ from matplotlib.figure import Figure
 
 from common import atomic
 
+_MEANS = ("eval/loss", "eval/bits_per_byte")
+
 
 def transfer_points(members: list[dict], rows: dict[str, dict]) -> list[dict]:
-    """One row per (parametrization, width, lr_exp) from the members' run rows.
-
-    Args:
-      members: the grid's members (`stage`, `parametrization`, `width`, `lr_exp`, `seed`).
-      rows: finished stages with status 'ok' by name; a member missing here diverged.
-
-    Returns:
-      Points with `eval_loss` and `bits_per_byte` the means over seeds and `seed_losses`; a
-      point with a diverged or non-finite seed has status 'diverged' and no loss.
-    """
-    points: dict = {}
+    """One row per (parametrization, width, lr_exp): `eval_loss` and `bits_per_byte` averaged over
+    the seeds, `seed_losses`; status 'diverged' (no loss) if a seed's member has no 'ok' row in
+    `rows` (members: dicts with `stage`, `parametrization`, `width`, `lr_exp`)."""
+    groups: dict = {}
     for m in members:
         key = (m["parametrization"], m["width"], m["lr_exp"])
-        p = points.setdefault(
-            key,
-            dict(
-                id=f"{key[0]}_d{key[1]}_lr2e{key[2]}",
-                parametrization=key[0],
-                width=key[1],
-                lr_exp=key[2],
-                lr=2.0 ** key[2],
-                seed_losses=[],
-                seed_bpb=[],
-            ),
-        )
-        row = rows.get(m["stage"], {})
-        p["seed_losses"].append(row.get("eval/loss"))
-        p["seed_bpb"].append(row.get("eval/bits_per_byte"))
+        groups.setdefault(key, []).append(rows.get(m["stage"], {}))
     out = []
-    for p in points.values():
-        losses, bpb = p.pop("seed_losses"), p.pop("seed_bpb")
+    for (p, w, e), runs in groups.items():
+        losses = [r.get("eval/loss") for r in runs]
         ok = all(x is not None and math.isfinite(x) for x in losses)
-        p.update(
-            status="ok" if ok else "diverged",
-            eval_loss=float(np.mean(losses)) if ok else None,
-            bits_per_byte=float(np.mean(bpb)) if ok else None,
-            seed_losses=[x if x is not None and math.isfinite(x) else None for x in losses],
+        mean = {k: float(np.mean([r[k] for r in runs])) if ok else None for k in _MEANS}
+        out.append(
+            dict(
+                id=f"{p}_d{w}_lr2e{e}",
+                parametrization=p,
+                width=w,
+                lr_exp=e,
+                lr=2.0**e,
+                status="ok" if ok else "diverged",
+                eval_loss=mean["eval/loss"],
+                bits_per_byte=mean["eval/bits_per_byte"],
+                seed_losses=[x if x is not None and math.isfinite(x) else None for x in losses],
+            )
         )
-        out.append(p)
     return out
 
 

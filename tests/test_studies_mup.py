@@ -59,18 +59,9 @@ def test_points_average_seeds_and_a_missing_seed_is_diverged():
     assert points[-5]["bits_per_byte"] == 3.25 and points[-5]["seed_losses"] == [2.0, 2.5]
     assert points[-4]["status"] == "diverged" and points[-4]["eval_loss"] is None
     assert points[-4]["seed_losses"] == [1.0, None] and points[-4]["id"] == "mup_d32_lr2e-4"
-    assert optima(list(points.values())) == {"mup": {32: -5}}
-
-
-def test_optima_take_the_lowest_finite_mean_loss():
-    rows = [
-        dict(parametrization="mup", width=32, lr_exp=-5, status="ok", eval_loss=2.0),
-        dict(parametrization="mup", width=32, lr_exp=-4, status="ok", eval_loss=1.9),
-        dict(parametrization="mup", width=32, lr_exp=-3, status="diverged", eval_loss=None),
-        dict(parametrization="sp", width=32, lr_exp=-6, status="ok", eval_loss=math.inf),
-        dict(parametrization="sp", width=32, lr_exp=-7, status="ok", eval_loss=2.5),
-    ]
-    assert optima(rows) == {"mup": {32: -4}, "sp": {32: -7}}
+    assert optima(list(points.values())) == {"mup": {32: -5}}  # the best finite mean
+    points[-5].update(eval_loss=math.inf)
+    assert optima(list(points.values())) == {}
 
 
 def test_slopes_are_the_log_log_fit():
