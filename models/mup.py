@@ -69,10 +69,7 @@ def width_mult(cfg) -> float:
     """m = d_model / mup.base_width (1.0 when muP is off)."""
     if not enabled(cfg):
         return 1.0
-    base = cfg.mup.base_width
-    if base <= 0:
-        raise ValueError(f"model.mup.base_width={base} must be positive with muP enabled")
-    return cfg.d_model / base
+    return cfg.d_model / cfg.mup.base_width  # base_width >= 1: declared in models/sizes.py
 
 
 def role(name: str) -> str:

@@ -336,6 +336,8 @@ def test_bounds_are_inclusive_or_exclusive_as_declared():
     "field, value, expected",
     [
         ("model.sparse.layers", "0,9", "model.sparse.layers='0,9' is not 'all', 'alternate'"),
+        ("model.sparse.window", 0, "model.sparse.window=0 must be at least 1"),  # grouped fields
+        ("model.mup.base_width", 0, "model.mup.base_width=0 must be at least 1"),
         ("objective_args.random_frac", 0.3, "objective_args.mask_frac + random_frac = 0.8 + 0.3"),
         ("adapt.load", "(", "adapt.load='(': not a regular expression"),
         ("adapt.lora.targets", "q,v(", "adapt.lora.targets='q,v(': not a regular expression"),
