@@ -3,24 +3,31 @@ and prompt tuning compared on the same task.
 
 The base model is pre-trained on the top-level standard-library modules (`<stdlib>/*.py`); the
 adaptation task is the `asyncio` package (`<stdlib>/asyncio/*.py`), which pre-training never
-sees, split into train/validation files by the corpus's path hash. All four runs in one command
-(`launch/adapt_table.py` trains them in turn and prints the table):
+sees, split into train/validation files by the corpus's path hash. All four runs, the base model's
+evaluation before adaptation and the table as one study (studies/stages.py):
 
-  python launch/adapt_table.py --workdir runs/adapt   # about 6 minutes on a loaded 2-core CPU
+  python launch/run.py --config experiments/adapt.py --workdir runs/adapt   # ~6 min, 2-core CPU
 
-or one phase at a time (`method=pretrain|full|lora|prompt`, `base=` the pre-training workdir):
+The table (`<workdir>/report.md`) gives each method's held-out loss (nats/token and bits/byte on
+the task's validation files), trainable parameters (count and share of the model) and median
+step time (from the run's metrics.jsonl). Or one phase at a time (`method=pretrain|full|lora|
+prompt`, `base=` the pre-training workdir):
 
   python launch/run.py --config experiments/adapt.py:method=pretrain --workdir runs/adapt/pretrain
   python launch/run.py --config experiments/adapt.py:method=lora,base=runs/adapt/pretrain \
       --workdir runs/adapt/lora
 
-Arguments: method, base, size (default tiny: 2 x 128), steps (adaptation steps), pre_steps,
-rank (LoRA), prompt_len.
+Arguments: method (default study), base, size (default tiny: 2 x 128), steps (adaptation steps),
+pre_steps, rank (LoRA), prompt_len.
 """
 
+import json
 import os
+import statistics
 
+from common import atomic
 from experiments.common import base_config, parse_arg
+from studies.stages import Stage, run_config
 
 METHODS = ("pretrain", "full", "lora", "prompt")
 # Peak learning rates per method: the fewer the trained parameters, the larger the usable step.
@@ -31,10 +38,22 @@ def stdlib_glob(sub: str) -> str:
     return os.path.join(os.path.dirname(os.__file__), sub, "*.py")
 
 
+def _schedule(config, steps: int, method: str) -> None:
+    t = config.train
+    t.steps = steps
+    t.lr = LR[method]
+    t.warmup_steps = max(t.steps // 10, 1)
+    t.eval_every = t.steps
+    t.eval_batches = 8
+    t.ckpt_every = t.steps
+    t.log_every = 10
+    t.weight_decay = 0.0 if method in ("lora", "prompt") else 0.1
+
+
 def get_config(arg: str = ""):
     args = parse_arg(
         arg,
-        method="pretrain",
+        method="study",
         base="",
         size="tiny",
         steps=150,
@@ -42,32 +61,112 @@ def get_config(arg: str = ""):
         rank=8,
         prompt_len=16,
     )
-    if args.method not in METHODS:
-        raise ValueError(f"method={args.method!r} is unknown; choose one of {METHODS}")
+    if args.method not in ("study", *METHODS):
+        raise ValueError(f"method={args.method!r} is unknown; choose study or one of {METHODS}")
     config = base_config(args.size)
     config.data.seq_len = 128
     config.data.batch_size = 8
     config.data.val_fraction = 0.2
     config.model.max_len = 256
-    t = config.train
-    t.steps = args.pre_steps if args.method == "pretrain" else args.steps
-    t.lr = LR[args.method]
-    t.warmup_steps = max(t.steps // 10, 1)
-    t.eval_every = t.steps
-    t.eval_batches = 8
-    t.ckpt_every = t.steps
-    t.log_every = 10
-    t.weight_decay = 0.0 if args.method in ("lora", "prompt") else 0.1
+    _schedule(config, args.pre_steps, "pretrain")
+    config.data.glob = stdlib_glob("")
     if args.method == "pretrain":
-        config.data.glob = stdlib_glob("")
+        return config
+    if args.method == "study":
+        config.kind = "study"
+        config.study = dict(steps=args.steps, rank=args.rank, prompt_len=args.prompt_len)
         return config
     if not args.base:
         raise ValueError(f"method={args.method} needs base=<pre-training workdir>")
+    return adapted(config, args.method, args.base, args.steps, args.rank, args.prompt_len)
+
+
+def adapted(pretrain, method: str, base: str, steps: int, rank: int, prompt_len: int):
+    """The adaptation run of `method` on the held-out package from the weights of `base`."""
+    config = pretrain.copy_and_resolve_references()
+    _schedule(config, steps, method)
     config.data.glob = stdlib_glob("asyncio")
-    config.init_from = args.base
-    config.adapt.method = args.method
-    config.adapt.lora.rank = args.rank
-    config.adapt.lora.alpha = 2.0 * args.rank
+    config.init_from = base
+    config.adapt.method = method
+    config.adapt.lora.rank = rank
+    config.adapt.lora.alpha = 2.0 * rank
     config.adapt.lora.targets = "q,v,o"
-    config.adapt.prompt.length = args.prompt_len
+    config.adapt.prompt.length = prompt_len
     return config
+
+
+def get_stages(config, workdir: str) -> list[Stage]:
+    """pretrain, the base model on the task ('before'), the three methods, then their counts."""
+    pretrain = run_config(config, "study")
+    base = os.path.join(workdir, "pretrain")
+    runs = {m: adapted(pretrain, m, base, **config.study) for m in ("full", "lora", "prompt")}
+
+    def before(stage_dir: str, rows: dict) -> dict:
+        """The base model on the task before adaptation: a 'full' run's evaluation at step 0."""
+        from adapt import wrap
+        from data.pipeline import make_eval_batches
+        from studies.recipes import recipe_for
+        from train.loop import Run
+
+        c = runs["full"]
+        run = Run(c, recipe=recipe_for(c))
+        batches = make_eval_batches(c.data, num_batches=c.train.eval_batches)
+        ev = run.evaluate(run.state.params, [run.global_batch(b) for b in batches])
+        total = wrap.count_trainable(run.state.params, c.adapt)[1]
+        return {**{f"eval/{k}": v for k, v in ev.items()}, "trainable": 0, "params": total}
+
+    def counts(stage_dir: str, rows: dict) -> dict:
+        """Trainable parameters (from shapes) and median step time of each method's run."""
+        return {
+            m: {
+                "trainable": _count(c)[0],
+                "params": _count(c)[1],
+                "step_ms": _step_time_ms(
+                    os.path.join(workdir, m), c.data.batch_size * c.data.seq_len
+                ),
+            }
+            for m, c in runs.items()
+        }
+
+    return [
+        Stage("pretrain", pretrain),
+        Stage("before", action=before),
+        *(Stage(m, c) for m, c in runs.items()),
+        Stage("counts", action=counts),
+    ]
+
+
+def report(config, rows: dict) -> str:
+    lines = [
+        "| method | held-out loss (nats/token) | bits/byte | trainable | share | step (ms) |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for name in ("before", "full", "lora", "prompt"):
+        r = rows[name]
+        c = rows["counts"].get(name, {**r, "step_ms": float("nan")})
+        label = "base (no adaptation)" if name == "before" else name
+        lines.append(
+            f"| {label} | {r['eval/loss']:.4f} | {r['eval/bits_per_byte']:.4f} | "
+            f"{c['trainable']:,} | {100 * c['trainable'] / c['params']:.2f}% | "
+            f"{c['step_ms']:.1f} |"
+        )
+    return "\n".join(lines)
+
+
+def _step_time_ms(workdir: str, tokens_per_step: int) -> float:
+    rows = map(json.loads, atomic.read_text(os.path.join(workdir, "metrics.jsonl")).splitlines())
+    rates = [r["perf/tokens_per_s"] for r in rows if "perf/tokens_per_s" in r and r["step"] > 10]
+    return 1000.0 * tokens_per_step / statistics.median(rates) if rates else float("nan")
+
+
+def _count(config) -> tuple[int, int]:
+    """(trainable, total) parameters of the adapted tree, from shapes alone."""
+    import flax.linen as nn
+    import jax
+
+    from adapt import wrap
+    from models import get_model
+
+    model = wrap.AdaptedModel(get_model(config.model.family), config.adapt, 360)
+    shapes = jax.eval_shape(lambda: nn.unbox(model.init(jax.random.key(0), config.model)))
+    return wrap.count_trainable(shapes, config.adapt)

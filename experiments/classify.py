@@ -5,10 +5,11 @@ fine-tuned with the classification head (pooled first token, cross-entropy) on d
 task: the `classes` packages with the most files (8 by default: test, idlelib, encodings, lib2to3,
 distutils, ctypes, unittest, asyncio), up to 8 leading 127-byte snippets per file, files split 80/20
 by a hash of their path (data/tasks.py). `scratch` fine-tunes the same model from random weights,
-the control that shows what pre-training adds. The held-out accuracy is in `eval/accuracy`;
-launch/finetune.py runs all three phases and prints it beside the majority-class baseline:
+the control that shows what pre-training adds. The held-out accuracy is in `eval/accuracy`.
+All phases as one study (studies/finetune.py; the table, beside the majority-class baseline, is
+`<workdir>/report.md`):
 
-  python launch/finetune.py --task=classify --workdir runs/classify     # ~10 min, 2-core CPU
+  python launch/run.py --config experiments/classify.py --workdir runs/classify     # ~10 min
 
 or one phase at a time (`phase=pretrain|finetune|scratch`, `base=` the pre-training workdir):
 
@@ -17,32 +18,45 @@ or one phase at a time (`phase=pretrain|finetune|scratch`, `base=` the pre-train
   python launch/run.py --config experiments/classify.py:phase=finetune,base=runs/classify/pretrain \
       --workdir runs/classify/finetune
 
-Arguments: phase, base, size (tiny: 2 x 128), steps (fine-tuning), pre_steps, classes, lr, runlocal.
+Arguments: phase (default study), base, size (tiny: 2 x 128), steps (fine-tuning), pre_steps,
+classes, lr, scratch (the study trains the scratch control), runlocal.
 """
 
+import functools
+
 from experiments import bert
-from experiments.common import parse_arg, task_phase
+from experiments.common import parse_arg, task_phase, task_run
+from studies import finetune
+
+
+def set_task(config, args) -> None:
+    """The pre-training config turned into the classification task's."""
+    config.objective = "classification"
+    config.data.task.name = "packages"
+    config.data.task.num_classes = args.classes
+    config.model.num_classes = args.classes
+    config.data.batch_size = 32
 
 
 def get_config(arg: str = ""):
     args = parse_arg(
         arg,
-        phase="pretrain",
+        phase="study",
         base="",
         size="tiny",
         steps=150,
         pre_steps=400,
         classes=8,
         lr=1e-3,
+        scratch=True,
         runlocal=False,
     )
     pretrain = bert.get_config(f"size={args.size},steps={args.pre_steps}")
-
-    def set_task(config):
-        config.objective = "classification"
-        config.data.task.name = "packages"
-        config.data.task.num_classes = args.classes
-        config.model.num_classes = args.classes
-        config.data.batch_size = 32
-
     return task_phase(pretrain, args, set_task)
+
+
+def get_stages(config, workdir: str):
+    return finetune.stages(config, workdir, functools.partial(task_run, set_task=set_task))
+
+
+report = finetune.report

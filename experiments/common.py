@@ -168,7 +168,7 @@ def set_runlocal(config: ml_collections.ConfigDict) -> None:
     config.data.batch_size = 8
 
 
-TASK_PHASES = ("pretrain", "finetune", "scratch")
+TASK_PHASES = ("study", "pretrain", "finetune", "scratch")
 
 
 def task_phase(
@@ -176,23 +176,34 @@ def task_phase(
 ) -> ml_collections.ConfigDict:
     """One phase of a pre-train -> fine-tune experiment (experiments/classify.py, seq2seq.py).
 
-    `args.phase` 'pretrain' is the `pretrain` config as it is; 'finetune' is the task from the
-    weights of `args.base` (a pre-training workdir); 'scratch' the same task from random weights,
-    the control. `set_task(config)` turns the pre-training config into the task's; the task then
-    trains `args.steps` steps at `args.lr` and evaluates on the whole held-out split.
+    `args.phase` 'study' is every phase as one study (studies/finetune.py: the `pretrain` config
+    with the experiment's arguments in a `study` block); 'pretrain' is the `pretrain` config as it
+    is; 'finetune' and 'scratch' are `task_run`'s.
     """
     if args.phase not in TASK_PHASES:
         raise ValueError(f"phase={args.phase!r} is unknown; choose one of {TASK_PHASES}")
-    config = pretrain
+    if args.phase in ("study", "pretrain") and args.runlocal:
+        set_runlocal(pretrain)
     if args.phase == "pretrain":
-        if args.runlocal:
-            set_runlocal(config)
-        return config
-    if args.phase == "finetune":
-        if not args.base:
+        return pretrain
+    if args.phase == "study":
+        pretrain.kind = "study"
+        pretrain.study = {k: v for k, v in args.items() if k not in ("phase", "base")}
+        return pretrain
+    return task_run(pretrain, args, args.phase, args.base, set_task)
+
+
+def task_run(pretrain, args, phase: str, base: str, set_task) -> ml_collections.ConfigDict:
+    """The task run of `phase`: 'finetune' from the weights of `base` (a pre-training workdir),
+    'scratch' from random weights (the control). `set_task(config, args)` turns the pre-training
+    config into the task's; the task trains `args.steps` steps at `args.lr` and evaluates on the
+    whole held-out split."""
+    config = pretrain.copy_and_resolve_references()
+    if phase == "finetune":
+        if not base:
             raise ValueError("phase=finetune needs base=<pre-training workdir>")
-        config.init_from = args.base  # new heads keep their initialisation
-    set_task(config)
+        config.init_from = base  # new heads keep their initialisation
+    set_task(config, args)
     set_schedule(config, args.steps, args.lr, args.steps // 10)
     config.train.eval_batches = 1000  # the whole held-out split (fewer batches if smaller)
     if args.runlocal:

@@ -11,7 +11,7 @@ every matmul, GELU (tanh approximation), learned positions over a 2048-token con
 embeddings; d_ff = 4 d_model; shapes in models/sizes.py (two rows of the table are corrected
 there). Vocabulary: GPT-2's 50,257 BPE ids padded to 50,304 (here a 50,257-id SentencePiece BPE
 trained on the corpus; only the table size matters for `launch/aot.py`). The sparse alternating
-layers of GPT-3 exist (`model.attention_pattern`, `model.sparse_layers='alternate'`) but stay
+layers of GPT-3 exist (`model.sparse.pattern`, `model.sparse.layers='alternate'`) but stay
 off: dense attention everywhere.
 
 Optimisation as Table 2.1 and appendix B: AdamW (b1 0.9, b2 0.95, eps 1e-8), weight decay 0.1,

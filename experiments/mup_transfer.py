@@ -1,30 +1,43 @@
 r"""Learning-rate transfer across width: SP vs muP, loss against LR per width (TP5, Fig. 1).
 
-  python launch/mup_transfer.py --config experiments/mup_transfer.py --workdir runs/mup_transfer
+  python launch/run.py --config experiments/mup_transfer.py --workdir runs/mup_transfer
 
-trains every (parametrization, width, lr) point of the grid below from scratch on the embedded
-stdlib corpus (byte tokenizer), writes `results.jsonl` (one line per point) and
-`mup_transfer.png` (held-out loss against LR, one curve per width, SP and muP side by side) in the
-workdir, and prints the best LR per width. Rerunning skips finished points. Under SP the best
-LR falls as the model widens; under muP (base width = the smallest) it stays put.
+A study (studies/stages.py): every (parametrization, width, lr, seed) member of the grid below is
+one ordinary run of the training loop from scratch on the embedded stdlib corpus (byte
+tokenizer), in `<workdir>/<member>`; the members of one (parametrization, width) share one
+compiled step through the persistent compilation cache (the LR schedule is a runtime argument of
+the step). A member whose loss or gradient turns non-finite is recorded as diverged. The last
+stage, `transfer`, writes `points.jsonl` (one line per grid point, seeds averaged),
+`optima.json` (best log2 LR per width) and `mup_transfer.png` (held-out loss against LR, one
+curve per width, SP and muP side by side) to `<workdir>/transfer/`; `report.md` has the table.
+Rerunning skips finished members. Under SP the best LR falls as the model widens; under muP
+(base width = the smallest) it stays put.
 
-Arguments (comma-separated): steps=N (per point), widths=32/64/128 (slash-separated; the first
+Arguments (comma-separated): steps=N (per member), widths=32/64/128 (slash-separated; the first
 is muP's base width), lr_exps=-12/-2 (the log2 LR range, one point per integer: wide enough that
 every optimum is interior), seeds=N (every point trains N times, seeds config.seed..+N-1, each
 with its own init and data order; the curves and optima use the mean held-out loss), runlocal
 (2 widths x 2 LRs x 2 seeds x 10 steps). Measured cost is in docs/mup.md.
 """
 
+import os
+
+from common import atomic
 from experiments.common import base_config, parse_arg
+from studies import mup as analysis
+from studies.stages import Stage, run_config
+
+PARAMETRIZATIONS = ("sp", "mup")
 
 
 def get_config(arg: str = ""):
     args = parse_arg(arg, steps=300, widths="32/64/128", lr_exps="-12/-2", seeds=3, runlocal=False)
     config = base_config("tiny")
+    config.kind = "study"
     m = config.model
     m.n_layers, m.n_heads = 2, 2
     m.tie_embeddings = False  # muP's readout (multiplier, LR) is its own matrix
-    m.mup_base_width = int(args.widths.split("/")[0])
+    m.mup.base_width = int(args.widths.split("/")[0])
     lo, hi = (int(e) for e in args.lr_exps.split("/"))
     t = config.train
     t.steps = 10 if args.runlocal else args.steps
@@ -36,7 +49,7 @@ def get_config(arg: str = ""):
     t.eval_batches = 2 if args.runlocal else 16
     config.data.seq_len, config.data.batch_size = 64, 8
     config.transfer = dict(
-        parametrizations=("sp", "mup"),
+        parametrizations=PARAMETRIZATIONS,
         widths=tuple(int(w) for w in args.widths.split("/"))[: 2 if args.runlocal else None],
         lr_exps=tuple(range(lo, hi + 1))[: 2 if args.runlocal else None],
         seeds=2 if args.runlocal else args.seeds,
@@ -46,12 +59,75 @@ def get_config(arg: str = ""):
     return config
 
 
-def point_config(config, parametrization: str, width: int, lr_exp: int):
-    """The run config of one grid point: width d_model (d_ff = 4x), LR 2**lr_exp."""
-    c = config.copy_and_resolve_references()
-    with c.unlocked():
-        del c.transfer
+def members(config) -> list[dict]:
+    """The grid's runs, width-major (a partial grid already compares SP and muP)."""
+    g = config.transfer
+    return [
+        dict(stage=f"{p}_d{w}_lr2e{e}_s{s}", parametrization=p, width=w, lr_exp=e, seed=s)
+        for w in g.widths
+        for p in g.parametrizations
+        for s in range(g.seeds)
+        for e in g.lr_exps
+    ]
+
+
+def point_config(config, parametrization: str, width: int, lr_exp: int, seed: int = 0):
+    """The run config of one member: width d_model (d_ff = 4x), LR 2**lr_exp, seed offset."""
+    c = run_config(config, "transfer")
+    c.seed = config.seed + seed
     c.model.d_model, c.model.d_ff = width, 4 * width
-    c.model.mup = parametrization == "mup"
+    c.model.mup.enabled = parametrization == "mup"
     c.train.lr = 2.0**lr_exp
     return c
+
+
+def get_stages(config, workdir: str) -> list[Stage]:
+    grid = members(config)
+    stages = [
+        Stage(
+            m["stage"],
+            point_config(config, m["parametrization"], m["width"], m["lr_exp"], m["seed"]),
+            record_nonfinite=True,
+        )
+        for m in grid
+    ]
+
+    def transfer(stage_dir: str, rows: dict) -> dict:
+        points = analysis.transfer_points(grid, rows)
+        best = analysis.optima(points)
+        atomic.write_rows(os.path.join(stage_dir, "points.jsonl"), {p["id"]: p for p in points})
+        optima = {p: {str(w): e for w, e in ws.items()} for p, ws in best.items()}
+        atomic.write_json(os.path.join(stage_dir, "optima.json"), optima)
+        analysis.plot_transfer(points, os.path.join(stage_dir, "mup_transfer.png"))
+        return {"points": points, "optima": optima}
+
+    return stages + [Stage("transfer", action=transfer)]
+
+
+def report(config, rows: dict) -> str:
+    """Held-out loss per (parametrization, width) and log2 LR, and the best LR per width."""
+    out = rows["transfer"]
+    exps = sorted({p["lr_exp"] for p in out["points"]})
+    lines = [
+        "| parametrization | d_model | " + " | ".join(f"2^{e}" for e in exps) + " | best |",
+        "| --- | --- |" + " --- |" * (len(exps) + 1),
+    ]
+    for p in config.transfer.parametrizations:
+        for w in config.transfer.widths:
+            got = {
+                r["lr_exp"]: r
+                for r in out["points"]
+                if r["parametrization"] == p and r["width"] == w
+            }
+            cells = [
+                f"{got[e]['eval_loss']:.3f}" if got[e]["status"] == "ok" else "diverged"
+                for e in exps
+            ]
+            best = out["optima"].get(p, {}).get(str(w))
+            lines.append(f"| {p} | {w} | " + " | ".join(cells) + f" | 2^{best} |")
+    lines.append("")
+    for p, ws in out["optima"].items():
+        spread = max(ws.values()) - min(ws.values())
+        best = ", ".join(f"{w}: {e}" for w, e in ws.items())
+        lines.append(f"{p.upper()}: best log2 LR per width {best} (spread {spread} grid steps)")
+    return "\n".join(lines)

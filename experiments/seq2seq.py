@@ -4,11 +4,11 @@ A T5-style model (experiments/t5.py, v1.1) is pre-trained with span corruption o
 fine-tuned on data/naming.py's task (input: a stdlib function's docstring and source with the name
 in its `def` line replaced by `_`; target: the name; files split 80/20 by a hash of their path,
 the stdlib's own test suites left out), cross-entropy on every target token. `scratch` trains the
-same model on the task from random weights. launch/finetune.py runs the phases and reports
-held-out loss before and after fine-tuning and the exact match of greedy decoding
-(models/generate.py) beside the majority-name baseline:
+same model on the task from random weights. All phases as one study (studies/finetune.py): held-out
+loss before and after fine-tuning and the exact match of greedy decoding (models/generate.py) of
+`decode` held-out examples beside the majority-name baseline, in `<workdir>/report.md`:
 
-  python launch/finetune.py --task=seq2seq --workdir runs/seq2seq     # ~15 min, 2-core CPU
+  python launch/run.py --config experiments/seq2seq.py:scratch=False --workdir runs/seq2seq
 
 or one phase at a time (`phase=pretrain|finetune|scratch`, `base=` the pre-training workdir):
 
@@ -17,32 +17,46 @@ or one phase at a time (`phase=pretrain|finetune|scratch`, `base=` the pre-train
   python launch/run.py --config experiments/seq2seq.py:phase=finetune,base=runs/seq2seq/pretrain \
       --workdir runs/seq2seq/finetune
 
-Arguments: phase, base, size (tiny: 2 + 2 layers x 128), steps (fine-tuning), pre_steps, seq_len
-(fine-tuning input tokens), lr, runlocal.
+Arguments: phase (default study), base, size (tiny: 2 + 2 layers x 128), steps (fine-tuning),
+pre_steps, seq_len (fine-tuning input tokens), lr, scratch (the study trains the scratch control),
+decode (held-out examples the study decodes), runlocal.
 """
 
+import functools
+
 from experiments import t5
-from experiments.common import parse_arg, task_phase
+from experiments.common import parse_arg, task_phase, task_run
+from studies import finetune
+
+
+def set_task(config, args) -> None:
+    """The pre-training config turned into the naming task's."""
+    config.objective = "seq2seq"
+    config.data.task.name = "naming"
+    config.data.seq_len = args.seq_len  # relative positions: any input length loads
+    config.data.batch_size = 16
 
 
 def get_config(arg: str = ""):
     args = parse_arg(
         arg,
-        phase="pretrain",
+        phase="study",
         base="",
         size="tiny",
         steps=200,
         pre_steps=300,
         seq_len=128,
         lr=2e-3,
+        scratch=True,
+        decode=512,
         runlocal=False,
     )
     pretrain = t5.get_config(f"size={args.size},steps={args.pre_steps}")
-
-    def set_task(config):
-        config.objective = "seq2seq"
-        config.data.task.name = "naming"
-        config.data.seq_len = args.seq_len  # relative positions: any input length loads
-        config.data.batch_size = 16
-
     return task_phase(pretrain, args, set_task)
+
+
+def get_stages(config, workdir: str):
+    return finetune.stages(config, workdir, functools.partial(task_run, set_task=set_task))
+
+
+report = finetune.report

@@ -90,15 +90,23 @@ def write_hf_dir(hf_dir: str, config: dict, state: dict[str, np.ndarray]) -> Non
     atomic.write_json(os.path.join(hf_dir, "config.json"), config)
 
 
-_PLAIN = {"attention_pattern": "dense", "mup": False}
+# Switches no Hugging Face model of these families has (dotted paths into the model config).
+_PLAIN = {"sparse.pattern": "dense", "mup.enabled": False}
+
+
+def _field(cfg, path: str):
+    for key in path.split("."):
+        cfg = cfg[key]
+    return cfg
 
 
 def require(cfg, what: str, **need) -> None:
     """Raises a ValueError naming every model config field that `what` (e.g. 'GPT-2 export')
     cannot represent: each `need` field must have its given value, heads must be MHA."""
-    # Switches other branches add that no Hugging Face model of these families has.
-    need = {k: v for k, v in _PLAIN.items() if k in cfg} | need
-    wrong = [f"model.{k}={v!r} (got {cfg[k]!r})" for k, v in need.items() if cfg[k] != v]
+    need = _PLAIN | need
+    wrong = [
+        f"model.{k}={v!r} (got {_field(cfg, k)!r})" for k, v in need.items() if _field(cfg, k) != v
+    ]
     if (cfg.n_kv_heads or cfg.n_heads) != cfg.n_heads:
         wrong.append(f"model.n_kv_heads=0 or {cfg.n_heads} (got {cfg.n_kv_heads})")
     if wrong:

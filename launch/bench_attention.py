@@ -47,10 +47,8 @@ def bench_one(pattern: str, T: int, N: int, H: int, window: int, summary: int, r
 
     cfg = default_model_config("tiny")
     cfg.n_layers = 1
-    cfg.attention_pattern = pattern
-    cfg.attention_window = window
-    cfg.sparse_stride = 0  # ceil(sqrt(T))
-    cfg.sparse_summary = summary
+    cfg.sparse.update(pattern=pattern, window=window, summary=summary)
+    cfg.sparse.stride = 0  # ceil(sqrt(T))
     attend = attention_fn(cfg, 0)
     seg_BT = jnp.ones((1, T), jnp.int32)
 

@@ -133,16 +133,16 @@ def validate_attention_impl(cfg) -> None:
         )
     if impl == "xla":
         return
-    pattern = cfg.get("attention_pattern", "dense")
+    pattern = cfg.sparse.pattern
     H = cfg.d_head or cfg.d_model // cfg.n_heads
     for bad, why in [
         (cfg.positions == "relative", "takes no per-head bias (positions='relative')"),
         (cfg.attn_dropout > 0, "has no attention dropout (attn_dropout > 0)"),
         (cfg.attn_logits_dtype != "float32", "computes logits in f32 (attn_logits_dtype)"),
-        (pattern in ("strided", "fixed"), f"has no {pattern!r} mask (attention_pattern)"),
+        (pattern in ("strided", "fixed"), f"has no {pattern!r} mask (sparse.pattern)"),
         (
             pattern == "local" and impl not in kernel_attention.LOCAL_WINDOW,
-            "has no sliding-window mask (attention_pattern='local')",
+            "has no sliding-window mask (sparse.pattern='local')",
         ),
         (
             impl in kernel_attention.HALF_ONLY and cfg.dtype != "bfloat16",
@@ -434,7 +434,7 @@ def attention(
             causal=causal,
             segment_ids_BT=segment_ids_BT,
             kv_segment_ids_BS=segment_ids_BT if self_attention else kv_segment_ids_BS,
-            window=cfg.attention_window if pattern == "local" else 0,
+            window=cfg.sparse.window if pattern == "local" else 0,
         )
     elif pattern != "dense":
         attn_fn = sparse_attention.attention_fn(cfg, layer_index)
@@ -662,7 +662,7 @@ def _with_side(layer_fn, side, *args):
 
 def unembed(x_BTD, params, cfg) -> Array:
     """Output logits [B, T, V] in `cfg.loss_dtype` (f32 by default) from the tied embedding or the
-    `unembed` matrix, times muP's output multiplier when `cfg.mup`."""
+    `unembed` matrix, times muP's output multiplier when `cfg.mup.enabled`."""
     dtype = x_BTD.dtype
     if cfg.tie_embeddings:
         if cfg.tied_output_scale:  # T5 v1.0 rescales before the tied projection

@@ -40,8 +40,8 @@ def hidden(params: dict, batch: dict, cfg, *, rngs=None, layer_stack=None) -> ja
     """Final hidden states [B, T, D] (after the final norm) for `batch['tokens']`."""
     x_BTD, segment_ids_BT, positions_BT, layers_rng = blocks.embed_batch(params, batch, cfg, rngs)
     B = x_BTD.shape[0]
-    if "prefix_mask" in batch and cfg.get("attention_pattern", "dense") != "dense":
-        raise ValueError("model.attention_pattern: sparse patterns do not take a prefix_mask")
+    if "prefix_mask" in batch and cfg.sparse.pattern != "dense":
+        raise ValueError("model.sparse.pattern: sparse patterns do not take a prefix_mask")
     kernel = blocks.attention_impl(cfg) != "xla"
     if "prefix_mask" in batch and kernel:
         raise ValueError(

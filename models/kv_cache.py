@@ -26,11 +26,11 @@ from models.sizes import resolved_dims
 
 
 def _check(cfg) -> None:
-    pattern = cfg.get("attention_pattern", "dense")
+    pattern = cfg.sparse.pattern
     if pattern != "dense":
         raise ValueError(
-            f"model.attention_pattern={pattern!r}: KV-cache generation supports dense attention "
-            "only; use attention_pattern='dense' to sample"
+            f"model.sparse.pattern={pattern!r}: KV-cache generation supports dense attention "
+            "only; use sparse.pattern='dense' to sample"
         )
 
 

@@ -1,12 +1,12 @@
 """muP, the maximal update parametrization (Yang et al. 2022, "Tensor Programs V"), for Adam.
 
-One switch, `model.mup=True`, for every family: the rules are keyed by parameter name (the last
-key of its path: `q`, `wo`, `embed`, `ln1_scale`, ...), so a family gets muP by naming its
+One switch, `model.mup.enabled=True`, for every family: the rules are keyed by parameter name (the
+last key of its path: `q`, `wo`, `embed`, `ln1_scale`, ...), so a family gets muP by naming its
 parameters from `ROLES` (or adding its names there). With the width multiplier
-m = d_model / mup_base_width, the rules are TP5's Table 3, Adam column, in the form with an
+m = d_model / mup.base_width, the rules are TP5's Table 3, Adam column, in the form with an
 output multiplier (its Table 8 / the `mup` package's MuReadout), chosen so that at m = 1 muP is
-the standard parametrization (SP) except for the zero initialisations (`mup_zero_query`,
-`mup_zero_readout`):
+the standard parametrization (SP) except for the zero initialisations (`mup.zero_query`,
+`mup.zero_readout`):
 
 | role    | parameters                    | init std           | Adam LR | forward          |
 | ------- | ----------------------------- | ------------------ | ------- | ---------------- |
@@ -18,12 +18,12 @@ the standard parametrization (SP) except for the zero initialisations (`mup_zero
 | vector  | norm scales and biases        | as SP              | lr      |                  |
 
 - Hidden weights have variance 1/fan_in relative to the base (fan_in grows with m); `q` is
-  zero-initialised with `mup_zero_query` (default; TP5 sec. D.2: attention starts uniform, at
+  zero-initialised with `mup.zero_query` (default; TP5 sec. D.2: attention starts uniform, at
   every width).
 - Attention logits are scaled by sqrt(H_base) / H (1/H, matched to 1/sqrt(H) at the base head
   size) because q and k become correlated during training, so q.k grows like H, not sqrt(H).
 - An untied readout keeps SP's init (its logits still shrink like 1/sqrt(m) through the output
-  multiplier, as the `mup` package's MuReadout) or, with `mup_zero_readout`, starts at zero (TP5
+  multiplier, as the `mup` package's MuReadout) or, with `mup.zero_readout`, starts at zero (TP5
   sec. D.2). Zero is not the default: on the embedded corpus it cost 0.18 nats of best loss
   after 300 steps and flattened the loss-vs-LR curves so that their argmin wandered (docs/mup.md).
   Tied embeddings are input-like (constant LR, SP init) and still get the output multiplier, as
@@ -62,17 +62,14 @@ _LR_OVER_M = (HIDDEN, HEAD)
 
 
 def enabled(cfg) -> bool:
-    return bool(getattr(cfg, "mup", False))
+    return cfg.mup.enabled
 
 
 def width_mult(cfg) -> float:
-    """m = d_model / mup_base_width (1.0 when muP is off)."""
+    """m = d_model / mup.base_width (1.0 when muP is off)."""
     if not enabled(cfg):
         return 1.0
-    base = getattr(cfg, "mup_base_width", 0)
-    if base <= 0:
-        raise ValueError(f"model.mup_base_width={base} must be positive with model.mup=True")
-    return cfg.d_model / base
+    return cfg.d_model / cfg.mup.base_width  # base_width >= 1: declared in models/sizes.py
 
 
 def role(name: str) -> str:
@@ -104,8 +101,8 @@ def scale_init(params, cfg):
     if not enabled(cfg):
         return params
     m = width_mult(cfg)
-    zero = _ZERO_HEADS + (("q", "cross_q") if getattr(cfg, "mup_zero_query", True) else ())
-    zero += ("unembed",) if getattr(cfg, "mup_zero_readout", False) else ()
+    zero = _ZERO_HEADS + (("q", "cross_q") if cfg.mup.zero_query else ())
+    zero += ("unembed",) if cfg.mup.zero_readout else ()
 
     def rescale(path, p):
         name = _name(path)
@@ -125,15 +122,15 @@ def attention_scale(cfg, head_dim: int) -> float | None:
     """Logit scale: None (1/sqrt(H)) under SP, sqrt(H_base) / H under muP."""
     if not enabled(cfg):
         return None
-    base_head_dim = cfg.d_head or cfg.mup_base_width // cfg.n_heads  # fixed d_head: no scaling
+    base_head_dim = cfg.d_head or cfg.mup.base_width // cfg.n_heads  # fixed d_head: no scaling
     return math.sqrt(base_head_dim) / head_dim
 
 
 def output_mult(cfg) -> float:
-    """Multiplier of the output logits: mup_output_mult / m under muP, 1 under SP."""
+    """Multiplier of the output logits: mup.output_mult / m under muP, 1 under SP."""
     if not enabled(cfg):
         return 1.0
-    return getattr(cfg, "mup_output_mult", 1.0) / width_mult(cfg)
+    return cfg.mup.output_mult / width_mult(cfg)
 
 
 def lr_multipliers(params, cfg):

@@ -64,7 +64,8 @@ MODEL_FIELDS = {
     # alone changes no dimension; the experiment argument size= picks the row.
     "size": {"type": str},
     "vocab_size": {"type": int, "min": 1},
-    "n_layers": {"type": int, "min": 1},
+    # sparse.layers names layer indices: checked here, where n_layers is a sibling.
+    "n_layers": {"type": int, "min": 1, "check": sparse_layer_set},
     "d_model": {"type": int, "min": 1},
     "n_heads": {"type": int, "min": 1},
     "n_kv_heads": {"type": int, "min": 0},
@@ -97,19 +98,23 @@ MODEL_FIELDS = {
     "dtype": {"choices": DTYPES},
     "attn_logits_dtype": {"choices": DTYPES},
     "loss_dtype": {"choices": DTYPES},
-    "mup": {"type": bool},
-    "mup_base_width": {"type": int, "min": 1},
-    "mup_output_mult": {"type": float, "above": 0.0},
-    "mup_zero_query": {"type": bool},
-    "mup_zero_readout": {"type": bool},
+    "mup": {  # models/mup.py
+        "enabled": {"type": bool},
+        "base_width": {"type": int, "min": 1},
+        "output_mult": {"type": float, "above": 0.0},
+        "zero_query": {"type": bool},
+        "zero_readout": {"type": bool},
+    },
     "layer_loop": {"choices": ("python", "scan")},
     "remat": {"choices": tuple(REMAT_POLICIES)},
     "attention_impl": {"choices": ("xla", "splash", "flash", "cudnn")},  # kernels/attention.py
-    "attention_pattern": {"choices": PATTERNS},
-    "attention_window": {"type": int, "min": 1},
-    "sparse_stride": {"type": int, "min": 0},
-    "sparse_summary": {"type": int, "min": 1},
-    "sparse_layers": {"type": str, "check": sparse_layer_set},
+    "sparse": {  # models/sparse_attention.py
+        "pattern": {"choices": PATTERNS},
+        "window": {"type": int, "min": 1},
+        "layers": {"type": str},  # its indices are checked against n_layers (above)
+        "stride": {"type": int, "min": 0},
+        "summary": {"type": int, "min": 1},
+    },
 }
 
 
@@ -172,14 +177,16 @@ def default_model_config(size: str = "small") -> ml_collections.ConfigDict:
             "attn_logits_dtype": "float32",  # attention logits q.k, softmax and its backward
             "loss_dtype": "float32",  # unembedding output (logits) and the log-softmax
             # muP (models/mup.py): width-independent init, LRs and forward multipliers.
-            "mup": False,
-            "mup_base_width": 128,  # d_model at which muP equals SP (but for its zero inits)
-            "mup_output_mult": 1.0,  # logits x mup_output_mult * mup_base_width / d_model
-            "mup_zero_query": True,  # q (and cross_q) start at zero: uniform attention
-            # An untied readout starting at zero (TP5 sec. D.2) cost 0.18 nats of best loss after
-            # 300 steps here and flattened the loss-vs-LR curves (docs/mup.md); off, it keeps SP's
-            # init and the 1/m output multiplier still shrinks its logits with width.
-            "mup_zero_readout": False,
+            "mup": {
+                "enabled": False,
+                "base_width": 128,  # d_model at which muP equals SP (but for its zero inits)
+                "output_mult": 1.0,  # logits x output_mult * base_width / d_model
+                "zero_query": True,  # q (and cross_q) start at zero: uniform attention
+                # An untied readout starting at zero (TP5 sec. D.2) cost 0.18 nats of best loss
+                # after 300 steps here and flattened the loss-vs-LR curves (docs/mup.md); off, it
+                # keeps SP's init and the 1/m output multiplier still shrinks its logits with width.
+                "zero_readout": False,
+            },
             # 'python' (fastest on XLA:CPU) | 'scan' (fastest to compile on TPU)
             "layer_loop": "python",
             "remat": "none",  # a name in models.decoder.REMAT_POLICIES
@@ -190,17 +197,19 @@ def default_model_config(size: str = "small") -> ml_collections.ConfigDict:
             # no T x S bias is built; not with positions='relative', attn_dropout, a prefix_mask
             # or bf16 logits. KV-cache generation always uses 'xla'.
             "attention_impl": "xla",
-            # Sparse/local attention (models/sparse_attention.py states each pattern exactly):
-            # 'dense' | 'local' (the attention_window latest keys) | 'strided' (Sparse
-            # Transformer: the sparse_stride latest keys, then every sparse_stride-th) | 'fixed'
-            # (own block of sparse_stride keys + the last sparse_summary keys of every block).
-            "attention_pattern": "dense",
-            "attention_window": 256,  # w of 'local'
-            "sparse_stride": 128,  # l of 'strided' and 'fixed'; 0 = ceil(sqrt(seq_len))
-            "sparse_summary": 32,  # c of 'fixed' (Child et al.'s enwik8 setting: l=128, c=32)
-            # which layers use attention_pattern (the others are dense): 'all' | 'alternate'
-            # (odd layers, GPT-3's alternating dense/sparse) | a comma list of indices, '0,2'
-            "sparse_layers": "all",
+            # Sparse/local attention (models/sparse_attention.py states each pattern exactly).
+            "sparse": {
+                # 'dense' | 'local' (the `window` latest keys) | 'strided' (Sparse Transformer:
+                # the `stride` latest keys, then every `stride`-th) | 'fixed' (own block of
+                # `stride` keys + the last `summary` keys of every block).
+                "pattern": "dense",
+                "window": 256,  # w of 'local'
+                # which layers use `pattern` (the others are dense): 'all' | 'alternate' (odd
+                # layers, GPT-3's alternating dense/sparse) | a comma list of indices, '0,2'
+                "layers": "all",
+                "stride": 128,  # l of 'strided' and 'fixed'; 0 = ceil(sqrt(seq_len))
+                "summary": 32,  # c of 'fixed' (Child et al.'s enwik8 setting: l=128, c=32)
+            },
         }
     )
     cfg.update(shape)

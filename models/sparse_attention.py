@@ -12,7 +12,7 @@ Bidirectional (encoder) variants drop `j <= i` and make the local band symmetric
   fixed(l, c): j // l == i // l or j % l >= l - c.
 These are the union ("merged head") forms of the paper's two factorised heads, so one attention
 call per layer computes them. GPT-3 alternates dense and locally banded sparse layers
-(`sparse_layers='alternate'`).
+(`sparse.layers='alternate'`).
 
 Blockwise computation: keys are never scored against every query. The sequence is padded to a
 multiple of the block b and cut into C = ceil(T / b) blocks; a query block scores only
@@ -25,7 +25,7 @@ padding as in `layers.attention_bias`) as a select on those scores. The parts ar
 along the key axis so one f32 softmax covers the union; the parts are disjoint, so no key is
 counted twice. With l = sqrt(T) the strided cost is O(T * sqrt(T)). Gradients are autodiff's.
 
-Per layer: `model.attention_pattern` applies to the layers of `model.sparse_layers` ('all',
+Per layer: `model.sparse.pattern` applies to the layers of `model.sparse.layers` ('all',
 'alternate' or a comma list), the others stay dense. `blocks.attention` calls `attention_fn(cfg,
 layer_index)` for self-attention; `blocks.run_layers(..., indexed=True)` passes each layer's static
 index, and under `layer_loop='scan'` scans groups of `layer_period(cfg)` unrolled layers (period 1
@@ -241,23 +241,16 @@ def sparse_attention(
 
 
 def _check(cfg) -> None:
-    pattern = cfg.get("attention_pattern", "dense")
-    if pattern not in PATTERNS:
+    """The rules across fields (each field's type and range are declared in models/sizes.py)."""
+    s = cfg.sparse
+    if s.pattern not in PATTERNS:
         raise ValueError(
-            f"model.attention_pattern={pattern!r} is unknown; choose one of {list(PATTERNS)}"
+            f"model.sparse.pattern={s.pattern!r} is unknown; choose one of {list(PATTERNS)}"
         )
-    if pattern == "local" and cfg.attention_window < 1:
-        raise ValueError(f"model.attention_window={cfg.attention_window} must be >= 1 for 'local'")
-    if pattern in ("strided", "fixed") and cfg.sparse_stride < 0:
-        raise ValueError(f"model.sparse_stride={cfg.sparse_stride} must be >= 0 (0 = ceil(sqrt T))")
-    if (
-        pattern == "fixed"
-        and cfg.sparse_stride
-        and not 1 <= cfg.sparse_summary <= cfg.sparse_stride
-    ):
+    if s.pattern == "fixed" and s.stride and not 1 <= s.summary <= s.stride:
         raise ValueError(
-            f"model.sparse_summary={cfg.sparse_summary} must be in [1, model.sparse_stride="
-            f"{cfg.sparse_stride}] for 'fixed'"
+            f"model.sparse.summary={s.summary} must be in [1, model.sparse.stride={s.stride}] "
+            "for 'fixed'"
         )
 
 
@@ -265,7 +258,7 @@ def validate(cfg) -> None:
     """One-line errors for sparse-attention fields and the switches they do not combine with."""
     _check(cfg)
     sparse_layer_set(cfg)
-    if cfg.get("attention_pattern", "dense") == "dense":
+    if cfg.sparse.pattern == "dense":
         return
     for bad, why in [
         (cfg.get("family", "decoder") != "decoder", "is wired for family=decoder only"),
@@ -274,17 +267,17 @@ def validate(cfg) -> None:
         (not cfg.get("attn_scale", True), "needs attn_scale=True"),
     ]:
         if bad:
-            raise ValueError(f"model.attention_pattern={cfg.attention_pattern!r} {why}")
+            raise ValueError(f"model.sparse.pattern={cfg.sparse.pattern!r} {why}")
 
 
 def sparse_layer_set(cfg) -> frozenset[int]:
-    """Indices of the layers that use `cfg.attention_pattern` (the others are dense).
+    """Indices of the layers that use `cfg.sparse.pattern` (the others are dense).
 
-    `sparse_layers` is 'all', 'alternate' (odd layers 1, 3, ...: GPT-3's alternating dense and
+    `sparse.layers` is 'all', 'alternate' (odd layers 1, 3, ...: GPT-3's alternating dense and
     sparse layers, starting dense) or a comma list of layer indices such as '0,2,5'.
     """
     L = cfg.n_layers
-    spec = str(cfg.get("sparse_layers", "all")).strip()
+    spec = str(cfg.sparse.layers).strip()
     if spec == "all":
         return frozenset(range(L))
     if spec == "alternate":
@@ -295,7 +288,7 @@ def sparse_layer_set(cfg) -> frozenset[int]:
         layers = None
     if layers is None or any(not 0 <= i < L for i in layers):
         raise ValueError(
-            f"model.sparse_layers={spec!r} is not 'all', 'alternate' or a comma list of layer "
+            f"model.sparse.layers={spec!r} is not 'all', 'alternate' or a comma list of layer "
             f"indices in [0, {L})"
         )
     return layers
@@ -304,7 +297,7 @@ def sparse_layer_set(cfg) -> frozenset[int]:
 def layer_pattern(cfg, layer_index: int) -> str:
     """The attention pattern of one layer."""
     _check(cfg)
-    pattern = cfg.get("attention_pattern", "dense")
+    pattern = cfg.sparse.pattern
     if pattern == "dense" or layer_index not in sparse_layer_set(cfg):
         return "dense"
     return pattern
@@ -331,8 +324,8 @@ def uses_dense(cfg) -> bool:
 
 
 def resolved_stride(cfg, T: int) -> int:
-    """l of the strided and fixed patterns: `sparse_stride`, or ceil(sqrt(T)) when it is 0."""
-    return cfg.sparse_stride or math.isqrt(T - 1) + 1
+    """l of the strided and fixed patterns: `sparse.stride`, or ceil(sqrt(T)) when it is 0."""
+    return cfg.sparse.stride or math.isqrt(T - 1) + 1
 
 
 def attention_fn(cfg, layer_index: int, causal: bool = True) -> Callable:
@@ -352,9 +345,9 @@ def attention_fn(cfg, layer_index: int, causal: bool = True) -> Callable:
         if segment_ids_BT is None:
             segment_ids_BT = jnp.ones((B, T), jnp.int32)
         stride = resolved_stride(cfg, T)
-        if pattern == "fixed" and not 1 <= cfg.sparse_summary <= stride:
+        if pattern == "fixed" and not 1 <= cfg.sparse.summary <= stride:
             raise ValueError(
-                f"model.sparse_summary={cfg.sparse_summary} must be in [1, {stride}] (the stride)"
+                f"model.sparse.summary={cfg.sparse.summary} must be in [1, {stride}] (the stride)"
             )
         return sparse_attention(
             q_BTNH,
@@ -363,9 +356,9 @@ def attention_fn(cfg, layer_index: int, causal: bool = True) -> Callable:
             segment_ids_BT,
             pattern=pattern,
             causal=causal,
-            window=cfg.attention_window,
+            window=cfg.sparse.window,
             stride=stride,
-            summary=cfg.sparse_summary,
+            summary=cfg.sparse.summary,
         )
 
     return fn
@@ -379,11 +372,11 @@ def keys_per_query(cfg, layer_index: int, T: int, causal: bool = True) -> int:
     if pattern == "dense":
         return T
     if pattern == "local":
-        w = cfg.attention_window
+        w = cfg.sparse.window
         n = -(-(w - 1) // w)
         return (n + 1 + (0 if causal else n)) * w
     stride = resolved_stride(cfg, T)
     C = -(-T // stride)
     if pattern == "strided":
         return (2 if causal else 3) * stride + C
-    return stride + C * cfg.sparse_summary
+    return stride + C * cfg.sparse.summary

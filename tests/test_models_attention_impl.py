@@ -273,7 +273,7 @@ def test_decoder_local_layers_equal_xla():
     """GPT-3's alternating dense and local layers: splash's causal and local masks against the
     xla path's bias and blockwise local attention."""
     batch = _batch(seed=1)
-    kw = dict(attention_pattern="local", attention_window=32, sparse_layers="alternate", n_layers=2)
+    kw = dict(sparse=dict(pattern="local", window=32, layers="alternate"), n_layers=2)
     xla_cfg = _cfg("xla", **kw)
     params = nn.unbox(decoder.init(jax.random.key(1), xla_cfg))
     ref = decoder.apply(params, batch, xla_cfg)
@@ -312,9 +312,10 @@ def test_validation_accepts_each_impl():
     for impl in ("xla", "splash", "flash"):
         blocks.validate(_cfg(impl))
     blocks.validate(_cfg("cudnn", dtype="bfloat16"))
-    blocks.validate(_cfg("splash", mup=True, attn_scale=False))  # the scale is folded into q
-    blocks.validate(_cfg("splash", attention_pattern="local"))
-    blocks.validate(_cfg("cudnn", dtype="bfloat16", attention_pattern="local"))
+    # The muP scale is folded into q.
+    blocks.validate(_cfg("splash", mup=dict(enabled=True), attn_scale=False))
+    blocks.validate(_cfg("splash", sparse=dict(pattern="local")))
+    blocks.validate(_cfg("cudnn", dtype="bfloat16", sparse=dict(pattern="local")))
 
 
 @pytest.mark.parametrize(
@@ -324,8 +325,8 @@ def test_validation_accepts_each_impl():
         ("splash", {"positions": "relative"}, "positions='relative'"),
         ("flash", {"attn_dropout": 0.1}, "attn_dropout"),
         ("splash", {"attn_logits_dtype": "bfloat16"}, "attn_logits_dtype"),
-        ("splash", {"attention_pattern": "strided"}, "'strided'"),
-        ("flash", {"attention_pattern": "local"}, "model.attention_impl='flash' has no sliding"),
+        ("splash", {"sparse": {"pattern": "strided"}}, "'strided'"),
+        ("flash", {"sparse": {"pattern": "local"}}, "model.attention_impl='flash' has no sliding"),
         ("cudnn", {}, "model.attention_impl='cudnn' takes bf16 inputs only"),
         ("cudnn", {"dtype": "bfloat16", "d_head": 12}, "head size"),
     ],

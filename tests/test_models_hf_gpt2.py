@@ -121,6 +121,14 @@ def test_unsupported_configs_are_refused_with_the_field_named():
     rotary = default_model_config("tiny")  # today's default decoder: rotary, no biases
     with pytest.raises(ValueError, match="positions='learned'"):
         hf.to_hf(rotary, {"embed": np.zeros((4, 2), np.float32)})
+    # The switches of the model's groups no GPT-2 has, named by their dotted paths.
+    rotary.sparse.pattern, rotary.mup.enabled = "local", True
+    with pytest.raises(ValueError) as e:
+        hf_io.require(rotary, "GPT-2 export")
+    assert str(e.value) == (
+        "GPT-2 export needs model.sparse.pattern='dense' (got 'local'), "
+        "model.mup.enabled=False (got True)"
+    )
 
 
 def test_model_built_here_exports_to_transformers(tmp_path):

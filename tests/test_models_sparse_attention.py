@@ -207,6 +207,9 @@ def test_strided_kernel_never_builds_a_t_by_t_buffer():
     assert temp < T * T * 4 / 2, temp
 
 
+SPARSE_FIELDS = ("pattern", "window", "layers", "stride", "summary")
+
+
 def _cfg(**kw):
     cfg = default_model_config("tiny")
     cfg.n_layers = 2
@@ -214,29 +217,31 @@ def _cfg(**kw):
     cfg.n_heads = 4
     cfg.n_kv_heads = 2
     cfg.d_ff = 64
+    sparse = {k: kw.pop(k) for k in SPARSE_FIELDS if k in kw}  # model.sparse's fields
     cfg.update(kw)
+    cfg.sparse.update(sparse)
     return cfg
 
 
 def test_per_layer_patterns_and_scan_periods():
-    cfg = _cfg(n_layers=4, attention_pattern="strided", sparse_layers="alternate")
+    cfg = _cfg(n_layers=4, pattern="strided", layers="alternate")
     assert [layer_pattern(cfg, i) for i in range(4)] == ["dense", "strided"] * 2
     assert layer_period(cfg) == 2
-    assert layer_period(_cfg(n_layers=4, attention_pattern="local")) == 1
+    assert layer_period(_cfg(n_layers=4, pattern="local")) == 1
     assert layer_period(_cfg(n_layers=4)) == 1
-    assert layer_period(_cfg(n_layers=3, attention_pattern="fixed", sparse_layers="alternate")) == 3
-    cfg = _cfg(n_layers=4, attention_pattern="local", sparse_layers="0,3")
+    assert layer_period(_cfg(n_layers=3, pattern="fixed", layers="alternate")) == 3
+    cfg = _cfg(n_layers=4, pattern="local", layers="0,3")
     assert [layer_pattern(cfg, i) for i in range(4)] == ["local", "dense", "dense", "local"]
     assert layer_period(cfg) == 4
     for field, value, kw in [
-        ("attention_pattern", "banded", {}),
-        ("sparse_layers", "1,x", dict(attention_pattern="local")),
-        ("sparse_layers", "4", dict(attention_pattern="local")),
+        ("pattern", "banded", {}),
+        ("layers", "1,x", dict(pattern="local")),
+        ("layers", "4", dict(pattern="local")),
     ]:
-        with pytest.raises(ValueError, match=f"model.{field}"):
+        with pytest.raises(ValueError, match=f"model.sparse.{field}"):
             layer_pattern(_cfg(n_layers=4, **{field: value, **kw}), 0)
-    with pytest.raises(ValueError, match="model.attention_pattern='strided' does not take pos"):
-        decoder.init(jax.random.key(0), _cfg(attention_pattern="strided", positions="relative"))
+    with pytest.raises(ValueError, match="model.sparse.pattern='strided' does not take pos"):
+        decoder.init(jax.random.key(0), _cfg(pattern="strided", positions="relative"))
 
 
 def _apply(params, tokens, cfg):
@@ -249,11 +254,11 @@ def test_sparse_decoder_is_causal_and_scan_equals_python_loop():
     layer 0 only."""
     cfg = _cfg(
         n_layers=2,
-        attention_pattern="strided",
-        sparse_layers="alternate",
-        attention_window=4,
-        sparse_stride=4,
-        sparse_summary=1,
+        pattern="strided",
+        layers="alternate",
+        window=4,
+        stride=4,
+        summary=1,
     )
     params = nn.unbox(decoder.init(jax.random.key(0), cfg))
     tokens = np.random.default_rng(0).integers(0, 384, (2, 22)).astype(np.int32)
@@ -272,7 +277,7 @@ def test_sparse_decoder_is_causal_and_scan_equals_python_loop():
     dense = _apply(params, tokens, _cfg(n_layers=2))
     assert np.abs(np.asarray(dense - base)).max() > 1e-3
     c = cfg.copy_and_resolve_references()
-    c.attention_pattern, c.sparse_layers = "local", "0"
+    c.sparse.pattern, c.sparse.layers = "local", "0"
     ref = _apply(params, tokens, c)
     c.layer_loop = "scan"
     np.testing.assert_allclose(_apply(params, tokens, c), ref, atol=1e-5)
@@ -281,7 +286,7 @@ def test_sparse_decoder_is_causal_and_scan_equals_python_loop():
 @pytest.mark.slow
 def test_strided_decoder_trains():
     """SGD steps of an all-strided decoder on a repeating sequence: loss finite and falling."""
-    cfg = _cfg(attention_pattern="strided", sparse_stride=0, layer_loop="scan")
+    cfg = _cfg(pattern="strided", stride=0, layer_loop="scan")
     params = nn.unbox(decoder.init(jax.random.key(1), cfg))
     tokens = np.tile(np.arange(8, dtype=np.int32), (2, 4))  # T = 31, l = ceil(sqrt(31)) = 6
 
@@ -302,15 +307,15 @@ def test_strided_decoder_trains():
 
 def test_keys_and_flops_per_token_by_hand():
     T = 1024
-    cfg = _cfg(attention_pattern="strided", sparse_stride=32)
+    cfg = _cfg(pattern="strided", stride=32)
     assert keys_per_query(cfg, 0, T) == 2 * 32 + 32
-    assert keys_per_query(_cfg(attention_pattern="strided", sparse_stride=0), 0, T) == 96
-    assert keys_per_query(_cfg(attention_pattern="local", attention_window=256), 0, T) == 512
-    cfg_fixed = _cfg(attention_pattern="fixed", sparse_stride=128, sparse_summary=32)
+    assert keys_per_query(_cfg(pattern="strided", stride=0), 0, T) == 96
+    assert keys_per_query(_cfg(pattern="local", window=256), 0, T) == 512
+    cfg_fixed = _cfg(pattern="fixed", stride=128, summary=32)
     assert keys_per_query(cfg_fixed, 0, T) == 128 + 8 * 32
     assert keys_per_query(_cfg(), 0, T) == T
     # 2 layers, N * H = 32: alternate = one dense layer (T keys) and one strided (96 keys).
-    alt = _cfg(attention_pattern="strided", sparse_stride=32, sparse_layers="alternate")
+    alt = _cfg(pattern="strided", stride=32, layers="alternate")
     dense = flops_per_token(_cfg(), T)
     sparse = flops_per_token(alt, T)
     assert dense["attention_flops_per_token"] == 12 * 32 * (T + T)

@@ -335,7 +335,9 @@ def test_bounds_are_inclusive_or_exclusive_as_declared():
 @pytest.mark.parametrize(
     "field, value, expected",
     [
-        ("model.sparse_layers", "0,9", "model.sparse_layers='0,9' is not 'all', 'alternate'"),
+        ("model.sparse.layers", "0,9", "model.sparse.layers='0,9' is not 'all', 'alternate'"),
+        ("model.sparse.window", 0, "model.sparse.window=0 must be at least 1"),  # grouped fields
+        ("model.mup.base_width", 0, "model.mup.base_width=0 must be at least 1"),
         ("objective_args.random_frac", 0.3, "objective_args.mask_frac + random_frac = 0.8 + 0.3"),
         ("adapt.load", "(", "adapt.load='(': not a regular expression"),
         ("adapt.lora.targets", "q,v(", "adapt.lora.targets='q,v(': not a regular expression"),
@@ -371,6 +373,11 @@ def test_every_experiment_config_is_declared_and_valid():
             for point in module.get_sweep(config):
                 check_fields(module.point_config(config, point), config_fields())
                 checked += 1
+        if hasattr(module, "get_stages"):  # a study's run stages
+            for stage in module.get_stages(config, "/nonexistent/study"):
+                if stage.config is not None:
+                    check_fields(stage.config, config_fields())
+                    checked += 1
     assert checked >= 20
 
 

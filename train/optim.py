@@ -216,9 +216,9 @@ def make_optimizer(
     AdamW), so the effective per-step decay is `lr_t * weight_decay`, and it follows the schedule.
     `lr_t` is not compiled in: every `update` call passes it, `opt.update(grads, opt_state, params,
     lr=lr_at(step, schedule_args(train_cfg)))` (`train/step.py` does).
-    Clipping applies to the raw gradient before Adam's moments see it. With `model_cfg.mup` the
-    parameter groups get muP's LR multipliers (1/m for hidden weights, `models/mup.py`) and
-    epsilon is scaled by 1/m.
+    Clipping applies to the raw gradient before Adam's moments see it. With
+    `model_cfg.mup.enabled` the parameter groups get muP's LR multipliers (1/m for hidden
+    weights, `models/mup.py`) and epsilon is scaled by 1/m.
 
     Args:
       train_cfg: The `train` config block (`default_train_config()` fields).

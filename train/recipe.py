@@ -96,6 +96,7 @@ class Stage:
     config: object = None
     action: Callable[[str, dict[str, dict]], dict] | None = None
     recipe: Recipe | None = None  # None: `studies.recipes.recipe_for(config)`
+    record_nonfinite: bool = False  # a non-finite stop is a 'diverged' row, not an error
 
     def __post_init__(self):
         if (self.config is None) == (self.action is None):

@@ -1,0 +1,105 @@
+r"""muP coordinate check: mean |activation| per layer after a few large-LR steps, across widths.
+
+  python launch/run.py --config experiments/coord_check.py --workdir runs/coord_check
+
+A study (studies/stages.py): a 2-layer decoder of each width (4 heads, d_ff = 4 width, untied
+readout) trains `steps` Adam steps (constant LR, no clipping, no weight decay) through the
+training loop on the embedded corpus, under the standard parametrization (SP) and under muP
+(base width = the smallest), one run each in `<workdir>/<sp|mup>_d<width>`. The last stage,
+`activations`, loads every run's checkpoint and records the mean |x| of each activation the
+model tags with `checkpoint_name` (q, k, v, the attention output, the MLP pre-activation, per
+layer; models/activations.py) and of the output logits on one held-out batch, fits the slope of
+log(mean |x|) against log(width) per activation and writes `coord_check.json` and
+`coord_check.png` to `<workdir>/activations/`; `report.md` has the tables. Under muP the curves
+are flat (slopes near 0); under SP they grow with width (TP5, Yang et al. 2022, Fig. 5).
+
+Arguments (comma-separated): widths=32/64/128, lr=0.02, steps=4, layers=2, seq_len=64.
+"""
+
+import os
+
+from common import atomic
+from experiments.common import base_config, parse_arg
+from studies import mup as analysis
+from studies.stages import Stage, run_config
+
+PARAMETRIZATIONS = ("sp", "mup")
+
+
+def get_config(arg: str = ""):
+    args = parse_arg(arg, widths="32/64/128", lr=0.02, steps=4, layers=2, seq_len=64)
+    widths = tuple(int(w) for w in args.widths.split("/"))
+    if len(widths) < 2 or min(widths) < 4:
+        raise ValueError(f"widths={args.widths} needs two or more widths of at least 4")
+    config = base_config("tiny")
+    config.kind = "study"
+    m = config.model
+    m.n_layers, m.n_heads, m.tie_embeddings = args.layers, 4, False
+    m.mup.base_width = min(widths)
+    t = config.train
+    t.lr, t.schedule, t.warmup_steps, t.steps = args.lr, "constant", 0, args.steps
+    t.clip_norm, t.weight_decay, t.grad_accum = 0.0, 0.0, 1
+    t.eval_every = t.ckpt_every = t.log_every = args.steps
+    t.eval_batches = 1
+    config.data.seq_len, config.data.batch_size = args.seq_len, 8
+    config.coord = dict(widths=widths)
+    return config
+
+
+def width_config(config, parametrization: str, width: int):
+    """The run config of one width under SP or muP."""
+    c = run_config(config, "coord")
+    c.model.d_model, c.model.d_ff = width, 4 * width
+    c.model.mup.enabled = parametrization == "mup"
+    return c
+
+
+def get_stages(config, workdir: str) -> list[Stage]:
+    runs = {
+        (p, w): (f"{p}_d{w}", width_config(config, p, w))
+        for p in PARAMETRIZATIONS
+        for w in config.coord.widths
+    }
+
+    def activations(stage_dir: str, rows: dict) -> dict:
+        import jax.numpy as jnp
+
+        from data.pipeline import BATCH_KEYS, make_eval_batches
+        from models import get_model
+        from models.activations import mean_abs
+        from train.checkpoint import load_state
+
+        result = {p: {"table": {}} for p in PARAMETRIZATIONS}
+        for (p, w), (name, c) in runs.items():
+            params = load_state(os.path.join(workdir, name, "checkpoints"))["params"]
+            probe = make_eval_batches(c.data, num_batches=1)[0]
+            probe = {k: jnp.asarray(v) for k, v in probe.items() if k in BATCH_KEYS}
+            apply_fn = get_model(c.model.family).apply
+            result[p]["table"][w] = mean_abs(apply_fn, params, probe, c.model)
+        for r in result.values():
+            r["slopes"] = analysis.slopes(r["table"])
+        atomic.write_json(os.path.join(stage_dir, "coord_check.json"), result)
+        analysis.plot_coords(result, os.path.join(stage_dir, "coord_check.png"))
+        return result
+
+    stages = [Stage(name, c) for name, c in runs.values()]
+    return stages + [Stage("activations", action=activations)]
+
+
+def report(config, rows: dict) -> str:
+    """Per parametrization: mean |x| per activation and width, and the slope against width."""
+    result, widths, t = rows["activations"], config.coord.widths, config.train
+    lines = []
+    for p in PARAMETRIZATIONS:
+        table = {int(w): v for w, v in result[p]["table"].items()}
+        lines += [
+            f"{p.upper()} (lr {t.lr}, {t.steps} steps): mean |x| per width",
+            "",
+            "| activation | " + " | ".join(str(w) for w in widths) + " | slope |",
+            "| --- |" + " --- |" * (len(widths) + 1),
+        ]
+        for label, slope in result[p]["slopes"].items():
+            cells = " | ".join(f"{table[w][label]:.3g}" for w in widths)
+            lines.append(f"| {label} | {cells} | {slope:.2f} |")
+        lines.append("")
+    return "\n".join(lines).rstrip()

@@ -1,0 +1,140 @@
+"""Pre-train, then fine-tune on a labelled task, against the same task from scratch: the stages
+and the report of experiments/classify.py (encoder) and experiments/seq2seq.py (encdec).
+
+Stages (run by studies/stages.py in `<workdir>/<stage>`):
+  pretrain  masked LM (encoder) / span corruption (encdec) on the corpus
+  before    the pre-trained model on the task before any fine-tuning (a finetune run's state
+            at step 0, head freshly initialised): held-out loss, accuracy or exact match, the
+            task's majority baseline and example counts
+  finetune  the task from the pre-trained checkpoint (`init_from`)
+  scratch   the same task from random weights (study argument `scratch`, on by default)
+  decode    seq2seq: exact match of greedy decoding (models/generate.py) of the first `decode`
+            held-out examples, for finetune and scratch
+The report is one table: held-out loss and accuracy (classify) or exact match (seq2seq) per
+phase beside the majority baseline, each stage's wall time and the 1-minute load average at its
+end.
+"""
+
+import os
+
+from studies.stages import Stage, run_config
+
+
+def exact_match(params, config, n: int) -> tuple[float, int]:
+    """Greedy-decoding exact match on the first `n` held-out examples (data/tasks.py order)."""
+    from data import tasks
+    from data.pipeline import tokenizer_from_config
+    from models.generate import SampleSettings, generate
+
+    tok = tokenizer_from_config(config.data)
+    pairs = tasks.held_out(config.data)[:n]
+    arrays = tasks.encode(config.data, tok, pairs)
+
+    def unpadded(side):
+        ids, seg = arrays[side], arrays[f"{side}_segment_ids"]
+        return [r[s > 0].tolist() for r, s in zip(ids, seg, strict=True)]
+
+    inputs, targets = unpadded("inputs"), unpadded("targets")
+    settings = SampleSettings(
+        max_new_tokens=config.data.task.target_len, stop_ids=(tok.eos_id,), pad_id=tok.pad_id
+    )
+    out = generate(params, inputs, config.model, settings)
+    hits = sum(o == t for o, t in zip(out, targets, strict=True))
+    return hits / max(len(pairs), 1), len(pairs)
+
+
+def _before(config, decode_n: int) -> dict:
+    """The pre-trained model on the task at step 0 (fresh head), and the task's baseline."""
+    import jax
+
+    from data import tasks
+    from studies.recipes import recipe_for
+    from train.loop import Run
+
+    run = Run(config, recipe=recipe_for(config))
+    batches = tasks.make_eval_batches(
+        config.data, run.tokenizer, num_batches=config.train.eval_batches
+    )
+    ev = run.evaluate(run.state.params, [run.global_batch(b) for b in batches])
+    row = {f"eval/{k}": v for k, v in ev.items()}
+    if decode_n:
+        row["exact_match"], row["decoded"] = exact_match(
+            jax.device_get(run.state.params), config, decode_n
+        )
+    label, value = tasks.baseline(config.data)
+    row["task"] = f"{config.objective} ({config.data.task.name})"
+    row["baseline"] = {"label": label, "value": value}
+    row["examples"] = {
+        "train": len(tasks.examples(config.data, "train")),
+        "held_out": len(tasks.examples(config.data, "validation")),
+    }
+    return row
+
+
+def stages(config, workdir: str, task_run) -> list[Stage]:
+    """The stages of a task study config (experiments/common.task_phase, phase 'study');
+    `task_run(pretrain, args, phase, base)` is the experiment's fine-tune or scratch config."""
+    args = config.study
+    pretrain = run_config(config, "study")
+    base = os.path.join(workdir, "pretrain")
+    finetune = task_run(pretrain, args, "finetune", base)
+    runs = {"finetune": finetune}
+    if args.get("scratch", True):
+        runs["scratch"] = task_run(pretrain, args, "scratch", "")
+    decode_n = args.get("decode", 0) if finetune.objective == "seq2seq" else 0
+    out = [
+        Stage("pretrain", pretrain),
+        Stage("before", action=lambda stage_dir, rows: _before(finetune, decode_n)),
+        *(Stage(name, c) for name, c in runs.items()),
+    ]
+    if decode_n:
+
+        def decode(stage_dir: str, rows: dict) -> dict:
+            from train.checkpoint import load_state
+
+            row = {}
+            for name, c in runs.items():
+                params = load_state(os.path.join(workdir, name, "checkpoints"))["params"]
+                em, n = exact_match(params, c, decode_n)
+                row[name] = {"exact_match": em, "decoded": n}
+            return row
+
+        out.append(Stage("decode", action=decode))
+    return out
+
+
+def report(config, rows: dict) -> str:
+    """The markdown table of the study's rows (module docstring)."""
+    before = rows["before"]
+    classify = "exact_match" not in before
+    metric = "accuracy" if classify else "exact match"
+    n, base = before["examples"], before["baseline"]
+    lines = [
+        f"{before['task']}: {n['train']} train / {n['held_out']} held-out examples; majority "
+        f"baseline ({base['label']!r}) {metric} {base['value']:.4f}",
+        "",
+        f"| phase | steps | held-out loss (nats) | {metric} | wall (s) | load (1 min) |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    decoded = rows.get("decode", {})
+    for name in ("pretrain", "before", "finetune", "scratch"):
+        if name not in rows:
+            continue
+        r = rows[name]
+        if name == "pretrain":  # the pre-training objective's own metrics, not the task's
+            score = None
+        elif classify:
+            score = r.get("eval/accuracy")
+        else:
+            score = decoded[name]["exact_match"] if name in decoded else r["exact_match"]
+        lines.append(
+            f"| {name} | {r.get('step', 0)} | {r['eval/loss']:.4f} | "
+            f"{'-' if score is None else f'{score:.4f}'} | {r['stage_wall_s']:.0f} | "
+            f"{r['load_1min']:.1f} |"
+        )
+    if decoded:
+        lines.append(
+            f"\ndecoding {decoded['finetune']['decoded']} held-out examples per phase "
+            f"took {decoded['stage_wall_s']:.0f} s"
+        )
+    return "\n".join(lines)
