@@ -263,12 +263,6 @@ def execute(args: Args) -> int:
             from distill.run import distill_and_evaluate
 
             summary = distill_and_evaluate(config, workdir)
-        elif "dpo" in config:  # preference tuning of an SFT run (prefs/dpo.py)
-            from prefs.dpo import dpo_and_evaluate, report_table
-
-            report = dpo_and_evaluate(config, workdir)
-            print(report_table(report))
-            return 0
         else:
             summary = train_and_evaluate(config, workdir, recipe=recipe)
     except NonFiniteError as e:

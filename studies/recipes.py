@@ -6,12 +6,13 @@ it); the core never imports them, this module is where they meet (train/recipe.p
 
 import adapt.wrap
 import compress
+import prefs.recipe
 from train.recipe import Recipe, compose
 
 
 def recipe_for(config) -> Recipe:
     """Every feature `config` turns on, composed in a fixed order (adaptation wraps first)."""
-    return compose(adapt.wrap.recipe(config), compress.recipe(config))
+    return compose(adapt.wrap.recipe(config), compress.recipe(config), prefs.recipe.recipe(config))
 
 
 def config_fields() -> dict:
