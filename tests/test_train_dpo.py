@@ -1,5 +1,6 @@
 """DPO on the one loop: pairs, reference scoring, the pairs data source, the recipe's step."""
 
+import os
 import types
 
 import flax.linen as nn
@@ -191,3 +192,19 @@ def test_the_recipe_step_logs_accuracy_and_margins_of_a_numpy_computation(tmp_pa
     )
     np.testing.assert_allclose(logged["reward_margin"], np.mean(reward), rtol=1e-4)
     np.testing.assert_allclose(logged["loss"], np.mean(np.logaddexp(0, -reward)), rtol=1e-4)
+
+
+def test_a_bad_dpo_field_of_the_study_exits_2_before_anything_is_written(tmp_path, capsys):
+    from launch.run import EXIT_BAD_INPUT, cli
+
+    workdir = str(tmp_path / "study")
+    argv = [
+        "run.py",
+        "--config=experiments/dpo.py",
+        "--config.dpo.top_p=1.5",
+        f"--workdir={workdir}",
+    ]
+    assert cli(argv) == EXIT_BAD_INPUT
+    err = capsys.readouterr().err.strip()
+    assert err == "error: stage dpo: dpo.top_p=1.5 must be at most 1.0; change it", err
+    assert not os.path.exists(workdir)
