@@ -32,31 +32,23 @@ from experiments.common import base_config, parse_arg
 from prefs.recipe import default_dpo_config
 from studies.stages import Stage, stage_dir
 
+# Arguments with shorter names than their `dpo` fields; every other field is its own argument.
+_SHORT = {
+    "heldout_prompts": "heldout",
+    "max_new_tokens": "max_new",
+    "max_prompt_tokens": "max_prompt",
+}
+
 
 def get_config(arg: str = ""):
+    d = default_dpo_config()
+    d.heldout_prompts = 64
+    defaults = {_SHORT.get(k, k): v for k, v in d.items()}
     args = parse_arg(
-        arg,
-        size="tiny",
-        pre_steps=600,
-        sft_steps=300,
-        beta=0.1,
-        steps=60,
-        lr=1e-4,
-        batch=16,
-        prompts=128,
-        samples=8,
-        heldout=64,
-        heldout_samples=4,
-        max_new=160,
-        max_prompt=192,
-        temperature=0.8,
-        top_k=0,
-        top_p=1.0,
-        gen_batch=128,
-        eval_percent=10,
-        seed=0,
-        pairs="",
+        arg, size="tiny", pre_steps=600, sft_steps=300, steps=60, lr=1e-4, batch=16, **defaults
     )
+    for k in d:
+        d[k] = args[_SHORT.get(k, k)]
     pre = gpt.get_config(f"size={args.size},steps={args.pre_steps}")
     tuned = sft.get_config(f"size={args.size},steps={args.sft_steps}")
     config = ml_collections.ConfigDict()
@@ -75,12 +67,7 @@ def get_config(arg: str = ""):
     policy.schedule, policy.weight_decay, policy.log_every = "constant", 0.0, 10
     policy.eval_every, policy.ckpt_every = args.steps, max(args.steps // 5, 1)
     config.policy = {"train": policy, "batch_size": args.batch}
-    d = config.dpo = default_dpo_config()
-    d.beta, d.pairs, d.eval_percent, d.seed = args.beta, args.pairs, args.eval_percent, args.seed
-    d.prompts, d.samples, d.gen_batch = args.prompts, args.samples, args.gen_batch
-    d.heldout_prompts, d.heldout_samples = args.heldout, args.heldout_samples
-    d.max_new_tokens, d.max_prompt_tokens = args.max_new, args.max_prompt
-    d.temperature, d.top_k, d.top_p = args.temperature, args.top_k, args.top_p
+    config.dpo = d
     return config
 
 
