@@ -20,6 +20,7 @@ SIDES = ("chosen", "rejected")
 SIDE_KEYS = ("tokens", "segment_ids", "positions", "loss_mask")
 # Batch key -> rank (the loop's shardings): two packed-style rows and two reference scalars.
 PAIR_KEYS = {f"{s}_{k}": 2 for s in SIDES for k in SIDE_KEYS} | {f"ref_{s}_logp": 1 for s in SIDES}
+PAIR_KEYS["weight"] = 1  # 1 for a pair, 0 for a row that pads the last held-out batch
 
 
 def sequence_logp(logits_BTV: jax.Array, side: dict) -> jax.Array:
@@ -53,7 +54,8 @@ def make_logp_fn(apply_fn: Callable, cfg) -> Callable:
 def make_loss_fn(cfg, apply_fn: Callable, *, beta: float = 0.1) -> Callable:
     """Builds `loss_fn(params, batch, rng) -> (loss, aux)`, the mean DPO loss over pairs.
 
-    aux holds sums over the batch's pairs (logged per pair: `tokens` counts pairs):
+    aux holds sums over the batch's pairs (logged per pair: `tokens` counts pairs; a batch's
+    `weight` [B], when given, is 0 on padding rows):
       nll_sum            the DPO loss
       accuracy_sum       pairs whose implicit reward margin is positive
       margin_sum         the policy's log-prob margin logp_c - logp_r
@@ -68,15 +70,16 @@ def make_loss_fn(cfg, apply_fn: Callable, *, beta: float = 0.1) -> Callable:
             (logp_c_B - batch["ref_chosen_logp"]) - (logp_r_B - batch["ref_rejected_logp"])
         )
         loss_B = -jax.nn.log_sigmoid(reward_B)
-        n = jnp.asarray(loss_B.shape[0], jnp.float32)
+        w_B = batch["weight"].astype(jnp.float32) if "weight" in batch else jnp.ones_like(loss_B)
+        n = w_B.sum()
         aux = {
-            "nll_sum": loss_B.sum(),
+            "nll_sum": (w_B * loss_B).sum(),
             "tokens": n,
             "bytes": n,
-            "accuracy_sum": (reward_B > 0).sum().astype(jnp.float32),
-            "margin_sum": (logp_c_B - logp_r_B).sum(),
-            "reward_margin_sum": reward_B.sum(),
+            "accuracy_sum": (w_B * (reward_B > 0)).sum(),
+            "margin_sum": (w_B * (logp_c_B - logp_r_B)).sum(),
+            "reward_margin_sum": (w_B * reward_B).sum(),
         }
-        return loss_B.mean(), aux
+        return aux["nll_sum"] / jnp.maximum(n, 1.0), aux
 
     return loss_fn

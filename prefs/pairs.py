@@ -7,7 +7,8 @@ computed once (`reference_logps`), so the reference is never on device during tr
 
 Each side becomes a row `prompt + body + [EOS]` of `data.seq_len` tokens with `loss_mask` on the
 body and EOS. A pair is held out (the run's evaluation) when crc32('dpo-eval:' + prompt id) % 100
-is below `dpo.eval_percent`: whole prompts, so no held-out prompt is trained on.
+is below `dpo.eval_percent`: whole prompts, so no held-out prompt is trained on. A row's
+`weight` is 1, and 0 on the rows that pad the last held-out batch.
 
 Training batches (`make_train_iterator`) are a grain dataset: the training pairs shuffled from the
 seed and reshuffled every epoch, cut into global batches of `data.batch_size` consecutive pairs,
@@ -60,6 +61,7 @@ def stack_pairs(tokenizer, pairs: Sequence[dict], seq_len: int) -> dict[str, np.
             for k, v in pair_row(tokenizer, pair["prompt"], pair[s], seq_len).items():
                 out.setdefault(f"{s}_{k}", []).append(v)
     arrays = {k: np.stack(v) for k, v in out.items()}
+    arrays["weight"] = np.ones(len(pairs), np.int32)
     for s in SIDES:
         if pairs and f"ref_{s}_logp" in pairs[0]:
             arrays[f"ref_{s}_logp"] = np.asarray([p[f"ref_{s}_logp"] for p in pairs], np.float32)
@@ -122,14 +124,16 @@ def make_train_iterator(
 def make_eval_batches(
     arrays: dict[str, np.ndarray], batch_size: int, num_batches: int, *, index=0, count=1
 ) -> list[dict[str, np.ndarray]]:
-    """The first `num_batches` full global batches of the held-out pairs in their file order;
-    this process's block of rows of each."""
-    n = len(next(iter(arrays.values()))) // batch_size
+    """The first `num_batches` global batches of the held-out pairs in their file order, the
+    last one padded with rows of weight 0; this process's block of rows of each."""
+    n = len(next(iter(arrays.values())))
+    padded = -(-n // batch_size) * batch_size
+    pad = {k: np.pad(v, [(0, padded - n)] + [(0, 0)] * (v.ndim - 1)) for k, v in arrays.items()}
     rows = batch_size // count
     lo = index * rows
     return [
-        {k: v[i * batch_size + lo : i * batch_size + lo + rows] for k, v in arrays.items()}
-        for i in range(min(n, num_batches))
+        {k: v[i * batch_size + lo : i * batch_size + lo + rows] for k, v in pad.items()}
+        for i in range(min(padded // batch_size, num_batches))
     ]
 
 
@@ -150,12 +154,12 @@ def data_source(run, index: int, count: int):
     held = [is_held_out(p["id"], d.eval_percent) for p in pairs]
     train = [p for p, h in zip(pairs, held, strict=True) if not h]
     evals = [p for p, h in zip(pairs, held, strict=True) if h]
-    for name, part in (("training", train), ("held-out", evals)):
-        if len(part) < B:
+    for name, part, least in (("training", train, B), ("held-out", evals, 1)):
+        if len(part) < least:
             raise ValueError(
-                f"dpo.pairs={d.pairs!r} holds {len(part)} {name} pairs, fewer than "
-                f"data.batch_size={B}; lower the batch size, change dpo.eval_percent="
-                f"{d.eval_percent} or sample more pairs (dpo.prompts, dpo.samples)"
+                f"dpo.pairs={d.pairs!r} holds {len(part)} {name} pairs, fewer than {least} "
+                f"(data.batch_size={B}); change dpo.eval_percent={d.eval_percent}, lower the "
+                "batch size or sample more pairs (dpo.prompts, dpo.samples)"
             )
         if "ref_chosen_logp" not in part[0]:
             raise ValueError(f"dpo.pairs={d.pairs!r} has no reference log-probs; rescore it")

@@ -50,6 +50,13 @@ def test_loss_and_aux_match_hand_computation():
     assert float(aux["accuracy_sum"]) == float(reward > 0)
     np.testing.assert_allclose(aux["margin_sum"], pc - pr, rtol=1e-5)
     np.testing.assert_allclose(aux["reward_margin_sum"], reward, rtol=1e-5)
+    # a padding row (weight 0) beside the pair changes no sum and no mean
+    both = {k: jnp.concatenate([v, v]) for k, v in batch.items()}
+    both["weight"] = jnp.asarray([1, 0])
+    loss2, aux2 = loss_fn(jnp.asarray(2.0), both)
+    np.testing.assert_allclose(loss2, loss, rtol=1e-6)
+    for k in aux:
+        np.testing.assert_allclose(aux2[k], aux[k], rtol=1e-6)
 
 
 def test_judge_prefers_completions_that_parse():

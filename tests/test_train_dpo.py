@@ -145,12 +145,17 @@ def test_data_source_splits_held_out_prompts_and_refuses_too_few(tmp_path):
     assert set(batch) == set(dpo_loss.PAIR_KEYS) and batch["chosen_tokens"].shape == (8, 32)
     want = [p["ref_chosen_logp"] for p in hand_pairs(40) if p["id"] in held][:8]
     np.testing.assert_allclose(evals[0]["ref_chosen_logp"], want)
-    assert len(evals) == min(len(held) // 8, 2)
+    assert len(evals) == 2
+    config.train.eval_batches = 100  # every held-out pair, the last batch padded with weight 0
+    _, evals = pairs.data_source(run, 0, 1)
+    assert len(evals) == -(-len(held) // 8)
+    assert sum(int(b["weight"].sum()) for b in evals) == len(held)
+    assert evals[-1]["weight"].tolist() == sorted(evals[-1]["weight"].tolist(), reverse=True)
     for p in hand_pairs(40):  # no training row comes from a held-out prompt
         if p["id"] in held:
             assert p["ref_chosen_logp"] not in batch["ref_chosen_logp"]
     config.dpo.eval_percent = 0
-    with pytest.raises(ValueError, match="0 held-out pairs, fewer than data.batch_size=8"):
+    with pytest.raises(ValueError, match="0 held-out pairs, fewer than 1"):
         pairs.data_source(run, 0, 1)
 
 
