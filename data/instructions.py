@@ -21,7 +21,7 @@ are shuffled per epoch, sharded over processes and packed first-fit with grain, 
 checkpoints and resumes like the text pipeline's.
 
 `split_header` cuts a response into its header (decorators and `def` line(s)) and body: the DPO
-prompts (prefs/dpo.py) are the instruction prompt plus the header, the model writes the body.
+prompts (prefs/sampling.py) are the instruction prompt plus the header, the model writes the body.
 """
 
 import ast

@@ -1,75 +1,156 @@
-r"""Preference tuning (DPO) of an instruction-tuned byte-level GPT, pairs judged by `ast.parse`.
+r"""Pre-training, instruction tuning, then DPO with `ast.parse` as the judge: one resumable study.
 
-The policy and the frozen reference both start from the SFT run (experiments/sft.py). prefs/dpo.py
-samples `samples` bodies for each of `prompts` train-split function headers, pairs a body that
-parses with one that does not (same prompt), caches the reference log-probs, trains `steps` DPO
-updates of `batch` pairs, then samples `heldout_samples` bodies for each of the first `heldout`
-validation-split headers from the SFT and from the DPO model (same settings, same keys) and
-reports the fraction that parse. Parse criterion: the header (decorators + `def` line(s)) followed
-by the generated body, cut at the first non-blank line at column 0, at EOS, or (token budget
-exhausted) at the last newline, must be accepted by `ast.parse`.
+  python launch/run.py --config experiments/dpo.py --workdir runs/dpo
+  python launch/run.py --config experiments/dpo.py:pre_steps=240,sft_steps=150,steps=60 \
+      --workdir runs/dpo_short
 
-  python launch/dpo.py --workdir runs/dpo       # pre-train, SFT, DPO and the table in one go
-  python launch/run.py --config experiments/dpo.py:sft=runs/dpo/sft --workdir runs/dpo/dpo
+Stages (studies/stages.py; a rerun skips finished stages and resumes an interrupted run):
+  pretrain  run     experiments/gpt.py's model and schedule (`size`) on the stdlib corpus
+  sft       run     experiments/sft.py's instruction tuning from `pretrain` (init_from)
+  pairs     action  `samples` completions of each of `prompts` train-split function headers from
+                    the SFT model, a body that parses paired with one that does not (same
+                    prompt), each pair scored once by the frozen SFT model -> pairs/pairs.json
+  dpo       run     the policy initialised from `sft`, trained `steps` updates of `batch` pairs by
+                    the one loop with the DPO recipe (prefs/recipe.py); `eval_percent` of the pair
+                    prompts are its held-out pairs
+  heldout   action  SFT vs DPO: `heldout_samples` completions of each of the first `heldout`
+                    validation-split headers, same settings and keys, judged
+report.md gives the fraction of held-out completions that parse for each model (prefs/study.py).
 
-Arguments: sft (the SFT workdir), size (as the SFT run), beta, steps, lr, batch, prompts,
-samples, heldout, heldout_samples, max_new (tokens per completion), max_prompt (longest prompt,
-in tokens), temperature, top_k, top_p, gen_batch (rows per sampling call), seed, pairs (reuse
-the pairs.json of an earlier run: same SFT run and sampling settings, other beta / lr / steps).
+Arguments: size (the model of every stage), pre_steps, sft_steps, beta, steps, lr, batch,
+prompts, samples, heldout, heldout_samples, max_new (tokens per completion), max_prompt (longest
+prompt, in tokens), temperature, top_k, top_p, gen_batch (rows per sampling call), eval_percent,
+seed, pairs (rescore the pairs of an earlier pairs.json instead of sampling new ones). Any field
+is overridable: `--config.sft.train.lr=...`, `--config.dpo.beta=...`, `--config.model.n_layers=...`.
+Cost at the defaults (tiny: 2 x 128): see docs/preference.md.
 """
 
 import ml_collections
 
+from experiments import gpt, sft
 from experiments.common import base_config, parse_arg
+from prefs.recipe import default_dpo_config
+from studies.stages import Stage, stage_dir
+
+# Arguments with shorter names than their `dpo` fields; every other field is its own argument.
+_SHORT = {
+    "heldout_prompts": "heldout",
+    "max_new_tokens": "max_new",
+    "max_prompt_tokens": "max_prompt",
+}
 
 
 def get_config(arg: str = ""):
+    d = default_dpo_config()
+    d.heldout_prompts = 64
+    defaults = {_SHORT.get(k, k): v for k, v in d.items()}
     args = parse_arg(
-        arg,
-        sft="",
-        size="tiny",
-        beta=0.1,
-        steps=100,
-        lr=1e-4,
-        batch=16,
-        prompts=256,
-        samples=8,
-        heldout=128,
-        heldout_samples=4,
-        max_new=160,
-        max_prompt=192,
-        temperature=0.8,
-        top_k=0,
-        top_p=1.0,
-        gen_batch=128,
-        seed=0,
-        pairs="",
+        arg, size="tiny", pre_steps=600, sft_steps=300, steps=60, lr=1e-4, batch=16, **defaults
     )
-    config = base_config(args.size)
-    config.data.source = "instructions"  # the prompts' pairs (and the data dir of their cache)
-    config.data.seq_len = args.max_prompt + args.max_new + 1  # prompt + body + EOS
-    config.data.batch_size = args.batch
-    t = config.train
-    t.steps, t.lr, t.warmup_steps = args.steps, args.lr, max(args.steps // 10, 1)
-    t.schedule, t.weight_decay, t.log_every = "constant", 0.0, 10
-    config.init_from = args.sft
-    config.dpo = ml_collections.ConfigDict(
-        {
-            "beta": args.beta,
-            "prompts": args.prompts,
-            "samples": args.samples,
-            "heldout_prompts": args.heldout,
-            "heldout_samples": args.heldout_samples,
-            "max_new_tokens": args.max_new,
-            "max_prompt_tokens": args.max_prompt,
-            "temperature": args.temperature,
-            "top_k": args.top_k,
-            "top_p": args.top_p,
-            "gen_batch": args.gen_batch,
-            "seed": args.seed,
-            # pairs.json of an earlier run with the same SFT model, prompts and sampling settings
-            # (its cached reference log-probs included): tune beta / lr / steps without resampling
-            "pairs_from": args.pairs,
-        }
-    )
+    for k in d:
+        d[k] = args[_SHORT.get(k, k)]
+    pre = gpt.get_config(f"size={args.size},steps={args.pre_steps}")
+    tuned = sft.get_config(f"size={args.size},steps={args.sft_steps}")
+    config = ml_collections.ConfigDict()
+    config.kind = "study"
+    config.seed = args.seed
+    config.model = pre.model  # one architecture for every stage
+    config.data = pre.data  # pre-training's; the later stages keep its tokenizer and data_dir
+    config.pretrain = pre.train
+    config.sft = {
+        "train": tuned.train,
+        "seq_len": tuned.data.seq_len,
+        "batch_size": tuned.data.batch_size,
+    }
+    policy = base_config(args.size).train
+    policy.steps, policy.lr, policy.warmup_steps = args.steps, args.lr, max(args.steps // 10, 1)
+    policy.schedule, policy.weight_decay, policy.log_every = "constant", 0.0, 10
+    policy.eval_every, policy.ckpt_every = args.steps, max(args.steps // 5, 1)
+    config.policy = {"train": policy, "batch_size": args.batch}
+    config.dpo = d
     return config
+
+
+def _run(config, data, train, init_from: str = ""):
+    run = base_config()
+    run.seed, run.init_from = config.seed, init_from
+    run.model = config.model.copy_and_resolve_references()
+    run.data, run.train = data, train.copy_and_resolve_references()
+    return run
+
+
+def _instructions(config, seq_len: int, batch_size: int):
+    data = config.data.copy_and_resolve_references()
+    data.update(dict(source="instructions", dataset="stdlib", glob=""))
+    data.seq_len, data.batch_size = seq_len, batch_size
+    return data
+
+
+def stage_configs(config, workdir: str) -> dict:
+    """The run configs of the `pretrain`, `sft` and `dpo` stages of the study in `workdir`."""
+    pre = _run(config, config.data.copy_and_resolve_references(), config.pretrain)
+    tuned = _run(
+        config,
+        _instructions(config, config.sft.seq_len, config.sft.batch_size),
+        config.sft.train,
+        init_from=stage_dir(workdir, "pretrain"),
+    )
+    d = config.dpo
+    policy = _run(
+        config,
+        _instructions(config, d.max_prompt_tokens + d.max_new_tokens + 1, config.policy.batch_size),
+        config.policy.train,
+        init_from=stage_dir(workdir, "sft"),
+    )
+    policy.dpo = d.copy_and_resolve_references()
+    policy.dpo.pairs = f"{stage_dir(workdir, 'pairs')}/pairs.json"
+    return {"pretrain": pre, "sft": tuned, "dpo": policy}
+
+
+def get_stages(config, workdir: str) -> list[Stage]:
+    from prefs.study import compare, make_pairs
+
+    c = stage_configs(config, workdir)
+    sft_dir, dpo_dir = stage_dir(workdir, "sft"), stage_dir(workdir, "dpo")
+    return [
+        Stage("pretrain", config=c["pretrain"]),
+        Stage("sft", config=c["sft"]),
+        Stage(
+            "pairs",
+            action=lambda d, rows: make_pairs(
+                c["dpo"], sft_dir, f"{d}/pairs.json", reuse=config.dpo.pairs
+            ),
+        ),
+        Stage("dpo", config=c["dpo"]),
+        Stage(
+            "heldout", action=lambda d, rows: compare(c["dpo"], {"sft": sft_dir, "dpo": dpo_dir})
+        ),
+    ]
+
+
+def report(config, rows: dict) -> str:
+    import os
+
+    from prefs.study import report_table
+
+    held, p, tuned, policy = rows["heldout"], rows["pairs"], rows["sft"], rows["dpo"]
+    pool, d = p["pool"], config.dpo
+    load = os.getloadavg()
+    return "\n".join(
+        [
+            report_table(held),
+            "",
+            f"Pairs: {p['pairs']} from {p['pair_prompts']} train prompts x {d.samples} SFT "
+            f"samples ({pool['parse_fraction']:.3f} of them parse), {p['eval_pairs']} held out; "
+            f"beta {d.beta}, {config.policy.train.steps} steps of {config.policy.batch_size} pairs "
+            f"at lr {config.policy.train.lr}; temperature {d.temperature}, top_k {d.top_k}, "
+            f"top_p {d.top_p}, at most {d.max_new_tokens} new tokens.",
+            f"DPO held-out pairs: loss {policy['eval/loss']:.4f}, accuracy "
+            f"{policy['eval/accuracy']:.3f}, reward margin {policy['eval/reward_margin']:.3f}. "
+            f"SFT held-out loss {tuned['eval/loss']:.4f} nats/token "
+            f"({tuned['eval/bits_per_byte']:.4f} bits/byte on the response tokens).",
+            "Wall time (s): "
+            + ", ".join(f"{k} {v['stage_wall_s']:.0f}" for k, v in rows.items())
+            + f"; load average at the end {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}.",
+        ]
+    )

@@ -9,7 +9,7 @@ Arguments: base (the pre-training workdir, loaded with `init_from`; empty trains
 size (must match the base run; default tiny), steps, lr. Pairs longer than `data.seq_len` (256)
 are left out; the validation pairs (crc32 of 'path:name' % 100 < 5) are the held-out loss.
 Cost: 300 steps of 16 x 256 tokens on the tiny model, about 2 minutes on a loaded 2-core CPU.
-launch/dpo.py runs this stage, then DPO, in one command.
+experiments/dpo.py runs this stage inside its pre-train -> SFT -> DPO study.
 """
 
 from experiments.common import base_config, parse_arg, set_schedule

@@ -259,14 +259,7 @@ def execute(args: Args) -> int:
         if args.dry_run:
             print(config)
             return 0
-        if "dpo" in config:  # preference tuning of an SFT run (prefs/dpo.py)
-            from prefs.dpo import dpo_and_evaluate, report_table
-
-            report = dpo_and_evaluate(config, workdir)
-            print(report_table(report))
-            return 0
-        else:
-            summary = train_and_evaluate(config, workdir, recipe=recipe)
+        summary = train_and_evaluate(config, workdir, recipe=recipe)
     except NonFiniteError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_NONFINITE

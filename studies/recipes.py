@@ -7,13 +7,17 @@ it); the core never imports them, this module is where they meet (train/recipe.p
 import adapt.wrap
 import compress
 import distill.recipe
+import prefs.recipe
 from train.recipe import Recipe, compose
 
 
 def recipe_for(config) -> Recipe:
     """Every feature `config` turns on, composed in a fixed order (adaptation wraps first)."""
     return compose(
-        adapt.wrap.recipe(config), compress.recipe(config), distill.recipe.recipe(config)
+        adapt.wrap.recipe(config),
+        compress.recipe(config),
+        distill.recipe.recipe(config),
+        prefs.recipe.recipe(config),
     )
 
 

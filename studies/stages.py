@@ -67,13 +67,15 @@ def run_study(config, module, workdir: str, *, dry_run: bool = False) -> dict:
             f"study stages must have distinct names; {twice!r} appears more than once"
         )
     recipes = {}
-    for s in stages:
+    for s in stages:  # the features' own blocks first, then each run's core config
         if s.config is not None:
-            check_config(s.config)
             try:
                 recipes[s.name] = s.recipe or recipe_for(s.config)
             except ValueError as e:
                 raise ConfigError(f"stage {s.name}: {e}") from e
+    for s in stages:
+        if s.config is not None:
+            check_config(s.config)
     is_main = jax.process_index() == 0
     if is_main:
         kinds = ", ".join(

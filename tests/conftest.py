@@ -33,6 +33,7 @@ jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 # The longest files first (measured: seconds of one run each), so that with
 # `-n 2 --dist loadfile` the last files to start are short ones and both workers finish together.
 _LONG_FILES = (
+    "test_studies_dpo.py",  # ~250 (slow tier only)
     "test_launch_sweep.py",  # ~220
     "test_parallel_distributed.py",  # ~210
     "test_aot.py",  # ~200

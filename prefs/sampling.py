@@ -1,0 +1,97 @@
+"""Prompts of the DPO study and sampling completions of them (temperature sampling, KV cache).
+
+A prompt is `[BOS] instruction prompt + header` of an instruction pair whose response splits into
+a header and a body (`data.instructions.split_header`); the model writes the body. Prompts of
+different lengths are left-padded into one batch and EOS is the stop token. Batch i of a call is
+sampled with the key `fold_in(key(seed), i)`, so two parameter sets sampled with the same
+arguments see the same random numbers (the SFT vs DPO comparison).
+"""
+
+import time
+from collections.abc import Sequence
+
+import jax
+
+from data.instructions import PROMPT, split_header
+from models.generate import SampleSettings, generate_array
+from prefs.judge import judge
+
+
+def make_prompts(pairs: Sequence[dict], tokenizer, max_tokens: int) -> list[dict]:
+    """`{'id', 'header', 'tokens'}` of every pair whose response has a header and whose prompt
+    (`[BOS] PROMPT + header`) has at most `max_tokens` tokens, in the pairs' order."""
+    out = []
+    for pair in pairs:
+        cut = split_header(pair["response"])
+        if cut is None:
+            continue
+        text = PROMPT.format(instruction=pair["instruction"]) + cut[0]
+        tokens = [tokenizer.bos_id, *tokenizer.encode(text).tolist()]
+        if len(tokens) <= max_tokens:
+            out.append({"id": pair["id"], "header": cut[0], "tokens": tokens})
+    return out
+
+
+def settings(dpo_cfg, tokenizer) -> SampleSettings:
+    """The sampling settings of a `dpo` block (prefs/recipe.py)."""
+    return SampleSettings(
+        max_new_tokens=dpo_cfg.max_new_tokens,
+        temperature=dpo_cfg.temperature,
+        top_k=dpo_cfg.top_k,
+        top_p=dpo_cfg.top_p,
+        stop_ids=(tokenizer.eos_id,),
+        pad_id=tokenizer.pad_id,
+    )
+
+
+def sample(
+    params,
+    model_cfg,
+    prompts: Sequence[Sequence[int]],
+    sample_settings: SampleSettings,
+    *,
+    seed: int,
+    batch_size: int,
+    prompt_len: int,
+    desc: str = "",
+) -> list[tuple[list[int], bool]]:
+    """(completion ids without the stop id, stopped) per prompt, `batch_size` rows per call.
+
+    The last batch is filled with copies of its last prompt (one compiled shape). A non-empty
+    `desc` prints a line per call.
+    """
+    out, t0, calls = [], time.perf_counter(), -(-len(prompts) // batch_size)
+    stop_ids = sample_settings.stop_ids
+    for i, start in enumerate(range(0, len(prompts), batch_size)):
+        if desc:
+            print(f"{desc}: batch {i + 1}/{calls}, {time.perf_counter() - t0:.0f} s", flush=True)
+        chunk = list(prompts[start : start + batch_size])
+        n = len(chunk)
+        chunk += [chunk[-1]] * (batch_size - n)
+        key = jax.random.fold_in(jax.random.key(seed), i)
+        rows = generate_array(params, chunk, model_cfg, sample_settings, key, prompt_len=prompt_len)
+        for row in rows[:n].tolist():
+            cut = next((j for j, t in enumerate(row) if t in stop_ids), None)
+            out.append((row if cut is None else row[:cut], cut is not None))
+    return out
+
+
+def sample_and_judge(
+    params, model_cfg, tokenizer, dpo_cfg, prompts: list[dict], k: int, seed: int, desc: str = ""
+) -> list[list[dict]]:
+    """`k` judged completions per prompt (prompt-major), sampled with `dpo_cfg`'s settings."""
+    flat = [p["tokens"] for p in prompts for _ in range(k)]
+    outs = sample(
+        params,
+        model_cfg,
+        flat,
+        settings(dpo_cfg, tokenizer),
+        seed=seed,
+        batch_size=dpo_cfg.gen_batch,
+        prompt_len=dpo_cfg.max_prompt_tokens,
+        desc=desc,
+    )
+    verdicts = [
+        judge(tokenizer, prompts[i // k]["header"], ids, stop) for i, (ids, stop) in enumerate(outs)
+    ]
+    return [verdicts[i * k : (i + 1) * k] for i in range(len(prompts))]

@@ -1,0 +1,130 @@
+"""The work of the DPO study (experiments/dpo.py) that is not training: pairs, comparison, report.
+
+  make_pairs  (the `pairs` stage) `dpo.samples` completions of each of `dpo.prompts` train-split
+              prompts from the SFT model, judged by `ast.parse`, paired (prefs/judge.py) and
+              scored once by the frozen SFT model (the reference) -> `pairs.json`. With the
+              study's `dpo.pairs` set, the pairs of that file are rescored instead.
+  compare     (the `heldout` stage) the SFT and the DPO model sample `dpo.heldout_samples`
+              completions of each of the first `dpo.heldout_prompts` validation-split prompts
+              (never used for pairs) with the same settings and keys; both are judged.
+  report_table the markdown table of the comparison.
+Both stages are deterministic given the checkpoints they read. Every process computes them (the
+same numbers); process 0 writes pairs.json.
+"""
+
+import os
+import time
+
+import jax
+import numpy as np
+
+from common import atomic
+from data.instructions import load_pairs
+from data.pipeline import tokenizer_from_config
+from models import get_model
+from prefs import judge, pairs, sampling
+from prefs.loss import make_logp_fn
+from train.checkpoint import load_state
+from train.validate import ConfigError
+
+
+def load_params(workdir: str):
+    """The parameters of the newest checkpoint of the run in `workdir` (host arrays)."""
+    return load_state(os.path.join(workdir, "checkpoints"))["params"]
+
+
+def _sync(name: str) -> None:
+    if jax.process_count() > 1:  # the other hosts read what process 0 wrote
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
+def make_pairs(config, sft_dir: str, path: str, reuse: str = "") -> dict:
+    """The `pairs` stage: writes `path` (pairs.json, prefs/pairs.py) for the DPO run `config`;
+    returns the stage's row (counts, the judged pool, timings). `reuse`: a pairs.json whose pairs
+    are rescored instead of sampling new ones.
+
+    Raises:
+      ConfigError: no prompt has both an accepted and a rejected completion.
+    """
+    d, tok, mcfg = config.dpo, tokenizer_from_config(config.data), config.model
+    params = load_params(sft_dir)
+    t = time.perf_counter()
+    if reuse:  # rescored by this SFT model: the texts of another run's pairs, not its scores
+        old = pairs.read(reuse)
+        pool = old["pool"]
+        found = [{k: p[k] for k in ("id", "prompt", "chosen", "rejected")} for p in old["pairs"]]
+        prompts = len({p["id"] for p in found})
+    else:
+        candidates = sampling.make_prompts(
+            load_pairs(config.data, "train"), tok, d.max_prompt_tokens
+        )
+        keep = np.random.default_rng(d.seed).permutation(len(candidates))[: d.prompts]
+        chosen = [candidates[i] for i in sorted(keep)]
+        verdicts = sampling.sample_and_judge(
+            params, mcfg, tok, d, chosen, d.samples, d.seed + 1, "pairs: sampling"
+        )
+        pool, found, prompts = (
+            judge.summary(verdicts),
+            judge.build_pairs(chosen, verdicts),
+            len(chosen),
+        )
+    sample_s, t = time.perf_counter() - t, time.perf_counter()
+    if not found:
+        raise ConfigError(
+            f"dpo.samples={d.samples}: no preference pair (of {pool['completions']} samples a "
+            f"fraction {pool['parse_fraction']:.3f} parse); raise dpo.samples or dpo.prompts, "
+            "or train the SFT stage longer"
+        )
+    arrays = pairs.stack_pairs(tok, found, config.data.seq_len)
+    logp_fn = jax.jit(make_logp_fn(get_model(mcfg.family).apply, mcfg))
+    ref = pairs.reference_logps(params, arrays, logp_fn, config.data.batch_size)
+    for i, p in enumerate(found):
+        p["ref_chosen_logp"] = float(ref["ref_chosen_logp"][i])
+        p["ref_rejected_logp"] = float(ref["ref_rejected_logp"][i])
+    if jax.process_index() == 0:
+        atomic.write_json(path, {"pool": pool, "pairs": found})
+    _sync("dpo-pairs")
+    held = sum(pairs.is_held_out(p["id"], d.eval_percent) for p in found)
+    return {
+        "pair_prompts": prompts,
+        "pairs": len(found),
+        "eval_pairs": held,
+        "pool": pool,
+        "sample_s": sample_s,
+        "reference_s": time.perf_counter() - t,
+    }
+
+
+def compare(config, dirs: dict[str, str]) -> dict:
+    """The `heldout` stage: `{name: judge.summary}` of each run of `dirs` (name -> workdir), all
+    sampled with the same settings and keys on the held-out prompts; returns the stage's row."""
+    d, tok = config.dpo, tokenizer_from_config(config.data)
+    held = sampling.make_prompts(load_pairs(config.data, "validation"), tok, d.max_prompt_tokens)
+    held = held[: d.heldout_prompts]
+    row = {"heldout_prompts": len(held), "samples_per_prompt": d.heldout_samples}
+    for name, workdir in dirs.items():
+        verdicts = sampling.sample_and_judge(
+            load_params(workdir), config.model, tok, d, held, d.heldout_samples, d.seed + 2, name
+        )
+        row[name] = judge.summary(verdicts)
+    return row
+
+
+def report_table(heldout: dict, names=("sft", "dpo")) -> str:
+    """The markdown table of held-out parse fractions, one line per model."""
+    lines = [
+        "| model | held-out prompts | completions | parse fraction | prompts with a parse "
+        "| mean body bytes | ended: dedent / EOS / budget |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name in names:
+        r = heldout[name]
+        e = r["ended"]
+        lines.append(
+            f"| {name.upper()} | {r['prompts']} | {r['completions']} | {r['parse_fraction']:.3f} "
+            f"| {r['prompts_with_a_parse']} | {r['mean_body_bytes']:.0f} "
+            f"| {e['dedent']:.2f} / {e['stop']:.2f} / {e['truncated']:.2f} |"
+        )
+    return "\n".join(lines)
