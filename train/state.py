@@ -95,7 +95,7 @@ def train_state_shardings(
             transform_non_params=lambda _: P(),
             is_leaf=_is_spec,
         )
-    except ValueError:  # partitioned states (frozen parameters: adapt/wrap.py) hold MaskedNodes
+    except ValueError:  # states tree_map_params cannot walk (multi_transform MaskedNodes)
         opt_specs = _opt_specs_by_path(abstract.opt_state, param_specs)
     specs = TrainState(step=P(), params=param_specs, opt_state=opt_specs, rng=P(), nonfinite=P())
     shardings = named_shardings(specs, mesh)
