@@ -34,6 +34,9 @@ def test_planner_returns_the_known_optimum_of_a_synthetic_law():
     best = min(counts, key=lambda k: abs(math.log(counts[k] / 1e9)))
     assert p["shape"]["n_layers"] == best == 27
     assert p["shape"]["d_model"] == 64 * best and p["shape"]["n_heads"] == best
+    # A target between two rungs nearer the one above it gets that one.
+    above = plan.nearest_shape(1.12 * counts[20], _count_non_embedding, 64, 64)
+    assert above["n_layers"] == 21 and above["params"] == counts[21]
     assert p["N"] * p["D"] * 6 == pytest.approx(c)  # the budget is spent at the shape
     assert p["interval"] is None  # no bootstrap refits, no interval
 
