@@ -138,7 +138,7 @@ def test_cli_compiles_the_plan_for_a_slice_and_writes_a_runnable_config(tmp_path
     path = tmp_path / "fit.json"
     path.write_text(json.dumps(law))
     out_py = tmp_path / "planned_small.py"
-    argv = ["--law", str(path), "--flops", "1e17", "--topology", "v5p-8", "--meshes", "1"]
+    argv = ["--law", str(path), "--flops", "1e15", "--topology", "v5p-8", "--meshes", "1"]
     code, out, err = _main(
         [*argv, "--aspect", "64", "--head_dim", "64", "--write", str(out_py), "--json"], capsys
     )
