@@ -185,7 +185,10 @@ def _write(path: str, spec: dict, result: dict, argv: list[str]) -> None:
         f"C = {result['C']:.3g} FLOPs, N = {result['N']:.4g} ({result['n_definition']}), "
         f"D = {result['D']:.4g} tokens, predicted loss {result['loss']:.4f}."
     )
-    plan = json.dumps(spec | {"tokens": int(round(spec["tokens"]))}, indent=4)
+    spec = spec | {"tokens": int(round(spec["tokens"]))}
+    plan = (
+        "{\n" + "".join(f"    {json.dumps(k)}: {json.dumps(v)},\n" for k, v in spec.items()) + "}"
+    )
     text = (
         '"""' + textwrap.fill(head, 96, break_on_hyphens=False) + '\n"""\n\n'
         "from experiments.planned import planned_config\n\n"
