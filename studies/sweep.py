@@ -225,6 +225,11 @@ def print_grid(config, points: list[dict], pieces: list[Piece], clock: _Clock) -
         f"{jax.devices()[0].platform} device(s), measured matmul peak "
         f"{clock.peak / 1e9:.0f} GFLOP/s per device)"
     )
+    if s.verify:
+        print(
+            f"verify: after the fit, one more run of the rung after L{max(s.ladder)} on the tokens "
+            f"the fit calls compute-optimal for {s.verify} x the largest C (not in the estimate)"
+        )
 
 
 def check_points(config, points: list[dict], point_config) -> None:
