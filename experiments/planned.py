@@ -3,10 +3,10 @@ r"""A run planned by `launch/plan.py`: a GPT-3-style decoder of a given shape, f
   python launch/plan.py --law chinchilla --flops 1e21 --topology v5p-64 \
       --write experiments/planned_1e21.py
   python launch/aot.py --config experiments/planned_1e21.py --topology v5p-64
-  python launch/run.py --config experiments/planned_1e21.py:runlocal --workdir /tmp/p  # a pulse
+  python launch/run.py --config experiments/planned_1e21.py --workdir gs://BUCKET/p  # on the slice
 
 The files `launch/plan.py --write` emits hold one `PLAN` dict and call `planned_config(PLAN,
-arg)`. The architecture and optimizer are experiments/gpt3.py's (pre-LN, GELU, learned positions,
+arg)`; `runlocal` shrinks steps, batch and context (not the model). The architecture and optimizer are experiments/gpt3.py's (pre-LN, GELU, learned positions,
 tied embeddings, AdamW b2 0.95, weight decay 0.1, 375M warmup tokens, cosine to 10%), over a
 2,048-token context and GPT-2's vocabulary size. The peak learning rate and the batch (rows of
 2,048 tokens) are GPT-3's (Brown et al. 2020, table 2.1), interpolated in log parameters between
@@ -91,5 +91,6 @@ def planned_config(plan: dict, arg: str = ""):
 
 def get_config(arg: str = ""):
     """The planner's default example: Chinchilla's law at 1e21 FLOPs (launch/plan.py's docs)."""
-    plan = dict(n_layers=14, d_model=1792, n_heads=14, d_ff=7168, tokens=9.1e10, target="v5p-64")
+    plan = dict(n_layers=20, d_model=2560, n_heads=20, d_ff=10240, tokens=97_605_397_588)
+    plan |= dict(target="v5p-64", mesh=dict(data=1, stage=1, fsdp=32, tensor=1), batch_rows=512)
     return planned_config(plan, arg)

@@ -25,8 +25,8 @@ import math
 import os
 import sys
 
-# The repo root replaces this script's folder on the path: `launch/` would shadow nothing, but
-# the aot package must import as the top-level one (as launch/aot.py does).
+# The repo root replaces this script's folder on the path: from there `import aot` would find
+# launch/aot.py instead of the aot package.
 sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
