@@ -6,9 +6,10 @@ r"""A run planned by `launch/plan.py`: a GPT-3-style decoder of a given shape, f
   python launch/run.py --config experiments/planned_1e21.py --workdir gs://BUCKET/p  # on the slice
 
 The files `launch/plan.py --write` emits hold one `PLAN` dict and call `planned_config(PLAN,
-arg)`; `runlocal` shrinks steps, batch and context (not the model). The architecture and optimizer are experiments/gpt3.py's (pre-LN, GELU, learned positions,
-tied embeddings, AdamW b2 0.95, weight decay 0.1, 375M warmup tokens, cosine to 10%), over a
-2,048-token context and GPT-2's vocabulary size. The peak learning rate and the batch (rows of
+arg)`; `runlocal` shrinks steps, batch and context (not the model). The architecture and
+optimizer are experiments/gpt3.py's (pre-LN, GELU, learned positions, tied embeddings, AdamW
+b2 0.95, weight decay 0.1, 375M warmup tokens, cosine to 10%), over a 2,048-token context and
+GPT-2's vocabulary size. The peak learning rate and the batch (rows of
 2,048 tokens) are GPT-3's (Brown et al. 2020, table 2.1), interpolated in log parameters between
 its sizes; the run's steps spend the planned D tokens.
 """
