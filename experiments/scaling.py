@@ -9,7 +9,11 @@ isoflop|both, family=decoder|encoder|encdec (GPT causal LM, BERT masked LM, T5 s
 corruption; experiments/families.py), bootstrap=N (resamples for the confidence intervals),
 tokenizer=byte|bpe|unigram|PATH.model and vocab=N (experiments/common.py: a SentencePiece
 vocabulary is trained on the train split first; token budgets then count its tokens, and the
-report's bits/byte column compares runs across tokenizers).
+report's bits/byte column compares runs across tokenizers), verify=K (a pre-registered
+prediction beyond the grid: after the fit, the rung after the ladder's largest trained on the
+tokens the fitted law calls compute-optimal for K x the sweep's largest compute; each law form's
+prediction and bootstrap interval go to verify/prediction.json before that run starts, and the
+report scores them against its loss; off by default).
 
 The model ladder has a fixed aspect ratio: a model of k layers is `aspect * k` wide with heads of
 `head_dim`, so non-embedding parameters grow as 12 * aspect^2 * k^3. Token budgets D form a
@@ -101,11 +105,14 @@ def get_config(arg: str = ""):
         bootstrap=200,
         tokenizer="byte",
         vocab=4096,
+        verify=0,
     )
     if args.preset not in PRESETS:
         raise ValueError(f"preset={args.preset!r} is unknown; choose one of {sorted(PRESETS)}")
     if args.schedule not in ("wsd", "cosine"):
         raise ValueError(f"schedule={args.schedule!r} is unknown; choose wsd or cosine")
+    if args.verify < 0:
+        raise ValueError(f"verify={args.verify} must be 0 (off) or a compute factor K >= 1")
     if args.mode not in ("grid", "isoflop", "both"):
         raise ValueError(f"mode={args.mode!r} is unknown; choose grid, isoflop or both")
     p = PRESETS[args.preset]
@@ -142,6 +149,10 @@ def get_config(arg: str = ""):
             # Comma-separated point ids: train only these (one cluster job of a sweep handed
             # out by launch/slurm.py or launch/tpu.py); '' = all points, then the fit.
             only="",
+            # K > 0: after the fit, predict a run one rung beyond the ladder at the token count
+            # the fitted law calls compute-optimal for K x the sweep's largest C, write the
+            # prediction, then train it and score the prediction (studies/sweep.py).
+            verify=args.verify,
         )
     )
     return config
@@ -186,6 +197,44 @@ def _tokens_label(tokens: int) -> str:
     return f"{tokens / 1e6:.3g}M" if tokens < 1e9 else f"{tokens / 1e9:.3g}B"
 
 
+def make_point(config, k: int, steps: int, budget: float | None = None) -> dict:
+    """The point of the ladder's k-th model trained `steps` steps (see `get_sweep` for its keys)."""
+    sweep = config.sweep
+    shape = model_shape(sweep, k)
+    m = _rung_model(config, k)
+    counts = count_params(m)
+    fpt = flops_per_token(m, config.data.seq_len, target_len=_target_len(config))
+    fpt = fpt["flops_per_token"]
+    tokens = steps * config.data.batch_size * config.data.seq_len
+    lr = sweep.lr * (sweep.lr_base_width / shape["d_model"]) ** sweep.lr_width_exponent
+    return dict(
+        shape,
+        id=f"L{k}xD{shape['d_model']}@{_tokens_label(tokens)}",
+        steps=steps,
+        tokens=tokens,
+        lr=float(lr),
+        params=counts["non_embedding"],
+        params_total=counts["total"],
+        flops_per_token=fpt,
+        flops=fpt * tokens,
+        budget=budget,
+        grid=budget is None,
+    )
+
+
+def _min_steps(config) -> int:
+    """The shortest run: it must warm up and still have a stable phase before its cooldown."""
+    return int(np.ceil(config.train.warmup_steps / (1 - config.train.decay_fraction))) + 1
+
+
+def verify_point(config, tokens: float) -> dict:
+    """The verification run (`verify=K`): the rung after the ladder's largest, on `tokens`
+    (rounded to whole steps) with the sweep's recipe; studies/sweep.py trains it after the fit."""
+    tokens_per_step = config.data.batch_size * config.data.seq_len
+    steps = max(round(tokens / tokens_per_step), _min_steps(config))
+    return make_point(config, max(config.sweep.ladder) + 1, steps) | {"grid": False}
+
+
 def get_sweep(config) -> list[dict]:
     """Expands `config.sweep` into points sorted by size, then tokens.
 
@@ -196,36 +245,16 @@ def get_sweep(config) -> list[dict]:
     """
     sweep = config.sweep
     tokens_per_step = config.data.batch_size * config.data.seq_len
-    # The shortest run must warm up and still have a stable phase before its cooldown.
-    min_steps = int(np.ceil(config.train.warmup_steps / (1 - config.train.decay_fraction))) + 1
+    min_steps = _min_steps(config)
     points: dict[tuple[int, int], dict] = {}
 
     def add(k: int, steps: int, budget: float | None):
-        shape = model_shape(sweep, k)
         key = (k, steps)
         if key in points:
             points[key]["budget"] = points[key]["budget"] or budget
             points[key]["grid"] = points[key]["grid"] or budget is None
             return
-        m = _rung_model(config, k)
-        counts = count_params(m)
-        fpt = flops_per_token(m, config.data.seq_len, target_len=_target_len(config))
-        fpt = fpt["flops_per_token"]
-        tokens = steps * tokens_per_step
-        lr = sweep.lr * (sweep.lr_base_width / shape["d_model"]) ** sweep.lr_width_exponent
-        points[key] = dict(
-            shape,
-            id=f"L{k}xD{shape['d_model']}@{_tokens_label(tokens)}",
-            steps=steps,
-            tokens=tokens,
-            lr=float(lr),
-            params=counts["non_embedding"],
-            params_total=counts["total"],
-            flops_per_token=fpt,
-            flops=fpt * tokens,
-            budget=budget,
-            grid=budget is None,
-        )
+        points[key] = make_point(config, k, steps, budget)
 
     for k in sweep.ladder:
         if sweep.mode in ("grid", "both"):

@@ -63,6 +63,9 @@ def approach3(
         "implied_b": implied_b,
         "least_squares": lsq.values(),
         "ci": bootstrap.intervals(samples, levels),
+        # The refits themselves, so a prediction at any (N, D) gets its interval later
+        # (scaling/plan.py): intervals of the parameters alone ignore their correlation.
+        "samples": {k: samples[k] for k in LAW_KEYS} if samples else None,
         "bootstrap_ok": len(next(iter(samples.values()), [])),
         "bootstrap_improper": int(np.isnan(samples["a"]).sum()) if samples else 0,
         "warning": warning,

@@ -62,13 +62,13 @@ def check(points: Points, fraction: float = HOLDOUT_FRACTION) -> dict:
     for name, fit_fn in FORMS.items():
         fits[name] = fit_fn(points.params[train], points.tokens[train], points.loss[train])
         out[name] = _errors(points, test, fits[name])
-    out["cross_validation"] = _cross_validation(points, train, fits)
+    out["cross_validation"] = cross_validation(points, train, fits)
     cv = out["cross_validation"]
     out["selected"] = min(FORMS, key=lambda name: (cv[name], name != "approach3"))
     return out | {"pass": out[out["selected"]]["pass"], "threshold": PASS_REL_ERR}
 
 
-def _cross_validation(points: Points, train: np.ndarray, fits: dict) -> dict:
+def cross_validation(points: Points, train: np.ndarray, fits: dict) -> dict:
     """Each form's mean |relative error| predicting each point of `train` from the others.
 
     Each refit starts from the full fit (`fits`) plus a few grid starts, as the bootstrap does.

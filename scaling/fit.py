@@ -62,6 +62,7 @@ def analyze(
     meta: dict | None = None,
     levels: tuple[float, float] = LEVELS,
     budgets: list[float] | None = None,
+    verification: dict | None = None,
 ) -> dict:
     """Fits every law to the sweep's rows; writes fit.json, the plots and report.md if asked.
 
@@ -77,6 +78,8 @@ def analyze(
       levels: Percentiles of the bootstrap intervals.
       budgets: Compute budgets (FLOPs) for the allocation table; default one per decade from the
         sweep's smallest C to 100x its largest.
+      verification: A scored prediction beyond the sweep (scaling/verify.py `score`), kept in
+        fit.json and reported.
 
     Returns:
       JSON-ready dict: `E`, `A`, `B`, `alpha`, `beta` (approach 3), `a`, `b` and `a_b_source`
@@ -99,6 +102,8 @@ def analyze(
             budgets=None if budgets is None else np.asarray(budgets, dtype=float),
         )
     result["n_failed"] = sum(not is_ok(r) for r in rows)
+    if verification is not None:
+        result["verification"] = verification
     if out_dir is not None:
         atomic.makedirs(out_dir)
         result["plots"] = plots.write_plots(out_dir, points, fit, result["approach2"])

@@ -293,6 +293,48 @@ def _extrapolation(result: dict) -> list[str]:
     ]
 
 
+def _verification(v: dict) -> list[str]:
+    """The run beyond the grid: each form's prediction made in advance against its loss."""
+    lines = ["## Verification beyond the grid", ""]
+    if "reason" in v:
+        return lines + [f"Not run: {v['reason']}."]
+    p, run = v["prediction"], v["prediction"]["run"]
+    level = f"{p['levels'][1] - p['levels'][0]:g}%"
+    lines += [
+        f"Predicted before it was trained (verify/prediction.json): `{run['id']}`, "
+        f"{run['n_layers']} layers x d_model {run['d_model']} (the rung after the ladder's "
+        f"largest), N = {fmt(run['params'])}, D = {fmt(run['tokens'])} tokens "
+        f"({p.get('tokens_rule', '')}), C = {fmt(run['flops'])} FLOPs = "
+        f"{run['flops'] / p['C_sweep_max']:.2g} x the sweep's largest. Every form was fitted on "
+        f"all {p['n_points']} points; intervals from {p['n_bootstrap']} bootstrap refits.",
+        "",
+    ]
+    rows = [
+        [
+            _FORM_NAMES[name],
+            f["predicted"],
+            _ci(f["interval"]),
+            v["loss"],
+            f"{100 * f['rel_err']:+.2f}%",
+            "—" if f["inside"] is None else ("yes" if f["inside"] else "no"),
+        ]
+        for name, f in v["forms"].items()
+    ]
+    header = ["form", "predicted", f"{level} interval", "measured", "error", "inside"]
+    right, chosen = v["right"], v["selected_in_advance"]
+    return lines + [
+        *_table(header, rows),
+        "",
+        f"Right: **{_FORM_NAMES[right]}** (error {100 * v['forms'][right]['rel_err']:+.2f}%). "
+        f"Cross-validation over the sweep had chosen {_FORM_NAMES[chosen]} in advance"
+        + (
+            " (the same)."
+            if chosen == right
+            else f" (error {100 * v['forms'][chosen]['rel_err']:+.2f}%)."
+        ),
+    ]
+
+
 def _plots(plot_status: dict) -> list[str]:
     lines = ["## Plots", ""]
     for name, caption in PLOTS.items():
@@ -329,6 +371,7 @@ def render(rows: list[dict], result: dict, meta: dict | None, plot_status: dict)
         _exponents(result, level),
         _allocation(result),
         _extrapolation(result),
+        *([_verification(result["verification"])] if result.get("verification") else []),
         _plots(plot_status),
     ]
     return "\n\n".join("\n".join(s).strip("\n") for s in sections) + "\n"

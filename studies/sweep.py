@@ -7,6 +7,8 @@ The sweep workdir (local or remote: `gs://...`, every file through common/atomic
   points/<id>/         each point's own run directory (config, metrics, checkpoints, summary)
   trunks/<size>/       schedule=wsd: the warmup-stable run the cooldown branches start from
   fit.json, report.md, *.png   from scaling.fit.analyze once enough points are done
+  verify/                      sweep.verify=K: prediction.json (written before its run starts),
+                               run/ (the run beyond the grid), result.json (once it finished)
 
 Rerunning the same command skips points already in results.jsonl with status "ok", retries failed
 ones, and resumes an interrupted point (or trunk) from its newest checkpoint, so a sweep killed at
@@ -15,6 +17,7 @@ any moment finishes with exactly one result per point and the numbers of an unin
 
 import dataclasses
 import importlib.util
+import json
 import os
 import platform
 import sys
@@ -222,6 +225,11 @@ def print_grid(config, points: list[dict], pieces: list[Piece], clock: _Clock) -
         f"{jax.devices()[0].platform} device(s), measured matmul peak "
         f"{clock.peak / 1e9:.0f} GFLOP/s per device)"
     )
+    if s.verify:
+        print(
+            f"verify: after the fit, one more run of the rung after L{max(s.ladder)} on the tokens "
+            f"the fit calls compute-optimal for {s.verify} x the largest C (not in the estimate)"
+        )
 
 
 def check_points(config, points: list[dict], point_config) -> None:
@@ -375,7 +383,73 @@ def _run_pieces(
     )
     if not is_main or not fit:
         return {}
-    return _analyze(config, experiment, workdir, [results[i] for i in order if i in results])
+    rows = [results[i] for i in order if i in results]
+    verification = None
+    if config.sweep.verify:
+        verification = _verify(config, experiment, workdir, rows)
+        if verification.get("preempted"):
+            return verification
+    return _analyze(config, experiment, workdir, rows, verification)
+
+
+def _verify(config, experiment: str, workdir: str, rows: list[dict]) -> dict:
+    """The pre-registered prediction (`sweep.verify`): predict, write, train, score.
+
+    verify/prediction.json is written (atomically) before the run starts and never rewritten,
+    so the score is always against the prediction made in advance; verify/run/ is an ordinary
+    run directory (an interrupted run resumes from its checkpoint); verify/result.json marks a
+    finished run, which a rerun never trains again.
+    """
+    from scaling import verify
+    from scaling.rows import InputError, to_points
+
+    s = config.sweep
+    vdir = os.path.join(workdir, "verify")
+    prediction_path = os.path.join(vdir, "prediction.json")
+    result_path = os.path.join(vdir, "result.json")
+    if atomic.exists(prediction_path):
+        prediction = json.loads(atomic.read_text(prediction_path))
+    else:
+        try:
+            points = to_points(rows)
+        except InputError as e:
+            print(f"sweep: no verification run: {e}")
+            return {"reason": str(e)}
+        tokens, how = verify.target_tokens(points, s.verify)
+        module = load_experiment(experiment)
+        if tokens is None:  # spend K x C_max with the next rung instead
+            rung = module.verify_point(config, 1)
+            tokens = s.verify * points.compute.max() / rung["flops_per_token"]
+        run = module.verify_point(config, tokens)
+        prediction = verify.predict(
+            points, run, factor=s.verify, n_bootstrap=s.bootstrap, seed=s.seed
+        )
+        prediction["tokens_rule"] = how
+        atomic.makedirs(vdir)
+        atomic.write_json(prediction_path, prediction)
+        forms = ", ".join(f"{name} {f['predicted']:.4f}" for name, f in prediction["forms"].items())
+        print(f"sweep: predicted {run['id']} ({how}): {forms}; in {prediction_path}")
+    if atomic.exists(result_path):
+        measured = json.loads(atomic.read_text(result_path))
+    else:
+        run = prediction["run"]
+        c = load_experiment(experiment).point_config(config, run)
+        print(f"== sweep verification run: {run['id']} ({run['steps']} steps)", flush=True)
+        t = time.perf_counter()
+        summary = train_and_evaluate(
+            c, os.path.join(vdir, "run"), desc=f"verify {run['id']}", recipe=recipe_for(c)
+        )
+        if summary.get("preempted"):
+            print("sweep: preempted in the verification run; rerun the same command to resume")
+            return {"preempted": True}
+        measured = {
+            "id": run["id"],
+            "loss": summary["eval/loss"],
+            "bits_per_byte": summary["eval/bits_per_byte"],
+            "wall_s": time.perf_counter() - t,
+        }
+        atomic.write_json(result_path, measured)
+    return verify.score(prediction, measured)
 
 
 def _needed(piece: Piece, rest: list[Piece], done: set[str], cheap: bool = False) -> bool:
@@ -395,8 +469,11 @@ def _needed(piece: Piece, rest: list[Piece], done: set[str], cheap: bool = False
     )
 
 
-def _analyze(config, experiment: str, workdir: str, rows: list[dict]) -> dict:
-    """Fits the laws and writes fit.json, the plots and report.md (skipped with < 5 points)."""
+def _analyze(
+    config, experiment: str, workdir: str, rows: list[dict], verification: dict | None = None
+) -> dict:
+    """Fits the laws and writes fit.json, the plots and report.md (skipped with < 5 points);
+    `verification` (the scored verify run, if any) goes into both."""
     from scaling.fit import analyze
 
     ok = [r for r in rows if r.get("status") == "ok"]
@@ -437,7 +514,9 @@ def _analyze(config, experiment: str, workdir: str, rows: list[dict]) -> dict:
         "each point); the runs table's bits per byte compare across tokenizers",
     }
     t = time.perf_counter()
-    fit = analyze(rows, workdir, n_bootstrap=s.bootstrap, seed=s.seed, meta=meta)
+    fit = analyze(
+        rows, workdir, n_bootstrap=s.bootstrap, seed=s.seed, meta=meta, verification=verification
+    )
     print(f"sweep: fit, plots and report in {time.perf_counter() - t:.0f} s")
     keys = ("E", "A", "B", "alpha", "beta", "a", "b")
     print("fit: " + ", ".join(f"{k}={fit[k]:.4g}" for k in keys if fit.get(k) is not None))

@@ -285,3 +285,76 @@ def test_unfinished_and_preempted_points_are_retried_and_nothing_else(tmp_path, 
     assert sorted(calls) == sorted({gone, *ids} - set(rows))
     rows = read_results(f"{workdir}/results.jsonl")
     assert sorted(rows) == ids and all(r["status"] == "ok" for r in rows.values())
+
+
+@pytest.mark.parametrize("full", [False, pytest.param(True, marks=pytest.mark.slow)])
+def test_verify_predicts_before_its_run_resumes_it_and_never_retrains_it(
+    tmp_path, monkeypatch, full
+):
+    """verify=K: prediction.json exists, unchanged, before the run beyond the grid starts; a
+    preempted verification run is resumed; a finished one is never trained again. `full` also
+    fits and writes the report (the fast variant skips the fit, 30-100 s of this test)."""
+    import studies.sweep
+
+    if not full:
+        monkeypatch.setattr(
+            studies.sweep,
+            "_analyze",
+            lambda c, e, w, rows, verification=None: {"verification": verification},
+        )
+
+    config = scaling.get_config("preset=smoke,bootstrap=4,verify=4")
+    workdir = str(tmp_path / "sweep")
+    prediction_path = f"{workdir}/verify/prediction.json"
+    calls, seen, preempt = [], [], [True]
+
+    def truth(cfg):  # the sweep follows an additive law in (N, D): approach 3 is right
+        n = 12 * cfg.model.n_layers * cfg.model.d_model**2
+        return 1.0 + 30 / n**0.3 + 40 / (cfg.train.steps * 512) ** 0.3
+
+    def fake_train(
+        cfg, workdir, *, stop_at=None, init_from=None, keep_steps=(), desc="", recipe=None
+    ):
+        calls.append(desc)
+        if desc.startswith("verify"):
+            seen.append(open(prediction_path).read())  # raises if not written yet
+            if preempt[0]:
+                return {"preempted": True, "step": 1, "resumed_from": 0}
+        loss = truth(cfg)
+        return {"eval/loss": loss, "eval/bits_per_byte": loss / 0.69, "compile_s": 0.0}
+
+    monkeypatch.setattr(studies.sweep, "train_and_evaluate", fake_train)
+    assert studies.sweep.run_sweep(config, "experiments/scaling.py", workdir) == {"preempted": True}
+    assert calls[-1].startswith("verify") and not os.path.exists(f"{workdir}/verify/result.json")
+    prediction = json.loads(seen[0])
+    run = prediction["run"]
+    assert run["n_layers"] == max(config.sweep.ladder) + 1
+    # D is approach 3's compute-optimal D for K x the sweep's largest C (Hoffmann eq. 4), up to
+    # the rounding to whole steps of 512 tokens.
+    f = prediction["forms"]["approach3"]["fit"]
+    g = (f["alpha"] * f["A"] / (f["beta"] * f["B"])) ** (1 / (f["alpha"] + f["beta"]))
+    c = 4 * prediction["C_sweep_max"]
+    d_opt = (c / 6) ** (f["alpha"] / (f["alpha"] + f["beta"])) / g
+    assert abs(run["tokens"] - d_opt) <= 256 or run["steps"] == scaling._min_steps(config)
+
+    preempt[0], calls[:] = False, []
+    fit = studies.sweep.run_sweep(config, "experiments/scaling.py", workdir)
+    assert calls == [f"verify {run['id']}"]  # the sweep's points are done: only the resumed run
+    assert seen[-1] == seen[0]  # the prediction was not redone after the first attempt
+    v = fit["verification"]
+    cfg = scaling.point_config(config, run)
+    assert v["loss"] == pytest.approx(truth(cfg))
+    a3 = v["forms"]["approach3"]
+    assert a3["rel_err"] == pytest.approx((a3["predicted"] - v["loss"]) / v["loss"])
+    lo, hi = a3["interval"]
+    assert a3["inside"] == (lo <= v["loss"] <= hi)
+    assert v["right"] == min(v["forms"], key=lambda k: abs(v["forms"][k]["rel_err"]))
+    if full:
+        report = open(f"{workdir}/report.md").read()
+        assert "## Verification beyond the grid" in report and run["id"] in report
+        saved = json.load(open(f"{workdir}/fit.json"))["verification"]
+        assert saved["forms"]["approach3"]["predicted"] == a3["predicted"]
+
+    calls[:] = []
+    again = studies.sweep.run_sweep(config, "experiments/scaling.py", workdir)
+    assert calls == [] and again["verification"]["loss"] == v["loss"]
