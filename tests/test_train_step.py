@@ -60,3 +60,46 @@ def test_eval_in_microbatches_sums_like_the_whole_batch():
         assert parts.keys() == whole.keys()
         assert parts["tokens"] == whole["tokens"] and parts["bytes"] == whole["bytes"]
         np.testing.assert_allclose(parts["nll_sum"], whole["nll_sum"], rtol=1e-5)
+
+
+def test_every_aux_sum_is_accumulated_and_frozen_inputs_reach_the_loss():
+    """The step sums every aux key its loss returns over microbatches (not only nll/tokens/bytes)
+    and passes a frozen input tree as the loss's fourth argument."""
+    import jax.numpy as jnp
+
+    import objectives
+
+    def loss_fn(params, batch, rng, frozen):
+        x_B = batch["x"].astype(jnp.float32)
+        err_B = (params["w"] * x_B - frozen["target"]) ** 2
+        aux = {
+            "nll_sum": err_B.sum(),
+            "tokens": jnp.float32(x_B.shape[0]),
+            "bytes": jnp.float32(x_B.shape[0]),
+            "hit_sum": (err_B < 1.0).sum().astype(jnp.float32),
+            "big_sum": (x_B > 4).sum().astype(jnp.float32),
+            "big_count": jnp.float32(2 * x_B.shape[0]),
+        }
+        return err_B.mean(), aux
+
+    tcfg = default_train_config()
+    tcfg.warmup_steps = 0
+    opt, sched = make_optimizer(tcfg), schedule_args(tcfg)
+    params = {"w": np.float32(0.5)}
+    state = TrainState(
+        step=np.int32(0),
+        params=params,
+        opt_state=opt.init(params),
+        rng=jax.random.key_data(jax.random.key(1)),
+    )
+    x_B = np.arange(8, dtype=np.int32)
+    target = np.float32(2.0)
+    err_B = (0.5 * x_B - target) ** 2
+    for k in (1, 4):
+        step = jax.jit(make_train_step(loss_fn, opt, grad_accum=k, frozen=True))
+        _, m = jax.device_get(step(state, {"x": x_B}, sched, {"target": target}))
+        assert m["hit_sum"] == (err_B < 1.0).sum() and m["big_count"] == 16
+        np.testing.assert_allclose(m["loss"], err_B.mean(), rtol=1e-6)
+        out = objectives.summarize(m)
+        assert out["hit"] == (err_B < 1.0).sum() / 8  # divided by tokens
+        assert out["big"] == (x_B > 4).sum() / 16  # divided by its own count
