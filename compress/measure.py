@@ -70,13 +70,11 @@ class Evaluator:
         """Held-out loss (nats/token) and bits/byte of `params` on the fixed eval batches."""
         step = jax.jit(make_eval_step(self.loss_fn(model_cfg, act_bits)))
         params = self.replicate(params)
-        sums = {"nll_sum": 0.0, "tokens": 0.0, "bytes": 0.0}
         with self.activate():
-            outs = [step(params, b) for b in self.eval_batches]
-        for aux in jax.device_get(outs):
-            for k in sums:
-                sums[k] += float(aux[k])
-        return objectives.summarize(sums)
+            outs = jax.device_get([step(params, b) for b in self.eval_batches])
+        return objectives.summarize(
+            {k: sum(float(aux[k]) for aux in outs) for k in ("nll_sum", "tokens", "bytes")}
+        )
 
     def grads(self, params, model_cfg, n_batches: int = 4) -> list:
         """Gradients of the training loss on the first `n_batches` training batches (host)."""

@@ -1,22 +1,13 @@
 """Structured pruning: remove whole attention heads and MLP neurons, giving a smaller model.
 
-Every layer keeps the same number of heads and neurons (the layers stay stacked), chosen per
-layer by an importance score; the result is a new model config (`n_heads`, `d_ff`, and `d_head`
-made explicit) and its parameters, so parameter counts and FLOPs really fall (models/counting.py
-counts the new config).
-
-Importance of a unit u (Molchanov et al. 2017; Michel et al. 2019 for heads):
-- 'taylor': |sum over the unit's output weights of grad * w|, averaged over batches: the
-  first-order change of the loss when the unit is removed (zeroing a head's slice of `o`, or a
-  neuron's row of `wo`, removes exactly that unit's contribution).
-- 'weight': the product of the norms of the unit's input and output weights (no data).
-A unit whose output weights are zero has importance 0 under both, and removing it leaves the
-model's function unchanged.
-
-Which parameters belong to a unit is read off the logical axes: every `layers` parameter with a
-`heads` axis (q, o, biases if any) is sliced along it, and with `kv_heads` when the model is MHA
-(n_kv_heads == n_heads; grouped-query models are refused); every parameter with an `mlp` axis
-(wi, wo, a gate if any) is sliced along `mlp`.
+Every layer keeps the same number of heads and neurons (the layers stay stacked), chosen per layer
+by importance; the result is a new model config (`n_heads`, `d_ff`, explicit `d_head`) and its
+parameters, so parameter counts and FLOPs really fall. Importance of a unit (Molchanov et al.
+2017; Michel et al. 2019): 'taylor' |sum of grad * w over its output weights| averaged over
+batches, the first-order change of the loss when it is removed; 'weight' the product of the norms
+of its input and output weights. A unit with zero output weights scores 0 under both. The
+parameters of a unit are found by logical axes: `heads` (and `kv_heads` in an MHA model;
+grouped-query models keep every head) and `mlp`.
 """
 
 import jax.numpy as jnp
