@@ -58,18 +58,15 @@ def recipe(config) -> Recipe | None:
     from compress.masked import masked, prune_initial
     from compress.quant import wrap_apply
 
-    quant = config.quant if "quant" in config else None
-    prune = config.prune if "prune" in config else None
+    quant, p = config.get("quant"), config.get("prune")
     if quant is not None:
         check_fields(quant, QUANT_FIELDS, "quant.")
-    if prune is not None:
-        check_fields(prune, PRUNE_FIELDS, "prune.")
-        if prune_end(config) < prune.start:
-            raise ValueError(
-                f"prune.end={prune.end} is before prune.start={prune.start}; raise prune.end"
-            )
+    if p is not None:
+        check_fields(p, PRUNE_FIELDS, "prune.")
+        if prune_end(config) < p.start:
+            raise ValueError(f"prune.end={p.end} is before prune.start={p.start}; raise prune.end")
     qat = quant is not None and (quant.weight_bits or quant.act_bits)
-    pruning = prune is not None and prune.sparsity > 0
+    pruning = p is not None and p.sparsity > 0
     if not (qat or pruning):
         return None
 
@@ -77,9 +74,7 @@ def recipe(config) -> Recipe | None:
         return wrap_apply(run.model, config.model, quant.weight_bits, quant.act_bits, fn)
 
     def optimizer(run, opt):
-        prunable = prunable_spec(run.model, config.model)
-        p = prune
-        end = prune_end(config)
+        prunable, end = prunable_spec(run.model, config.model), prune_end(config)
         return masked(
             opt, prunable, p.sparsity, start=p.start, end=end, every=p.every, scope=p.scope
         )

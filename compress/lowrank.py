@@ -27,17 +27,8 @@ def energy_rank(s_R: np.ndarray, energy: float) -> int:
 
 
 def factorize(w, in_axes: tuple[int, ...], *, rank: int = 0, energy: float = 0.0):
-    """Factors of a stacked weight w [L, in..., out...] and the rank used.
-
-    Args:
-      w: the stacked weight.
-      in_axes: its input axes (must be 1..k, right after `layers`).
-      rank: the rank (0: choose by `energy`).
-      energy: fraction of the squared singular values to keep when `rank` is 0.
-
-    Returns:
-      ({"a": [L, in..., r], "b": [L, r, out...]} f32, r).
-    """
+    """({"a": [L, in..., r], "b": [L, r, out...]} f32, r) of a stacked weight w [L, in..., out...]
+    whose input axes `in_axes` follow `layers`, at `rank` (0: the smallest holding `energy`)."""
     w = np.asarray(w, np.float64)
     if tuple(in_axes) != tuple(range(1, len(in_axes) + 1)):
         raise ValueError(f"input axes {in_axes} do not lead the weight's shape {w.shape}")
@@ -63,11 +54,8 @@ def factorize(w, in_axes: tuple[int, ...], *, rank: int = 0, energy: float = 0.0
 def factorize_params(
     params, model, model_cfg, *, targets=DEFAULT_TARGETS, rank: int = 0, energy: float = 0.0
 ):
-    """Params with each `layers` weight named in `targets` replaced by its factors.
-
-    Returns:
-      (new params, {name: rank used}).
-    """
+    """(params with each `layers` weight named in `targets` replaced by its factors, {name: rank
+    used})."""
     names = logical_names(model, model_cfg)["layers"]
     layers, ranks = dict(params["layers"]), {}
     for key in targets:

@@ -37,14 +37,8 @@ def _kth_smallest(a_RN: jax.Array, fraction) -> jax.Array:
 
 
 def magnitude_masks(params, prunable, sparsity, scope: str = "global"):
-    """Keep-masks (bool, shapes of the params) pruning `sparsity` of the prunable weights.
-
-    Args:
-      params: the parameter tree (unboxed arrays).
-      prunable: `prunable_spec` tree.
-      sparsity: fraction in [0, 1) to remove (a Python float or a traced scalar).
-      scope: 'global' or 'layer' (see the module docstring).
-    """
+    """Keep-masks (bool, shapes of the params) removing `sparsity` (in [0, 1), a float or a traced
+    scalar) of the `prunable_spec` weights, over the model or per layer (`scope`)."""
     if scope not in SCOPES:
         raise ValueError(f"prune scope={scope!r} is unknown; use one of {SCOPES}")
     leaves, treedef = jax.tree.flatten(params)
@@ -52,20 +46,18 @@ def magnitude_masks(params, prunable, sparsity, scope: str = "global"):
     if scope == "global":
         pool = [jnp.abs(w).reshape(-1) for w, f in zip(leaves, flags, strict=True) if f]
         thr = _kth_smallest(jnp.concatenate(pool)[None], sparsity)[0, 0]
-        masks = [
-            jnp.abs(w) >= thr if f else jnp.ones(w.shape, bool)
-            for w, f in zip(leaves, flags, strict=True)
-        ]
-    else:
-        masks = []
-        for w, f in zip(leaves, flags, strict=True):
-            if not f:
-                masks.append(jnp.ones(w.shape, bool))
-                continue
-            a_LN = jnp.abs(w).reshape(w.shape[0], -1)  # stacked [L, ...]: one threshold per layer
-            masks.append((a_LN >= _kth_smallest(a_LN, sparsity)).reshape(w.shape))
+        keep = lambda w: jnp.abs(w) >= thr
+    else:  # stacked [L, ...]: one threshold per layer
+
+        def keep(w):
+            a_LN = jnp.abs(w).reshape(w.shape[0], -1)
+            return (a_LN >= _kth_smallest(a_LN, sparsity)).reshape(w.shape)
+
     # A zero sparsity keeps everything, even weights that are exactly zero.
-    masks = [jnp.where(sparsity > 0, m, True) for m in masks]
+    masks = [
+        jnp.where(sparsity > 0, keep(w), True) if f else jnp.ones(w.shape, bool)
+        for w, f in zip(leaves, flags, strict=True)
+    ]
     return jax.tree.unflatten(treedef, masks)
 
 

@@ -48,22 +48,9 @@ def masked(
     every: int = 1,
     scope: str = "global",
 ) -> optax.GradientTransformationExtraArgs:
-    """`inner` with magnitude-pruning masks (see the module docstring).
-
-    Args:
-      inner: the optimizer to wrap.
-      prunable: `compress.magnitude.prunable_spec` tree.
-      final_sparsity: fraction of the prunable weights zero from step `end` on.
-      start, end, every: prune at steps start, start + every, ... up to end (start == end: once).
-      scope: 'global' or 'layer'.
-    """
-    if not 0.0 <= final_sparsity < 1.0:
-        raise ValueError(f"prune.sparsity={final_sparsity} must be in [0, 1)")
-    if end < start or every < 1:
-        raise ValueError(
-            f"prune.start={start}, prune.end={end}, prune.every={every}: need start <= end and "
-            "every >= 1"
-        )
+    """`inner` with magnitude masks of the `prunable_spec` weights (module docstring), pruning at
+    steps start, start + every, ... up to end to reach `final_sparsity` (`compress.recipe` checks
+    the `prune` block: 0 <= sparsity < 1, start <= end, every >= 1)."""
     schedule = sparsity_schedule(final_sparsity, start, end)
 
     def init(params):
@@ -87,12 +74,9 @@ def masked(
 
 
 def prune_initial(run, state, config):
-    """`state` with the masks of step 0 applied to its parameters (the `init` hook).
-
-    The optimizer computes the same masks at its first update and zeroes those weights then; doing
-    it before step 1 too means the first forward pass already runs the pruned model, which is what
-    a fine-tune of a pruned checkpoint (`prune.start = prune.end = 0` with `init_from`) must see.
-    """
+    """`state` with the masks of step 0 applied to its parameters (the `init` hook), so that the
+    first forward pass of a pruned fine-tune (`prune.start = end = 0`) already runs the pruned model
+    (the optimizer zeroes the same weights only at its first update)."""
     from compress import prune_end
 
     p = config.prune

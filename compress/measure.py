@@ -1,18 +1,10 @@
-"""Measuring arbitrary parameter trees (compressed models), and reading and writing them.
+"""Measuring arbitrary (compressed) parameter trees, and reading and writing them.
 
-A compressed model's parameters no longer match what `model.init` builds (int8 leaves, low-rank
-factors), which the loop's eval step (sharded like the model's own tree) cannot take, so
-`Evaluator` takes the tree as it is: it is replicated over the run's mesh, batches are sharded
-over its batch axes as in training, and the loss is the causal-LM objective through
-`compress.quant.wrap_apply` (int8 leaves dequantized inside the jitted step, activations
-fake-quantized at `act_bits`). Fine-tuning is not done here: it is a run of the one loop
-(compress/study.py).
-
-`measure` gives a report line's numbers: held-out loss and bits/byte (the run's fixed eval
-batches, the ones its own evaluation used), checkpoint bytes (the tree written with Orbax),
-parameters (and non-zero parameters) and training FLOPs per token (models/counting.py
-`count_tree`: real for low-rank and structured pruning; unstructured sparsity only lowers
-`flops_per_token_nonzero`, which a sparse kernel could reach).
+A compressed tree (int8 leaves, low-rank factors) no longer matches what `model.init` builds, so the
+loop's eval step (sharded like the model's tree) cannot take it: `Evaluator` replicates it over the
+run's mesh, shards the batches as in training and applies the causal-LM objective through
+`compress.quant.wrap_apply` (int8 leaves dequantized inside the jitted step). `measure` gives a
+report line's numbers (docs/compression.md).
 """
 
 import contextlib
@@ -49,7 +41,6 @@ class Evaluator:
         self.rules = get_rules(config.parallel.rules)
         self.tokenizer = tokenizer_from_config(config.data)
         self.batch_shardings = batch_shardings(BATCH_KEYS, self.mesh, self.rules)
-        self.replicated = NamedSharding(self.mesh, P())
         n = config.train.eval_batches if eval_batches is None else eval_batches
         local = make_eval_batches(config.data, num_batches=n)
         self.eval_batches = [self.global_batch(b) for b in local]
@@ -73,19 +64,17 @@ class Evaluator:
         )
 
     def replicate(self, tree):
-        return jax.device_put(tree, self.replicated)
+        return jax.device_put(tree, NamedSharding(self.mesh, P()))
 
     def evaluate(self, params, model_cfg, act_bits: int = 0) -> dict[str, float]:
         """Held-out loss (nats/token) and bits/byte of `params` on the fixed eval batches."""
         step = jax.jit(make_eval_step(self.loss_fn(model_cfg, act_bits)))
         params = self.replicate(params)
-        sums = {"nll_sum": 0.0, "tokens": 0.0, "bytes": 0.0}
         with self.activate():
-            outs = [step(params, b) for b in self.eval_batches]
-        for aux in jax.device_get(outs):
-            for k in sums:
-                sums[k] += float(aux[k])
-        return objectives.summarize(sums)
+            outs = jax.device_get([step(params, b) for b in self.eval_batches])
+        return objectives.summarize(
+            {k: sum(float(aux[k]) for aux in outs) for k in ("nll_sum", "tokens", "bytes")}
+        )
 
     def grads(self, params, model_cfg, n_batches: int = 4) -> list:
         """Gradients of the training loss on the first `n_batches` training batches (host)."""
@@ -108,6 +97,7 @@ def save_params(path: str, params) -> None:
 
 
 def restore_params(path: str):
+    """The tree `save_params` wrote."""
     with ocp.StandardCheckpointer() as ckptr:
         return ckptr.restore(os.path.abspath(path))
 
@@ -126,7 +116,8 @@ def dir_bytes(path: str) -> int:
 
 
 def measure(params, model_cfg, evaluator: Evaluator, act_bits: int = 0) -> dict:
-    """Held-out loss, checkpoint bytes, parameters and FLOPs per token of a (compressed) tree."""
+    """Held-out loss, checkpoint bytes (Orbax), parameters and FLOPs per token of a (compressed)
+    tree (models/counting.py `count_tree`: unstructured sparsity only lowers the `_nonzero`s)."""
     out = evaluator.evaluate(params, model_cfg, act_bits)
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "params")
@@ -139,7 +130,6 @@ def measure(params, model_cfg, evaluator: Evaluator, act_bits: int = 0) -> dict:
 
 
 def load_compressed(out: str):
-    """(config, params) of a compressed checkpoint (the `compress` stage of
-    experiments/compress_ckpt.py): evaluate with `Evaluator.evaluate(params, config.model,
-    config.quant.act_bits)`; int8 leaves are dequantized inside the jitted forward pass."""
+    """(config, params) of a compressed checkpoint (compress/study.py): evaluate with
+    `Evaluator.evaluate(params, config.model, config.quant.act_bits)`."""
     return read_run_config(out), restore_params(os.path.join(out, "params"))

@@ -12,17 +12,17 @@ Methods (options in brackets):
   (simulated: `quant.act_bits=8` fake-quantizes them) [bits, act_bits].
 - `prune`: unstructured magnitude pruning [sparsity, scope]; idempotent, so it also measures a
   tree a masked fine-tune already pruned.
-- `structured`: remove heads and MLP neurons [keep_heads, keep_ff, importance].
+- `structured`: remove heads and MLP neurons [keep_heads, keep_ff (0: all), importance].
 - `lowrank`: truncated SVD [rank or energy, targets].
 - `none`: the tree as it is.
 """
 
 import jax
 
+from compress import structured
 from compress.lowrank import DEFAULT_TARGETS, factorize_params
 from compress.magnitude import apply_masks, magnitude_masks, prunable_spec, sparsity_of
 from compress.quant import logical_names, qmax, quant_spec, quantize_params
-from compress.structured import importance, prune_structured
 from models import get_model
 
 METHODS = ("none", "int8", "int4", "w8a8", "w4a8", "prune", "structured", "lowrank")
@@ -41,35 +41,13 @@ def quant_bits(method: str, bits: int = 0, act_bits: int = -1) -> tuple[int, int
     return w_bits, a_bits
 
 
-def compress(
-    method: str,
-    model_cfg,
-    params,
-    evaluator=None,
-    *,
-    sparsity: float = 0.5,
-    scope: str = "global",
-    keep_heads: int = 0,
-    keep_ff: int = 0,
-    importance_kind: str = "taylor",
-    rank: int = 0,
-    energy: float = 0.0,
-    targets: tuple[str, ...] = DEFAULT_TARGETS,
-    bits: int = 0,
-    act_bits: int = -1,
-):
-    """Applies `method` (see the module docstring) to `params` of `model_cfg`.
-
-    Args:
-      method: one of METHODS.
-      model_cfg: the model config of `params`.
-      params: host parameter tree.
-      evaluator: compress/measure.py `Evaluator` (structured pruning's Taylor importance needs
-        gradients on training batches).
-
-    Returns:
-      (new model config, new params (host), info dict of what was chosen).
-    """
+def compress(method: str, model_cfg, params, evaluator=None, *, sparsity: float = 0.5,
+             scope: str = "global", keep_heads: int = 0, keep_ff: int = 0, rank: int = 0,
+             importance: str = "taylor", energy: float = 0.0, bits: int = 0, act_bits: int = -1,
+             targets: tuple[str, ...] = DEFAULT_TARGETS):  # fmt: skip
+    """(new model config, new host params, info dict of what was chosen) of `method` (one of
+    METHODS, see the module docstring) applied to the host tree `params` of `model_cfg`;
+    `evaluator` (compress/measure.py) gives the gradients of structured pruning's Taylor scores."""
     if method not in METHODS:
         raise ValueError(f"method={method!r} is unknown; choose one of {METHODS}")
     model = get_model(model_cfg.family)
@@ -77,31 +55,22 @@ def compress(
     if method in QUANT_BITS:
         w_bits, a_bits = quant_bits(method, bits, act_bits)
         info.update(bits=w_bits, act_bits=a_bits)
-        q = quantize_params(params, quant_spec(model, model_cfg), w_bits)
-        return model_cfg, jax.device_get(q), info
-    if method == "prune":
+        params = quantize_params(params, quant_spec(model, model_cfg), w_bits)
+    elif method == "prune":
         prunable = prunable_spec(model, model_cfg)
         params = apply_masks(params, magnitude_masks(params, prunable, sparsity, scope))
         info.update(sparsity=sparsity, scope=scope, measured_sparsity=sparsity_of(params, prunable))
-        return model_cfg, jax.device_get(params), info
-    if method == "structured":
-        taylor = importance_kind == "taylor"
-        kw = {"grads_list": evaluator.grads(params, model_cfg)} if taylor else {}
-        scores = importance(params, logical_names(model, model_cfg), method=importance_kind, **kw)
-        new_cfg, params = prune_structured(
-            params,
-            model_cfg,
-            model,
-            scores,
-            n_heads=keep_heads or model_cfg.n_heads,
-            d_ff=keep_ff or model_cfg.d_ff,
+    elif method == "structured":
+        grads = evaluator.grads(params, model_cfg) if importance == "taylor" else ()
+        names = logical_names(model, model_cfg)
+        scores = structured.importance(params, names, method=importance, grads_list=grads)
+        model_cfg, params = structured.prune_structured(
+            params, model_cfg, model, scores, n_heads=keep_heads, d_ff=keep_ff
         )
-        info.update(importance=importance_kind, n_heads=new_cfg.n_heads, d_ff=new_cfg.d_ff)
-        return new_cfg, jax.device_get(params), info
-    if method == "lowrank":
+        info.update(importance=importance, n_heads=model_cfg.n_heads, d_ff=model_cfg.d_ff)
+    elif method == "lowrank":
         params, ranks = factorize_params(
             params, model, model_cfg, targets=tuple(targets), rank=rank, energy=energy
         )
         info.update(ranks=ranks, energy=energy)
-        return model_cfg, jax.device_get(params), info
     return model_cfg, jax.device_get(params), info

@@ -28,11 +28,9 @@ def get_config(arg: str | None = None):
         sparsity=0.5, scope="global", keep_heads=0, keep_ff=0, importance="taylor", rank=0,
         energy=0.0, targets="q,k,v,o,wi,wo", bits=0, act_bits=-1, qat=False,
     )  # fmt: skip
-    options = {k: a[k] for k in study.OPTION_FIELDS}
-    config = study.study_config(source=a.source, method=a.method, options=options)
-    config.eval_batches = a.eval_batches
-    config.finetune.update(steps=a.finetune_steps, lr=a.finetune_lr)
-    return config
+    return study.study_config(source=a.source, method=a.method, eval_batches=a.eval_batches,
+                              finetune={"steps": a.finetune_steps, "lr": a.finetune_lr},
+                              options={k: a[k] for k in study.OPTION_FIELDS})  # fmt: skip
 
 
 get_stages = study.compress_stages
