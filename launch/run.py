@@ -221,7 +221,7 @@ def execute(args: Args) -> int:
     if not args.dry_run:  # before the training stack is even imported
         check_shared(
             workdir,
-            config.data,
+            config.get("data"),
             shared_workdir=args.shared_workdir,
             shared_data_dir=args.shared_data_dir,
         )

@@ -487,7 +487,8 @@ def check_shared(
 
     Args:
       workdir: the run (or sweep) directory.
-      data_cfg: the data config.
+      data_cfg: the data config (None: the run reads no data of its own, e.g. a study over a
+        trained run).
       shared_workdir: a local `workdir` is a mount every host sees.
       shared_data_dir: a local `data.data_dir` is shared, or prepared identically on every host.
       process_count: number of processes (None: `jax.process_count()`).
@@ -510,6 +511,8 @@ def check_shared(
             "must write one shared workdir; pass --workdir=gs://BUCKET/..., or add "
             "--shared_workdir if it is a mount every host sees (NFS)"
         )
+    if data_cfg is None:
+        return
     data_dir = resolve_data_dir(data_cfg)
     if not is_local(data_cfg) and not atomic.is_remote(data_dir) and not shared_data_dir:
         raise ConfigError(
