@@ -30,22 +30,23 @@ jax.config.update("jax_compilation_cache_dir", _CACHE)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
-# The longest files first (measured: seconds of one run each), so that with
+# The longest files first (measured: seconds of one full run at load 4-7), so that with
 # `-n 2 --dist loadfile` the last files to start are short ones and both workers finish together.
 _LONG_FILES = (
-    "test_studies_dpo.py",  # ~250 (slow tier only)
-    "test_launch_sweep.py",  # ~220
-    "test_parallel_distributed.py",  # ~210
-    "test_aot.py",  # ~200
-    "test_train_preemption.py",  # ~110
-    "test_launch_run.py",  # ~70
-    "test_scaling_parametric.py",  # ~60
-    "test_train_families.py",  # ~60
-    "test_parallel_pipeline.py",  # ~60
-    "test_train_mixed_precision.py",  # ~60
-    "test_scaling_fit.py",  # ~55
-    "test_models_mup.py",  # ~45
-    "test_data_corpus.py",  # ~40
+    "test_aot_fit.py",  # ~340
+    "test_parallel_pipeline.py",  # ~260
+    "test_aot.py",  # ~220
+    "test_distill.py",  # ~125
+    "test_parallel_distributed.py",  # ~115
+    "test_launch_sweep.py",  # ~110
+    "test_studies_mup.py",  # ~80
+    "test_scaling_plan.py",  # ~80
+    "test_train_preemption.py",  # ~50
+    "test_studies_dpo.py",  # ~40
+    "test_launch_run.py",  # ~35
+    "test_models_attention_impl.py",  # ~30
+    "test_train_finetune.py",  # ~25
+    "test_studies_finetune.py",  # ~25
 )
 
 
