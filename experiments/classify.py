@@ -22,10 +22,8 @@ Arguments: phase (default study), base, size (tiny: 2 x 128), steps (fine-tuning
 classes, lr, scratch (the study trains the scratch control), runlocal.
 """
 
-import functools
-
 from experiments import bert
-from experiments.common import parse_arg, task_phase, task_run
+from experiments.common import task_experiment
 from studies import finetune
 
 
@@ -38,25 +36,7 @@ def set_task(config, args) -> None:
     config.data.batch_size = 32
 
 
-def get_config(arg: str = ""):
-    args = parse_arg(
-        arg,
-        phase="study",
-        base="",
-        size="tiny",
-        steps=150,
-        pre_steps=400,
-        classes=8,
-        lr=1e-3,
-        scratch=True,
-        runlocal=False,
-    )
-    pretrain = bert.get_config(f"size={args.size},steps={args.pre_steps}")
-    return task_phase(pretrain, args, set_task)
-
-
-def get_stages(config, workdir: str):
-    return finetune.stages(config, workdir, functools.partial(task_run, set_task=set_task))
-
-
+get_config, get_stages = task_experiment(
+    bert.get_config, set_task, steps=150, pre_steps=400, classes=8, lr=1e-3
+)
 report = finetune.report

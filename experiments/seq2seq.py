@@ -22,10 +22,8 @@ pre_steps, seq_len (fine-tuning input tokens), lr, scratch (the study trains the
 decode (held-out examples the study decodes), runlocal.
 """
 
-import functools
-
 from experiments import t5
-from experiments.common import parse_arg, task_phase, task_run
+from experiments.common import task_experiment
 from studies import finetune
 
 
@@ -37,26 +35,7 @@ def set_task(config, args) -> None:
     config.data.batch_size = 16
 
 
-def get_config(arg: str = ""):
-    args = parse_arg(
-        arg,
-        phase="study",
-        base="",
-        size="tiny",
-        steps=200,
-        pre_steps=300,
-        seq_len=128,
-        lr=2e-3,
-        scratch=True,
-        decode=512,
-        runlocal=False,
-    )
-    pretrain = t5.get_config(f"size={args.size},steps={args.pre_steps}")
-    return task_phase(pretrain, args, set_task)
-
-
-def get_stages(config, workdir: str):
-    return finetune.stages(config, workdir, functools.partial(task_run, set_task=set_task))
-
-
+get_config, get_stages = task_experiment(
+    t5.get_config, set_task, steps=200, pre_steps=300, seq_len=128, lr=2e-3, decode=512
+)
 report = finetune.report

@@ -17,7 +17,7 @@ end.
 
 import os
 
-from studies.stages import Stage, run_config
+from studies.stages import Stage, initial_eval, run_config
 
 
 def exact_match(params, config, n: int) -> tuple[float, int]:
@@ -48,19 +48,16 @@ def _before(config, decode_n: int) -> dict:
     import jax
 
     from data import tasks
-    from studies.recipes import recipe_for
-    from train.loop import Run
 
-    run = Run(config, recipe=recipe_for(config))
-    batches = tasks.make_eval_batches(
-        config.data, run.tokenizer, num_batches=config.train.eval_batches
-    )
-    ev = run.evaluate(run.state.params, [run.global_batch(b) for b in batches])
-    row = {f"eval/{k}": v for k, v in ev.items()}
-    if decode_n:
-        row["exact_match"], row["decoded"] = exact_match(
-            jax.device_get(run.state.params), config, decode_n
+    def batches(run):
+        return tasks.make_eval_batches(
+            config.data, run.tokenizer, num_batches=config.train.eval_batches
         )
+
+    run, row = initial_eval(config, batches)
+    if decode_n:
+        params = jax.device_get(run.state.params)
+        row["exact_match"], row["decoded"] = exact_match(params, config, decode_n)
     label, value = tasks.baseline(config.data)
     row["task"] = f"{config.objective} ({config.data.task.name})"
     row["baseline"] = {"label": label, "value": value}
@@ -76,31 +73,27 @@ def stages(config, workdir: str, task_run) -> list[Stage]:
     `task_run(pretrain, args, phase, base)` is the experiment's fine-tune or scratch config."""
     args = config.study
     pretrain = run_config(config, "study")
-    base = os.path.join(workdir, "pretrain")
-    finetune = task_run(pretrain, args, "finetune", base)
+    finetune = task_run(pretrain, args, "finetune", os.path.join(workdir, "pretrain"))
     runs = {"finetune": finetune}
-    if args.get("scratch", True):
+    if args.scratch:
         runs["scratch"] = task_run(pretrain, args, "scratch", "")
     decode_n = args.get("decode", 0) if finetune.objective == "seq2seq" else 0
-    out = [
+
+    def decode(stage_dir: str, rows: dict) -> dict:
+        from train.checkpoint import load_params
+
+        row = {}
+        for name, c in runs.items():
+            em, n = exact_match(load_params(os.path.join(workdir, name)), c, decode_n)
+            row[name] = {"exact_match": em, "decoded": n}
+        return row
+
+    return [
         Stage("pretrain", pretrain),
         Stage("before", action=lambda stage_dir, rows: _before(finetune, decode_n)),
         *(Stage(name, c) for name, c in runs.items()),
+        *([Stage("decode", action=decode)] if decode_n else []),
     ]
-    if decode_n:
-
-        def decode(stage_dir: str, rows: dict) -> dict:
-            from train.checkpoint import load_state
-
-            row = {}
-            for name, c in runs.items():
-                params = load_state(os.path.join(workdir, name, "checkpoints"))["params"]
-                em, n = exact_match(params, c, decode_n)
-                row[name] = {"exact_match": em, "decoded": n}
-            return row
-
-        out.append(Stage("decode", action=decode))
-    return out
 
 
 def report(config, rows: dict) -> str:
