@@ -21,9 +21,8 @@ import os
 from common import atomic
 from experiments.common import base_config, parse_arg
 from studies import mup as analysis
-from studies.stages import Stage, run_config
-
-PARAMETRIZATIONS = ("sp", "mup")
+from studies.mup import PARAMETRIZATIONS
+from studies.stages import Stage
 
 
 def get_config(arg: str = ""):
@@ -46,17 +45,9 @@ def get_config(arg: str = ""):
     return config
 
 
-def width_config(config, parametrization: str, width: int):
-    """The run config of one width under SP or muP."""
-    c = run_config(config, "coord")
-    c.model.d_model, c.model.d_ff = width, 4 * width
-    c.model.mup.enabled = parametrization == "mup"
-    return c
-
-
 def get_stages(config, workdir: str) -> list[Stage]:
     runs = {
-        (p, w): (f"{p}_d{w}", width_config(config, p, w))
+        (p, w): (f"{p}_d{w}", analysis.width_run(config, "coord", p, w))
         for p in PARAMETRIZATIONS
         for w in config.coord.widths
     }
@@ -67,15 +58,16 @@ def get_stages(config, workdir: str) -> list[Stage]:
         from data.pipeline import BATCH_KEYS, make_eval_batches
         from models import get_model
         from models.activations import mean_abs
-        from train.checkpoint import load_state
+        from train.checkpoint import load_params
 
         result = {p: {"table": {}} for p in PARAMETRIZATIONS}
         for (p, w), (name, c) in runs.items():
-            params = load_state(os.path.join(workdir, name, "checkpoints"))["params"]
             probe = make_eval_batches(c.data, num_batches=1)[0]
             probe = {k: jnp.asarray(v) for k, v in probe.items() if k in BATCH_KEYS}
-            apply_fn = get_model(c.model.family).apply
-            result[p]["table"][w] = mean_abs(apply_fn, params, probe, c.model)
+            params = load_params(os.path.join(workdir, name))
+            result[p]["table"][w] = mean_abs(
+                get_model(c.model.family).apply, params, probe, c.model
+            )
         for r in result.values():
             r["slopes"] = analysis.slopes(r["table"])
         atomic.write_json(os.path.join(stage_dir, "coord_check.json"), result)

@@ -7,15 +7,14 @@ r"""Pre-training, instruction tuning, then DPO with `ast.parse` as the judge: on
 Stages (studies/stages.py; a rerun skips finished stages and resumes an interrupted run):
   pretrain  run     experiments/gpt.py's model and schedule (`size`) on the stdlib corpus
   sft       run     experiments/sft.py's instruction tuning from `pretrain` (init_from)
-  pairs     action  `samples` completions of each of `prompts` train-split function headers from
-                    the SFT model, a body that parses paired with one that does not (same
-                    prompt), each pair scored once by the frozen SFT model -> pairs/pairs.json
-  dpo       run     the policy initialised from `sft`, trained `steps` updates of `batch` pairs by
-                    the one loop with the DPO recipe (prefs/recipe.py); `eval_percent` of the pair
-                    prompts are its held-out pairs
-  heldout   action  SFT vs DPO: `heldout_samples` completions of each of the first `heldout`
-                    validation-split headers, same settings and keys, judged
-report.md gives the fraction of held-out completions that parse for each model (prefs/study.py).
+  pairs     action  `samples` SFT completions of each of `prompts` train-split function headers;
+                    a body that parses paired with one that does not (same prompt), scored once
+                    by the frozen SFT model -> pairs/pairs.json
+  dpo       run     from `sft`, `steps` updates of `batch` pairs with the DPO recipe
+                    (prefs/recipe.py); `eval_percent` of the pair prompts are held out
+  heldout   action  SFT vs DPO: `heldout_samples` judged completions of each of the first
+                    `heldout` validation-split headers, same settings and keys
+report.md gives the fraction of held-out completions that parse for each model.
 
 Arguments: size (the model of every stage), pre_steps, sft_steps, beta, steps, lr, batch,
 prompts, samples, heldout, heldout_samples, max_new (tokens per completion), max_prompt (longest
@@ -73,22 +72,21 @@ def get_config(arg: str = ""):
 
 def _run(config, data, train, init_from: str = ""):
     run = base_config()
-    run.seed, run.init_from = config.seed, init_from
-    run.model = config.model.copy_and_resolve_references()
-    run.data, run.train = data, train.copy_and_resolve_references()
-    return run
+    run.seed, run.init_from, run.model = config.seed, init_from, config.model
+    run.data, run.train = data, train
+    return run.copy_and_resolve_references()
 
 
 def _instructions(config, seq_len: int, batch_size: int):
     data = config.data.copy_and_resolve_references()
-    data.update(dict(source="instructions", dataset="stdlib", glob=""))
-    data.seq_len, data.batch_size = seq_len, batch_size
+    data.update(source="instructions", dataset="stdlib", glob="", seq_len=seq_len)
+    data.batch_size = batch_size
     return data
 
 
 def stage_configs(config, workdir: str) -> dict:
     """The run configs of the `pretrain`, `sft` and `dpo` stages of the study in `workdir`."""
-    pre = _run(config, config.data.copy_and_resolve_references(), config.pretrain)
+    pre = _run(config, config.data, config.pretrain)
     tuned = _run(
         config,
         _instructions(config, config.sft.seq_len, config.sft.batch_size),
@@ -102,7 +100,8 @@ def stage_configs(config, workdir: str) -> dict:
         config.policy.train,
         init_from=stage_dir(workdir, "sft"),
     )
-    policy.dpo = d.copy_and_resolve_references()
+    policy.dpo = d
+    policy = policy.copy_and_resolve_references()
     policy.dpo.pairs = f"{stage_dir(workdir, 'pairs')}/pairs.json"
     return {"pretrain": pre, "sft": tuned, "dpo": policy}
 

@@ -25,9 +25,7 @@ import os
 from common import atomic
 from experiments.common import base_config, parse_arg
 from studies import mup as analysis
-from studies.stages import Stage, run_config
-
-PARAMETRIZATIONS = ("sp", "mup")
+from studies.stages import Stage
 
 
 def get_config(arg: str = ""):
@@ -49,7 +47,7 @@ def get_config(arg: str = ""):
     t.eval_batches = 2 if args.runlocal else 16
     config.data.seq_len, config.data.batch_size = 64, 8
     config.transfer = dict(
-        parametrizations=PARAMETRIZATIONS,
+        parametrizations=analysis.PARAMETRIZATIONS,
         widths=tuple(int(w) for w in args.widths.split("/"))[: 2 if args.runlocal else None],
         lr_exps=tuple(range(lo, hi + 1))[: 2 if args.runlocal else None],
         seeds=2 if args.runlocal else args.seeds,
@@ -73,24 +71,16 @@ def members(config) -> list[dict]:
 
 def point_config(config, parametrization: str, width: int, lr_exp: int, seed: int = 0):
     """The run config of one member: width d_model (d_ff = 4x), LR 2**lr_exp, seed offset."""
-    c = run_config(config, "transfer")
-    c.seed = config.seed + seed
-    c.model.d_model, c.model.d_ff = width, 4 * width
-    c.model.mup.enabled = parametrization == "mup"
-    c.train.lr = 2.0**lr_exp
+    c = analysis.width_run(config, "transfer", parametrization, width)
+    c.seed, c.train.lr = config.seed + seed, 2.0**lr_exp
     return c
 
 
 def get_stages(config, workdir: str) -> list[Stage]:
     grid = members(config)
-    stages = [
-        Stage(
-            m["stage"],
-            point_config(config, m["parametrization"], m["width"], m["lr_exp"], m["seed"]),
-            record_nonfinite=True,
-        )
-        for m in grid
-    ]
+    keys = ("parametrization", "width", "lr_exp", "seed")
+    runs = [point_config(config, *(m[k] for k in keys)) for m in grid]
+    stages = [Stage(m["stage"], c, record_nonfinite=True) for m, c in zip(grid, runs, strict=True)]
 
     def transfer(stage_dir: str, rows: dict) -> dict:
         points = analysis.transfer_points(grid, rows)

@@ -1,4 +1,4 @@
-"""The analyses of the two muP studies, from their finished runs.
+"""The runs and analyses of the two muP studies.
 
 LR transfer (experiments/mup_transfer.py): every (parametrization, width, log2 LR, seed) is one
 run; `transfer_points` averages a point's seeds, `optima` picks the best LR per width, and
@@ -12,8 +12,18 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from common import atomic
+from studies.stages import run_config
 
+PARAMETRIZATIONS = ("sp", "mup")
 _MEANS = ("eval/loss", "eval/bits_per_byte")
+
+
+def width_run(config, block: str, parametrization: str, width: int):
+    """A run of the study `config` (without its `block`): d_model `width`, d_ff 4x, SP or muP."""
+    c = run_config(config, block)
+    c.model.d_model, c.model.d_ff = width, 4 * width
+    c.model.mup.enabled = parametrization == "mup"
+    return c
 
 
 def transfer_points(members: list[dict], rows: dict[str, dict]) -> list[dict]:
