@@ -1,19 +1,14 @@
 r"""Adapting a pre-trained byte-level GPT to a held-out slice of the corpus: full fine-tuning, LoRA
-and prompt tuning compared on the same task.
+and prompt tuning compared on the same task (docs/adapting.md).
 
-The base model is pre-trained on the top-level standard-library modules (`<stdlib>/*.py`); the
-adaptation task is the `asyncio` package (`<stdlib>/asyncio/*.py`), which pre-training never
-sees, split into train/validation files by the corpus's path hash. All four runs, the base model's
-evaluation before adaptation and the table as one study (studies/stages.py):
+The base model is pre-trained on the top-level stdlib modules; the task is the `asyncio` package,
+which pre-training never sees. All runs, the base model before adaptation and the table
+(`<workdir>/report.md`: held-out loss, trainable parameters, median step time) as one study:
 
   python launch/run.py --config experiments/adapt.py --workdir runs/adapt   # ~6 min, 2-core CPU
 
-The table (`<workdir>/report.md`) gives each method's held-out loss (nats/token and bits/byte on
-the task's validation files), trainable parameters (count and share of the model) and median
-step time (from the run's metrics.jsonl). Or one phase at a time (`method=pretrain|full|lora|
-prompt`, `base=` the pre-training workdir):
+Or one phase (`method=pretrain|full|lora|prompt`, `base=` the pre-training workdir):
 
-  python launch/run.py --config experiments/adapt.py:method=pretrain --workdir runs/adapt/pretrain
   python launch/run.py --config experiments/adapt.py:method=lora,base=runs/adapt/pretrain \
       --workdir runs/adapt/lora
 
@@ -52,10 +47,9 @@ def get_config(arg: str = ""):
     if args.method not in ("study", *METHODS):
         raise ValueError(f"method={args.method!r} is unknown; choose study or one of {METHODS}")
     config = base_config(args.size)
-    config.data.update(seq_len=128, batch_size=8, val_fraction=0.2)
+    config.data.update(seq_len=128, batch_size=8, val_fraction=0.2, glob=stdlib_glob(""))
     config.model.max_len = 256
     _schedule(config, args.pre_steps, "pretrain")
-    config.data.glob = stdlib_glob("")
     if args.method == "pretrain":
         return config
     if args.method == "study":

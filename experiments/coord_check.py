@@ -2,16 +2,10 @@ r"""muP coordinate check: mean |activation| per layer after a few large-LR steps
 
   python launch/run.py --config experiments/coord_check.py --workdir runs/coord_check
 
-A study (studies/stages.py): a 2-layer decoder of each width (4 heads, d_ff = 4 width, untied
-readout) trains `steps` Adam steps (constant LR, no clipping, no weight decay) through the
-training loop on the embedded corpus, under the standard parametrization (SP) and under muP
-(base width = the smallest), one run each in `<workdir>/<sp|mup>_d<width>`. The last stage,
-`activations`, loads every run's checkpoint and records the mean |x| of each activation the
-model tags with `checkpoint_name` (q, k, v, the attention output, the MLP pre-activation, per
-layer; models/activations.py) and of the output logits on one held-out batch, fits the slope of
-log(mean |x|) against log(width) per activation and writes `coord_check.json` and
-`coord_check.png` to `<workdir>/activations/`; `report.md` has the tables. Under muP the curves
-are flat (slopes near 0); under SP they grow with width (TP5, Yang et al. 2022, Fig. 5).
+A study (studies/stages.py): one run per (SP or muP, width) of a 2-layer decoder (4 heads, d_ff =
+4 width, untied readout, constant LR, no clipping or weight decay) in `<workdir>/<sp|mup>_d<width>`;
+the `activations` stage records each run's mean |x| per tagged activation (models/activations.py)
+on one held-out batch and its slope against width (docs/mup.md). Under muP the slopes are near 0.
 
 Arguments (comma-separated): widths=32/64/128, lr=0.02, steps=4, layers=2, seq_len=64.
 """
@@ -31,17 +25,15 @@ def get_config(arg: str = ""):
     if len(widths) < 2 or min(widths) < 4:
         raise ValueError(f"widths={args.widths} needs two or more widths of at least 4")
     config = base_config("tiny")
-    config.kind = "study"
+    config.kind, config.coord = "study", dict(widths=widths)
     m = config.model
     m.n_layers, m.n_heads, m.tie_embeddings = args.layers, 4, False
     m.mup.base_width = min(widths)
     t = config.train
     t.lr, t.schedule, t.warmup_steps, t.steps = args.lr, "constant", 0, args.steps
-    t.clip_norm, t.weight_decay, t.grad_accum = 0.0, 0.0, 1
+    t.clip_norm, t.weight_decay, t.grad_accum, t.eval_batches = 0.0, 0.0, 1, 1
     t.eval_every = t.ckpt_every = t.log_every = args.steps
-    t.eval_batches = 1
     config.data.seq_len, config.data.batch_size = args.seq_len, 8
-    config.coord = dict(widths=widths)
     return config
 
 

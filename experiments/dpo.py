@@ -16,13 +16,13 @@ Stages (studies/stages.py; a rerun skips finished stages and resumes an interrup
                     `heldout` validation-split headers, same settings and keys
 report.md gives the fraction of held-out completions that parse for each model.
 
-Arguments: size (the model of every stage), pre_steps, sft_steps, beta, steps, lr, batch,
-prompts, samples, heldout, heldout_samples, max_new (tokens per completion), max_prompt (longest
-prompt, in tokens), temperature, top_k, top_p, gen_batch (rows per sampling call), eval_percent,
-seed, pairs (rescore the pairs of an earlier pairs.json instead of sampling new ones). Any field
-is overridable: `--config.sft.train.lr=...`, `--config.dpo.beta=...`, `--config.model.n_layers=...`.
-Cost at the defaults (tiny: 2 x 128): see docs/preference.md.
+Arguments: size (the model of every stage), pre_steps, sft_steps, steps, lr, batch, and every
+`dpo` field (prefs/recipe.py) by its name, heldout, max_new and max_prompt standing for
+heldout_prompts, max_new_tokens and max_prompt_tokens (pairs=: rescore an earlier pairs.json).
+Any field is overridable (`--config.dpo.beta=...`). Cost at the defaults: docs/preference.md.
 """
+
+import os
 
 import ml_collections
 
@@ -51,16 +51,13 @@ def get_config(arg: str = ""):
     pre = gpt.get_config(f"size={args.size},steps={args.pre_steps}")
     tuned = sft.get_config(f"size={args.size},steps={args.sft_steps}")
     config = ml_collections.ConfigDict()
-    config.kind = "study"
-    config.seed = args.seed
+    config.kind, config.seed = "study", args.seed
     config.model = pre.model  # one architecture for every stage
     config.data = pre.data  # pre-training's; the later stages keep its tokenizer and data_dir
     config.pretrain = pre.train
-    config.sft = {
-        "train": tuned.train,
-        "seq_len": tuned.data.seq_len,
-        "batch_size": tuned.data.batch_size,
-    }
+    config.sft = dict(
+        train=tuned.train, seq_len=tuned.data.seq_len, batch_size=tuned.data.batch_size
+    )
     policy = base_config(args.size).train
     policy.steps, policy.lr, policy.warmup_steps = args.steps, args.lr, max(args.steps // 10, 1)
     policy.schedule, policy.weight_decay, policy.log_every = "constant", 0.0, 10
@@ -111,25 +108,23 @@ def get_stages(config, workdir: str) -> list[Stage]:
 
     c = stage_configs(config, workdir)
     sft_dir, dpo_dir = stage_dir(workdir, "sft"), stage_dir(workdir, "dpo")
+
+    def pairs(here: str, rows: dict) -> dict:
+        return make_pairs(c["dpo"], sft_dir, f"{here}/pairs.json", reuse=config.dpo.pairs)
+
+    def heldout(here: str, rows: dict) -> dict:
+        return compare(c["dpo"], {"sft": sft_dir, "dpo": dpo_dir})
+
     return [
         Stage("pretrain", config=c["pretrain"]),
         Stage("sft", config=c["sft"]),
-        Stage(
-            "pairs",
-            action=lambda d, rows: make_pairs(
-                c["dpo"], sft_dir, f"{d}/pairs.json", reuse=config.dpo.pairs
-            ),
-        ),
+        Stage("pairs", action=pairs),
         Stage("dpo", config=c["dpo"]),
-        Stage(
-            "heldout", action=lambda d, rows: compare(c["dpo"], {"sft": sft_dir, "dpo": dpo_dir})
-        ),
+        Stage("heldout", action=heldout),
     ]
 
 
 def report(config, rows: dict) -> str:
-    import os
-
     from prefs.study import report_table
 
     held, p, tuned, policy = rows["heldout"], rows["pairs"], rows["sft"], rows["dpo"]

@@ -1,11 +1,8 @@
 """The automatic judge that builds preference pairs without people, and its verdict summaries.
 
-A completion is accepted when `ast.parse` accepts prompt + completion (the prompt is a function
-header, the completion its body); `preference_pairs` pairs every accepted completion of a prompt
-with a rejected one of the same prompt. `function_body` cuts a sampled continuation of a header to
-the function's body first: up to the first non-blank line at column 0 (the dedent that ends the
-function), else all of it if the sampler stopped at EOS, else up to its last newline (the token
-budget ran out mid-body; that body is judged as it stands).
+A completion (a function body) is accepted when `ast.parse` accepts header + body. A sampled
+continuation is cut to the body first: up to the first non-blank line at column 0 (the dedent),
+else all of it if the sampler stopped at EOS, else up to its last newline (the budget ran out).
 """
 
 import ast

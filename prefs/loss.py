@@ -1,12 +1,9 @@
 """Direct preference optimisation (Rafailov et al. 2023) with precomputed reference log-probs.
 
-Batch (one preference pair per row; each side a packed-style row with a response `loss_mask`):
-  chosen_tokens, chosen_segment_ids, chosen_positions, chosen_loss_mask        [B, T]
-  rejected_tokens, rejected_segment_ids, rejected_positions, rejected_loss_mask [B, T]
-  ref_chosen_logp, ref_rejected_logp  [B]   computed once with the frozen reference model
-                                            (prefs/pairs.py), so no second model is on device
-loss = -log sigmoid(beta * ((logp_c - ref_c) - (logp_r - ref_r))), averaged over pairs, where
-logp is the summed log-probability of the response tokens (`loss_mask` on the predicted token).
+A batch row is one pair: `chosen_*` and `rejected_*` packed-style rows [B, T] (tokens,
+segment_ids, positions, loss_mask on the response) and `ref_chosen_logp`, `ref_rejected_logp` [B]
+(prefs/pairs.py). loss = -log sigmoid(beta * ((logp_c - ref_c) - (logp_r - ref_r))), averaged
+over pairs, logp being the summed log-probability of the response tokens.
 """
 
 from collections.abc import Callable

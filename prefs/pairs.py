@@ -25,11 +25,6 @@ def is_held_out(pair_id: str, eval_percent: int) -> bool:
     return zlib.crc32(f"dpo-eval:{pair_id}".encode()) % 100 < eval_percent
 
 
-def read(path: str) -> dict:
-    """The `{'pool', 'pairs'}` of a pairs.json."""
-    return json.loads(atomic.read_text(path))
-
-
 def pair_row(tokenizer, prompt: Sequence[int], body: str, seq_len: int) -> dict[str, np.ndarray]:
     """One side of a pair: `prompt + body + [EOS]` in a row of `seq_len`, `loss_mask` on the body
     and EOS (cut at `seq_len`)."""
@@ -115,10 +110,11 @@ def data_source(run, index: int, count: int):
             f"dpo.pairs={d.pairs!r} does not exist; run the study experiments/dpo.py (its pairs "
             "stage writes one) or pass a pairs.json"
         )
-    pairs = read(d.pairs)["pairs"]
-    held = [is_held_out(p["id"], d.eval_percent) for p in pairs]
-    train = [p for p, h in zip(pairs, held, strict=True) if not h]
-    evals = [p for p, h in zip(pairs, held, strict=True) if h]
+    pairs = json.loads(atomic.read_text(d.pairs))["pairs"]
+    split: dict[bool, list] = {False: [], True: []}
+    for p in pairs:
+        split[is_held_out(p["id"], d.eval_percent)].append(p)
+    train, evals = split[False], split[True]
     for name, part, least in (("training", train, B), ("held-out", evals, 1)):
         if len(part) < least:
             raise ValueError(

@@ -1,10 +1,8 @@
-"""Prompts of the DPO study and sampling completions of them (temperature sampling, KV cache).
+"""Prompts of the DPO study and judged completions of them (temperature sampling, KV cache).
 
 A prompt is `[BOS] instruction prompt + header` of an instruction pair whose response splits into
-a header and a body (`data.instructions.split_header`); the model writes the body. Prompts of
-different lengths are left-padded into one batch and EOS is the stop token. Batch i of a call is
-sampled with the key `fold_in(key(seed), i)`, so two parameter sets sampled with the same
-arguments see the same random numbers (the SFT vs DPO comparison).
+a header and a body; the model writes the body. Batch i of a call is sampled with the key
+`fold_in(key(seed), i)`, so two parameter sets sampled alike see the same random numbers.
 """
 
 import time

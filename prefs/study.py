@@ -3,6 +3,7 @@ stage), `compare` (the `heldout` stage) and the report's table. Both stages are 
 given the checkpoints they read; every process computes them and process 0 writes pairs.json.
 """
 
+import json
 import time
 
 import jax
@@ -33,7 +34,7 @@ def make_pairs(config, sft_dir: str, path: str, reuse: str = "") -> dict:
     params = load_params(sft_dir)
     t = time.perf_counter()
     if reuse:  # rescored by this SFT model: the texts of another run's pairs, not its scores
-        old = pairs.read(reuse)
+        old = json.loads(atomic.read_text(reuse))
         pool = old["pool"]
         found = [{k: p[k] for k in ("id", "prompt", "chosen", "rejected")} for p in old["pairs"]]
         prompts = len({p["id"] for p in found})
