@@ -1,19 +1,14 @@
 r"""Adapting a pre-trained byte-level GPT to a held-out slice of the corpus: full fine-tuning, LoRA
-and prompt tuning compared on the same task.
+and prompt tuning compared on the same task (docs/adapting.md).
 
-The base model is pre-trained on the top-level standard-library modules (`<stdlib>/*.py`); the
-adaptation task is the `asyncio` package (`<stdlib>/asyncio/*.py`), which pre-training never
-sees, split into train/validation files by the corpus's path hash. All four runs, the base model's
-evaluation before adaptation and the table as one study (studies/stages.py):
+The base model is pre-trained on the top-level stdlib modules; the task is the `asyncio` package,
+which pre-training never sees. All runs, the base model before adaptation and the table
+(`<workdir>/report.md`: held-out loss, trainable parameters, median step time) as one study:
 
   python launch/run.py --config experiments/adapt.py --workdir runs/adapt   # ~6 min, 2-core CPU
 
-The table (`<workdir>/report.md`) gives each method's held-out loss (nats/token and bits/byte on
-the task's validation files), trainable parameters (count and share of the model) and median
-step time (from the run's metrics.jsonl). Or one phase at a time (`method=pretrain|full|lora|
-prompt`, `base=` the pre-training workdir):
+Or one phase (`method=pretrain|full|lora|prompt`, `base=` the pre-training workdir):
 
-  python launch/run.py --config experiments/adapt.py:method=pretrain --workdir runs/adapt/pretrain
   python launch/run.py --config experiments/adapt.py:method=lora,base=runs/adapt/pretrain \
       --workdir runs/adapt/lora
 
@@ -21,13 +16,12 @@ Arguments: method (default study), base, size (default tiny: 2 x 128), steps (ad
 pre_steps, rank (LoRA), prompt_len.
 """
 
-import json
 import os
 import statistics
 
-from common import atomic
 from experiments.common import base_config, parse_arg
-from studies.stages import Stage, run_config
+from studies.stages import Stage, initial_eval, run_config
+from train.metrics import read_metrics
 
 METHODS = ("pretrain", "full", "lora", "prompt")
 # Peak learning rates per method: the fewer the trained parameters, the larger the usable step.
@@ -40,36 +34,22 @@ def stdlib_glob(sub: str) -> str:
 
 def _schedule(config, steps: int, method: str) -> None:
     t = config.train
-    t.steps = steps
-    t.lr = LR[method]
-    t.warmup_steps = max(t.steps // 10, 1)
-    t.eval_every = t.steps
-    t.eval_batches = 8
-    t.ckpt_every = t.steps
-    t.log_every = 10
+    t.steps, t.lr, t.warmup_steps = steps, LR[method], max(steps // 10, 1)
+    t.eval_every = t.ckpt_every = steps
+    t.eval_batches, t.log_every = 8, 10
     t.weight_decay = 0.0 if method in ("lora", "prompt") else 0.1
 
 
 def get_config(arg: str = ""):
     args = parse_arg(
-        arg,
-        method="study",
-        base="",
-        size="tiny",
-        steps=150,
-        pre_steps=300,
-        rank=8,
-        prompt_len=16,
+        arg, method="study", base="", size="tiny", steps=150, pre_steps=300, rank=8, prompt_len=16
     )
     if args.method not in ("study", *METHODS):
         raise ValueError(f"method={args.method!r} is unknown; choose study or one of {METHODS}")
     config = base_config(args.size)
-    config.data.seq_len = 128
-    config.data.batch_size = 8
-    config.data.val_fraction = 0.2
+    config.data.update(seq_len=128, batch_size=8, val_fraction=0.2, glob=stdlib_glob(""))
     config.model.max_len = 256
     _schedule(config, args.pre_steps, "pretrain")
-    config.data.glob = stdlib_glob("")
     if args.method == "pretrain":
         return config
     if args.method == "study":
@@ -86,11 +66,8 @@ def adapted(pretrain, method: str, base: str, steps: int, rank: int, prompt_len:
     config = pretrain.copy_and_resolve_references()
     _schedule(config, steps, method)
     config.data.glob = stdlib_glob("asyncio")
-    config.init_from = base
-    config.adapt.method = method
-    config.adapt.lora.rank = rank
-    config.adapt.lora.alpha = 2.0 * rank
-    config.adapt.lora.targets = "q,v,o"
+    config.init_from, config.adapt.method = base, method
+    config.adapt.lora.update(rank=rank, alpha=2.0 * rank, targets="q,v,o")
     config.adapt.prompt.length = prompt_len
     return config
 
@@ -105,28 +82,27 @@ def get_stages(config, workdir: str) -> list[Stage]:
         """The base model on the task before adaptation: a 'full' run's evaluation at step 0."""
         from adapt import wrap
         from data.pipeline import make_eval_batches
-        from studies.recipes import recipe_for
-        from train.loop import Run
 
         c = runs["full"]
-        run = Run(c, recipe=recipe_for(c))
-        batches = make_eval_batches(c.data, num_batches=c.train.eval_batches)
-        ev = run.evaluate(run.state.params, [run.global_batch(b) for b in batches])
-        total = wrap.count_trainable(run.state.params, c.adapt)[1]
-        return {**{f"eval/{k}": v for k, v in ev.items()}, "trainable": 0, "params": total}
+        run, row = initial_eval(
+            c, lambda _: make_eval_batches(c.data, num_batches=c.train.eval_batches)
+        )
+        return {**row, "trainable": 0, "params": wrap.count_trainable(run.state.params, c.adapt)[1]}
 
     def counts(stage_dir: str, rows: dict) -> dict:
         """Trainable parameters (from shapes) and median step time of each method's run."""
-        return {
-            m: {
-                "trainable": _count(c)[0],
-                "params": _count(c)[1],
-                "step_ms": _step_time_ms(
-                    os.path.join(workdir, m), c.data.batch_size * c.data.seq_len
-                ),
-            }
-            for m, c in runs.items()
-        }
+        out = {}
+        for m, c in runs.items():
+            logged = read_metrics(os.path.join(workdir, m, "metrics.jsonl"))
+            rates = [
+                r["perf/tokens_per_s"]
+                for r in logged
+                if "perf/tokens_per_s" in r and r["step"] > 10
+            ]
+            tokens = c.data.batch_size * c.data.seq_len
+            ms = 1000.0 * tokens / statistics.median(rates) if rates else float("nan")
+            out[m] = dict(zip(("trainable", "params"), _count(c), strict=True), step_ms=ms)
+        return out
 
     return [
         Stage("pretrain", pretrain),
@@ -151,12 +127,6 @@ def report(config, rows: dict) -> str:
             f"{c['step_ms']:.1f} |"
         )
     return "\n".join(lines)
-
-
-def _step_time_ms(workdir: str, tokens_per_step: int) -> float:
-    rows = map(json.loads, atomic.read_text(os.path.join(workdir, "metrics.jsonl")).splitlines())
-    rates = [r["perf/tokens_per_s"] for r in rows if "perf/tokens_per_s" in r and r["step"] > 10]
-    return 1000.0 * tokens_per_step / statistics.median(rates) if rates else float("nan")
 
 
 def _count(config) -> tuple[int, int]:

@@ -1,20 +1,12 @@
 r"""Sequence classification with the encoder: which top-level stdlib package a snippet is from.
 
-A BERT-style encoder (experiments/bert.py) is pre-trained with masked LM on the corpus, then
-fine-tuned with the classification head (pooled first token, cross-entropy) on data/labels.py's
-task: the `classes` packages with the most files (8 by default: test, idlelib, encodings, lib2to3,
-distutils, ctypes, unittest, asyncio), up to 8 leading 127-byte snippets per file, files split 80/20
-by a hash of their path (data/tasks.py). `scratch` fine-tunes the same model from random weights,
-the control that shows what pre-training adds. The held-out accuracy is in `eval/accuracy`.
-All phases as one study (studies/finetune.py; the table, beside the majority-class baseline, is
-`<workdir>/report.md`):
+A BERT-style encoder (experiments/bert.py) pre-trained with masked LM, then fine-tuned with the
+classification head on data/labels.py's task (the `classes` packages with the most files;
+docs/tasks.md); `scratch` trains the same model from random weights, the control. All phases as
+one study (studies/finetune.py; the table is `<workdir>/report.md`), or one phase at a time
+(`phase=pretrain|finetune|scratch`, `base=` the pre-training workdir):
 
   python launch/run.py --config experiments/classify.py --workdir runs/classify     # ~10 min
-
-or one phase at a time (`phase=pretrain|finetune|scratch`, `base=` the pre-training workdir):
-
-  python launch/run.py --config experiments/classify.py:phase=pretrain \
-      --workdir runs/classify/pretrain
   python launch/run.py --config experiments/classify.py:phase=finetune,base=runs/classify/pretrain \
       --workdir runs/classify/finetune
 
@@ -22,10 +14,8 @@ Arguments: phase (default study), base, size (tiny: 2 x 128), steps (fine-tuning
 classes, lr, scratch (the study trains the scratch control), runlocal.
 """
 
-import functools
-
 from experiments import bert
-from experiments.common import parse_arg, task_phase, task_run
+from experiments.common import task_experiment
 from studies import finetune
 
 
@@ -38,25 +28,7 @@ def set_task(config, args) -> None:
     config.data.batch_size = 32
 
 
-def get_config(arg: str = ""):
-    args = parse_arg(
-        arg,
-        phase="study",
-        base="",
-        size="tiny",
-        steps=150,
-        pre_steps=400,
-        classes=8,
-        lr=1e-3,
-        scratch=True,
-        runlocal=False,
-    )
-    pretrain = bert.get_config(f"size={args.size},steps={args.pre_steps}")
-    return task_phase(pretrain, args, set_task)
-
-
-def get_stages(config, workdir: str):
-    return finetune.stages(config, workdir, functools.partial(task_run, set_task=set_task))
-
-
+get_config, get_stages = task_experiment(
+    bert.get_config, set_task, steps=150, pre_steps=400, classes=8, lr=1e-3
+)
 report = finetune.report

@@ -1,5 +1,6 @@
 """Config arithmetic shared by experiments: the base config and `key=value,...` argument parsing."""
 
+import functools
 from typing import NamedTuple
 
 import ml_collections
@@ -210,6 +211,26 @@ def task_run(pretrain, args, phase: str, base: str, set_task) -> ml_collections.
         set_runlocal(config)
         config.train.eval_batches = 2
     return config
+
+
+def task_experiment(pretrain_config, set_task, **defaults):
+    """`(get_config, get_stages)` of a pre-train -> task experiment (classify.py, seq2seq.py):
+    `pretrain_config` is the pre-training experiment's get_config, `defaults` the arguments
+    beyond phase, base, size, scratch and runlocal (with steps, pre_steps and lr)."""
+
+    def get_config(arg: str = ""):
+        args = parse_arg(
+            arg, phase="study", base="", size="tiny", scratch=True, runlocal=False, **defaults
+        )
+        pretrain = pretrain_config(f"size={args.size},steps={args.pre_steps}")
+        return task_phase(pretrain, args, set_task)
+
+    def get_stages(config, workdir: str):
+        from studies import finetune
+
+        return finetune.stages(config, workdir, functools.partial(task_run, set_task=set_task))
+
+    return get_config, get_stages
 
 
 def base_config(size: str = "small") -> ml_collections.ConfigDict:

@@ -2,16 +2,10 @@ r"""muP coordinate check: mean |activation| per layer after a few large-LR steps
 
   python launch/run.py --config experiments/coord_check.py --workdir runs/coord_check
 
-A study (studies/stages.py): a 2-layer decoder of each width (4 heads, d_ff = 4 width, untied
-readout) trains `steps` Adam steps (constant LR, no clipping, no weight decay) through the
-training loop on the embedded corpus, under the standard parametrization (SP) and under muP
-(base width = the smallest), one run each in `<workdir>/<sp|mup>_d<width>`. The last stage,
-`activations`, loads every run's checkpoint and records the mean |x| of each activation the
-model tags with `checkpoint_name` (q, k, v, the attention output, the MLP pre-activation, per
-layer; models/activations.py) and of the output logits on one held-out batch, fits the slope of
-log(mean |x|) against log(width) per activation and writes `coord_check.json` and
-`coord_check.png` to `<workdir>/activations/`; `report.md` has the tables. Under muP the curves
-are flat (slopes near 0); under SP they grow with width (TP5, Yang et al. 2022, Fig. 5).
+A study (studies/stages.py): one run per (SP or muP, width) of a 2-layer decoder (4 heads, d_ff =
+4 width, untied readout, constant LR, no clipping or weight decay) in `<workdir>/<sp|mup>_d<width>`;
+the `activations` stage records each run's mean |x| per tagged activation (models/activations.py)
+on one held-out batch and its slope against width (docs/mup.md). Under muP the slopes are near 0.
 
 Arguments (comma-separated): widths=32/64/128, lr=0.02, steps=4, layers=2, seq_len=64.
 """
@@ -21,9 +15,8 @@ import os
 from common import atomic
 from experiments.common import base_config, parse_arg
 from studies import mup as analysis
-from studies.stages import Stage, run_config
-
-PARAMETRIZATIONS = ("sp", "mup")
+from studies.mup import PARAMETRIZATIONS
+from studies.stages import Stage
 
 
 def get_config(arg: str = ""):
@@ -32,31 +25,21 @@ def get_config(arg: str = ""):
     if len(widths) < 2 or min(widths) < 4:
         raise ValueError(f"widths={args.widths} needs two or more widths of at least 4")
     config = base_config("tiny")
-    config.kind = "study"
+    config.kind, config.coord = "study", dict(widths=widths)
     m = config.model
     m.n_layers, m.n_heads, m.tie_embeddings = args.layers, 4, False
     m.mup.base_width = min(widths)
     t = config.train
     t.lr, t.schedule, t.warmup_steps, t.steps = args.lr, "constant", 0, args.steps
-    t.clip_norm, t.weight_decay, t.grad_accum = 0.0, 0.0, 1
+    t.clip_norm, t.weight_decay, t.grad_accum, t.eval_batches = 0.0, 0.0, 1, 1
     t.eval_every = t.ckpt_every = t.log_every = args.steps
-    t.eval_batches = 1
     config.data.seq_len, config.data.batch_size = args.seq_len, 8
-    config.coord = dict(widths=widths)
     return config
-
-
-def width_config(config, parametrization: str, width: int):
-    """The run config of one width under SP or muP."""
-    c = run_config(config, "coord")
-    c.model.d_model, c.model.d_ff = width, 4 * width
-    c.model.mup.enabled = parametrization == "mup"
-    return c
 
 
 def get_stages(config, workdir: str) -> list[Stage]:
     runs = {
-        (p, w): (f"{p}_d{w}", width_config(config, p, w))
+        (p, w): (f"{p}_d{w}", analysis.width_run(config, "coord", p, w))
         for p in PARAMETRIZATIONS
         for w in config.coord.widths
     }
@@ -67,15 +50,16 @@ def get_stages(config, workdir: str) -> list[Stage]:
         from data.pipeline import BATCH_KEYS, make_eval_batches
         from models import get_model
         from models.activations import mean_abs
-        from train.checkpoint import load_state
+        from train.checkpoint import load_params
 
         result = {p: {"table": {}} for p in PARAMETRIZATIONS}
         for (p, w), (name, c) in runs.items():
-            params = load_state(os.path.join(workdir, name, "checkpoints"))["params"]
             probe = make_eval_batches(c.data, num_batches=1)[0]
             probe = {k: jnp.asarray(v) for k, v in probe.items() if k in BATCH_KEYS}
-            apply_fn = get_model(c.model.family).apply
-            result[p]["table"][w] = mean_abs(apply_fn, params, probe, c.model)
+            params = load_params(os.path.join(workdir, name))
+            result[p]["table"][w] = mean_abs(
+                get_model(c.model.family).apply, params, probe, c.model
+            )
         for r in result.values():
             r["slopes"] = analysis.slopes(r["table"])
         atomic.write_json(os.path.join(stage_dir, "coord_check.json"), result)

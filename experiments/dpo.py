@@ -7,23 +7,22 @@ r"""Pre-training, instruction tuning, then DPO with `ast.parse` as the judge: on
 Stages (studies/stages.py; a rerun skips finished stages and resumes an interrupted run):
   pretrain  run     experiments/gpt.py's model and schedule (`size`) on the stdlib corpus
   sft       run     experiments/sft.py's instruction tuning from `pretrain` (init_from)
-  pairs     action  `samples` completions of each of `prompts` train-split function headers from
-                    the SFT model, a body that parses paired with one that does not (same
-                    prompt), each pair scored once by the frozen SFT model -> pairs/pairs.json
-  dpo       run     the policy initialised from `sft`, trained `steps` updates of `batch` pairs by
-                    the one loop with the DPO recipe (prefs/recipe.py); `eval_percent` of the pair
-                    prompts are its held-out pairs
-  heldout   action  SFT vs DPO: `heldout_samples` completions of each of the first `heldout`
-                    validation-split headers, same settings and keys, judged
-report.md gives the fraction of held-out completions that parse for each model (prefs/study.py).
+  pairs     action  `samples` SFT completions of each of `prompts` train-split function headers;
+                    a body that parses paired with one that does not (same prompt), scored once
+                    by the frozen SFT model -> pairs/pairs.json
+  dpo       run     from `sft`, `steps` updates of `batch` pairs with the DPO recipe
+                    (prefs/recipe.py); `eval_percent` of the pair prompts are held out
+  heldout   action  SFT vs DPO: `heldout_samples` judged completions of each of the first
+                    `heldout` validation-split headers, same settings and keys
+report.md gives the fraction of held-out completions that parse for each model.
 
-Arguments: size (the model of every stage), pre_steps, sft_steps, beta, steps, lr, batch,
-prompts, samples, heldout, heldout_samples, max_new (tokens per completion), max_prompt (longest
-prompt, in tokens), temperature, top_k, top_p, gen_batch (rows per sampling call), eval_percent,
-seed, pairs (rescore the pairs of an earlier pairs.json instead of sampling new ones). Any field
-is overridable: `--config.sft.train.lr=...`, `--config.dpo.beta=...`, `--config.model.n_layers=...`.
-Cost at the defaults (tiny: 2 x 128): see docs/preference.md.
+Arguments: size (the model of every stage), pre_steps, sft_steps, steps, lr, batch, and every
+`dpo` field (prefs/recipe.py) by its name, heldout, max_new and max_prompt standing for
+heldout_prompts, max_new_tokens and max_prompt_tokens (pairs=: rescore an earlier pairs.json).
+Any field is overridable (`--config.dpo.beta=...`). Cost at the defaults: docs/preference.md.
 """
+
+import os
 
 import ml_collections
 
@@ -52,16 +51,13 @@ def get_config(arg: str = ""):
     pre = gpt.get_config(f"size={args.size},steps={args.pre_steps}")
     tuned = sft.get_config(f"size={args.size},steps={args.sft_steps}")
     config = ml_collections.ConfigDict()
-    config.kind = "study"
-    config.seed = args.seed
+    config.kind, config.seed = "study", args.seed
     config.model = pre.model  # one architecture for every stage
     config.data = pre.data  # pre-training's; the later stages keep its tokenizer and data_dir
     config.pretrain = pre.train
-    config.sft = {
-        "train": tuned.train,
-        "seq_len": tuned.data.seq_len,
-        "batch_size": tuned.data.batch_size,
-    }
+    config.sft = dict(
+        train=tuned.train, seq_len=tuned.data.seq_len, batch_size=tuned.data.batch_size
+    )
     policy = base_config(args.size).train
     policy.steps, policy.lr, policy.warmup_steps = args.steps, args.lr, max(args.steps // 10, 1)
     policy.schedule, policy.weight_decay, policy.log_every = "constant", 0.0, 10
@@ -73,22 +69,21 @@ def get_config(arg: str = ""):
 
 def _run(config, data, train, init_from: str = ""):
     run = base_config()
-    run.seed, run.init_from = config.seed, init_from
-    run.model = config.model.copy_and_resolve_references()
-    run.data, run.train = data, train.copy_and_resolve_references()
-    return run
+    run.seed, run.init_from, run.model = config.seed, init_from, config.model
+    run.data, run.train = data, train
+    return run.copy_and_resolve_references()
 
 
 def _instructions(config, seq_len: int, batch_size: int):
     data = config.data.copy_and_resolve_references()
-    data.update(dict(source="instructions", dataset="stdlib", glob=""))
-    data.seq_len, data.batch_size = seq_len, batch_size
+    data.update(source="instructions", dataset="stdlib", glob="", seq_len=seq_len)
+    data.batch_size = batch_size
     return data
 
 
 def stage_configs(config, workdir: str) -> dict:
     """The run configs of the `pretrain`, `sft` and `dpo` stages of the study in `workdir`."""
-    pre = _run(config, config.data.copy_and_resolve_references(), config.pretrain)
+    pre = _run(config, config.data, config.pretrain)
     tuned = _run(
         config,
         _instructions(config, config.sft.seq_len, config.sft.batch_size),
@@ -102,7 +97,8 @@ def stage_configs(config, workdir: str) -> dict:
         config.policy.train,
         init_from=stage_dir(workdir, "sft"),
     )
-    policy.dpo = d.copy_and_resolve_references()
+    policy.dpo = d
+    policy = policy.copy_and_resolve_references()
     policy.dpo.pairs = f"{stage_dir(workdir, 'pairs')}/pairs.json"
     return {"pretrain": pre, "sft": tuned, "dpo": policy}
 
@@ -112,25 +108,23 @@ def get_stages(config, workdir: str) -> list[Stage]:
 
     c = stage_configs(config, workdir)
     sft_dir, dpo_dir = stage_dir(workdir, "sft"), stage_dir(workdir, "dpo")
+
+    def pairs(here: str, rows: dict) -> dict:
+        return make_pairs(c["dpo"], sft_dir, f"{here}/pairs.json", reuse=config.dpo.pairs)
+
+    def heldout(here: str, rows: dict) -> dict:
+        return compare(c["dpo"], {"sft": sft_dir, "dpo": dpo_dir})
+
     return [
         Stage("pretrain", config=c["pretrain"]),
         Stage("sft", config=c["sft"]),
-        Stage(
-            "pairs",
-            action=lambda d, rows: make_pairs(
-                c["dpo"], sft_dir, f"{d}/pairs.json", reuse=config.dpo.pairs
-            ),
-        ),
+        Stage("pairs", action=pairs),
         Stage("dpo", config=c["dpo"]),
-        Stage(
-            "heldout", action=lambda d, rows: compare(c["dpo"], {"sft": sft_dir, "dpo": dpo_dir})
-        ),
+        Stage("heldout", action=heldout),
     ]
 
 
 def report(config, rows: dict) -> str:
-    import os
-
     from prefs.study import report_table
 
     held, p, tuned, policy = rows["heldout"], rows["pairs"], rows["sft"], rows["dpo"]

@@ -2,22 +2,15 @@ r"""Learning-rate transfer across width: SP vs muP, loss against LR per width (T
 
   python launch/run.py --config experiments/mup_transfer.py --workdir runs/mup_transfer
 
-A study (studies/stages.py): every (parametrization, width, lr, seed) member of the grid below is
-one ordinary run of the training loop from scratch on the embedded stdlib corpus (byte
-tokenizer), in `<workdir>/<member>`; the members of one (parametrization, width) share one
-compiled step through the persistent compilation cache (the LR schedule is a runtime argument of
-the step). A member whose loss or gradient turns non-finite is recorded as diverged. The last
-stage, `transfer`, writes `points.jsonl` (one line per grid point, seeds averaged),
-`optima.json` (best log2 LR per width) and `mup_transfer.png` (held-out loss against LR, one
-curve per width, SP and muP side by side) to `<workdir>/transfer/`; `report.md` has the table.
-Rerunning skips finished members. Under SP the best LR falls as the model widens; under muP
-(base width = the smallest) it stays put.
+A study (studies/stages.py): every (parametrization, width, lr, seed) member of the grid is one
+run from scratch in `<workdir>/<member>` (a non-finite one is recorded as diverged); the
+`transfer` stage writes the points, the optima and the plot to `<workdir>/transfer/`
+(docs/mup.md). Under SP the best LR falls as the model widens; under muP it stays put.
 
 Arguments (comma-separated): steps=N (per member), widths=32/64/128 (slash-separated; the first
-is muP's base width), lr_exps=-12/-2 (the log2 LR range, one point per integer: wide enough that
-every optimum is interior), seeds=N (every point trains N times, seeds config.seed..+N-1, each
-with its own init and data order; the curves and optima use the mean held-out loss), runlocal
-(2 widths x 2 LRs x 2 seeds x 10 steps). Measured cost is in docs/mup.md.
+is muP's base width), lr_exps=-12/-2 (the log2 LR range, one point per integer), seeds=N (seeds
+config.seed..+N-1 per point; the curves use the mean held-out loss), runlocal (2 widths x 2 LRs
+x 2 seeds x 10 steps). Measured cost is in docs/mup.md.
 """
 
 import os
@@ -25,9 +18,7 @@ import os
 from common import atomic
 from experiments.common import base_config, parse_arg
 from studies import mup as analysis
-from studies.stages import Stage, run_config
-
-PARAMETRIZATIONS = ("sp", "mup")
+from studies.stages import Stage
 
 
 def get_config(arg: str = ""):
@@ -35,21 +26,18 @@ def get_config(arg: str = ""):
     config = base_config("tiny")
     config.kind = "study"
     m = config.model
-    m.n_layers, m.n_heads = 2, 2
-    m.tie_embeddings = False  # muP's readout (multiplier, LR) is its own matrix
+    m.n_layers, m.n_heads, m.tie_embeddings = 2, 2, False  # muP's readout is its own matrix
     m.mup.base_width = int(args.widths.split("/")[0])
     lo, hi = (int(e) for e in args.lr_exps.split("/"))
     t = config.train
     t.steps = 10 if args.runlocal else args.steps
-    t.warmup_steps = max(1, t.steps // 10)
+    t.warmup_steps, t.log_every, t.grad_accum = max(1, t.steps // 10), max(1, t.steps // 5), 1
     t.clip_norm = 0.0  # clipping rescales gradients per width differently under SP and muP
-    t.grad_accum = 1
     t.eval_every = t.ckpt_every = t.steps
-    t.log_every = max(1, t.steps // 5)
     t.eval_batches = 2 if args.runlocal else 16
     config.data.seq_len, config.data.batch_size = 64, 8
     config.transfer = dict(
-        parametrizations=PARAMETRIZATIONS,
+        parametrizations=analysis.PARAMETRIZATIONS,
         widths=tuple(int(w) for w in args.widths.split("/"))[: 2 if args.runlocal else None],
         lr_exps=tuple(range(lo, hi + 1))[: 2 if args.runlocal else None],
         seeds=2 if args.runlocal else args.seeds,
@@ -73,24 +61,16 @@ def members(config) -> list[dict]:
 
 def point_config(config, parametrization: str, width: int, lr_exp: int, seed: int = 0):
     """The run config of one member: width d_model (d_ff = 4x), LR 2**lr_exp, seed offset."""
-    c = run_config(config, "transfer")
-    c.seed = config.seed + seed
-    c.model.d_model, c.model.d_ff = width, 4 * width
-    c.model.mup.enabled = parametrization == "mup"
-    c.train.lr = 2.0**lr_exp
+    c = analysis.width_run(config, "transfer", parametrization, width)
+    c.seed, c.train.lr = config.seed + seed, 2.0**lr_exp
     return c
 
 
 def get_stages(config, workdir: str) -> list[Stage]:
     grid = members(config)
-    stages = [
-        Stage(
-            m["stage"],
-            point_config(config, m["parametrization"], m["width"], m["lr_exp"], m["seed"]),
-            record_nonfinite=True,
-        )
-        for m in grid
-    ]
+    keys = ("parametrization", "width", "lr_exp", "seed")
+    runs = [point_config(config, *(m[k] for k in keys)) for m in grid]
+    stages = [Stage(m["stage"], c, record_nonfinite=True) for m, c in zip(grid, runs, strict=True)]
 
     def transfer(stage_dir: str, rows: dict) -> dict:
         points = analysis.transfer_points(grid, rows)
@@ -112,17 +92,11 @@ def report(config, rows: dict) -> str:
         "| parametrization | d_model | " + " | ".join(f"2^{e}" for e in exps) + " | best |",
         "| --- | --- |" + " --- |" * (len(exps) + 1),
     ]
+    at = {(r["parametrization"], r["width"], r["lr_exp"]): r for r in out["points"]}
     for p in config.transfer.parametrizations:
         for w in config.transfer.widths:
-            got = {
-                r["lr_exp"]: r
-                for r in out["points"]
-                if r["parametrization"] == p and r["width"] == w
-            }
-            cells = [
-                f"{got[e]['eval_loss']:.3f}" if got[e]["status"] == "ok" else "diverged"
-                for e in exps
-            ]
+            got = [at[p, w, e] for e in exps]
+            cells = [f"{r['eval_loss']:.3f}" if r["status"] == "ok" else "diverged" for r in got]
             best = out["optima"].get(p, {}).get(str(w))
             lines.append(f"| {p} | {w} | " + " | ".join(cells) + f" | 2^{best} |")
     lines.append("")

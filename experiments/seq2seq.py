@@ -1,19 +1,12 @@
 r"""Task fine-tuning of the encoder-decoder: name a function from its docstring and body.
 
-A T5-style model (experiments/t5.py, v1.1) is pre-trained with span corruption on the corpus, then
-fine-tuned on data/naming.py's task (input: a stdlib function's docstring and source with the name
-in its `def` line replaced by `_`; target: the name; files split 80/20 by a hash of their path,
-the stdlib's own test suites left out), cross-entropy on every target token. `scratch` trains the
-same model on the task from random weights. All phases as one study (studies/finetune.py): held-out
-loss before and after fine-tuning and the exact match of greedy decoding (models/generate.py) of
-`decode` held-out examples beside the majority-name baseline, in `<workdir>/report.md`:
+A T5-style model (experiments/t5.py, v1.1) pre-trained with span corruption, then fine-tuned on
+data/naming.py's task (the name of a stdlib function from its source with the name replaced by
+`_`; docs/tasks.md); `scratch` trains the same model from random weights. All phases as one study
+(studies/finetune.py: held-out loss and greedy-decoding exact match of `decode` held-out
+examples, in `<workdir>/report.md`), or one phase at a time (`phase=pretrain|finetune|scratch`):
 
   python launch/run.py --config experiments/seq2seq.py:scratch=False --workdir runs/seq2seq
-
-or one phase at a time (`phase=pretrain|finetune|scratch`, `base=` the pre-training workdir):
-
-  python launch/run.py --config experiments/seq2seq.py:phase=pretrain \
-      --workdir runs/seq2seq/pretrain
   python launch/run.py --config experiments/seq2seq.py:phase=finetune,base=runs/seq2seq/pretrain \
       --workdir runs/seq2seq/finetune
 
@@ -22,10 +15,8 @@ pre_steps, seq_len (fine-tuning input tokens), lr, scratch (the study trains the
 decode (held-out examples the study decodes), runlocal.
 """
 
-import functools
-
 from experiments import t5
-from experiments.common import parse_arg, task_phase, task_run
+from experiments.common import task_experiment
 from studies import finetune
 
 
@@ -37,26 +28,7 @@ def set_task(config, args) -> None:
     config.data.batch_size = 16
 
 
-def get_config(arg: str = ""):
-    args = parse_arg(
-        arg,
-        phase="study",
-        base="",
-        size="tiny",
-        steps=200,
-        pre_steps=300,
-        seq_len=128,
-        lr=2e-3,
-        scratch=True,
-        decode=512,
-        runlocal=False,
-    )
-    pretrain = t5.get_config(f"size={args.size},steps={args.pre_steps}")
-    return task_phase(pretrain, args, set_task)
-
-
-def get_stages(config, workdir: str):
-    return finetune.stages(config, workdir, functools.partial(task_run, set_task=set_task))
-
-
+get_config, get_stages = task_experiment(
+    t5.get_config, set_task, steps=200, pre_steps=300, seq_len=128, lr=2e-3, decode=512
+)
 report = finetune.report

@@ -1,11 +1,8 @@
 """The automatic judge that builds preference pairs without people, and its verdict summaries.
 
-A completion is accepted when `ast.parse` accepts prompt + completion (the prompt is a function
-header, the completion its body); `preference_pairs` pairs every accepted completion of a prompt
-with a rejected one of the same prompt. `function_body` cuts a sampled continuation of a header to
-the function's body first: up to the first non-blank line at column 0 (the dedent that ends the
-function), else all of it if the sampler stopped at EOS, else up to its last newline (the token
-budget ran out mid-body; that body is judged as it stands).
+A completion (a function body) is accepted when `ast.parse` accepts header + body. A sampled
+continuation is cut to the body first: up to the first non-blank line at column 0 (the dedent),
+else all of it if the sampler stopped at EOS, else up to its last newline (the budget ran out).
 """
 
 import ast
@@ -24,15 +21,8 @@ def parses(prompt: str, completion: str) -> bool:
 
 
 def function_body(text: str, stopped: bool) -> tuple[str, str]:
-    """(body, how it ended) of a sampled continuation of a function header (module docstring).
-
-    Args:
-      text: the decoded continuation (without the stop token).
-      stopped: whether the sampler emitted the stop token (EOS) before its token budget ran out.
-
-    Returns:
-      (body, 'dedent' | 'stop' | 'truncated').
-    """
+    """(body, 'dedent' | 'stop' | 'truncated') of the decoded continuation `text` of a function
+    header (module docstring); `stopped`: the sampler emitted EOS before its budget ran out."""
     at = 0
     for line in text.splitlines(keepends=True):
         if line.strip() and not line[0].isspace():
@@ -52,13 +42,8 @@ def judge(tokenizer, header: str, completion: Sequence[int], stopped: bool) -> d
 def preference_pairs(
     prompt: str, completions: Sequence[str], judge: Callable[[str, str], bool] = parses
 ) -> list[tuple[str, str]]:
-    """(chosen, rejected) pairs: each accepted completion with a rejected one, round robin.
-
-    Args:
-      prompt: the text the completions continue (the function header).
-      completions: the sampled completions of that prompt.
-      judge: `judge(prompt, completion) -> accepted` (default: `parses`).
-    """
+    """(chosen, rejected) pairs of the `completions` of `prompt`: each accepted (by
+    `judge(prompt, completion)`) with a rejected one, round robin."""
     verdicts = [judge(prompt, c) for c in completions]
     good = [c for c, ok in zip(completions, verdicts, strict=True) if ok]
     bad = [c for c, ok in zip(completions, verdicts, strict=True) if not ok]
@@ -73,12 +58,11 @@ def build_pairs(prompts: Sequence[dict], verdicts: Sequence[Sequence[dict]]) -> 
     out = []
     for prompt, vs in zip(prompts, verdicts, strict=True):
         by_body = {v["body"]: v["parses"] for v in vs}
-        pairs = preference_pairs(
-            prompt["header"], [v["body"] for v in vs], judge=lambda _, body, v=by_body: v[body]
-        )
+        bodies = [v["body"] for v in vs]
+        found = preference_pairs(prompt["header"], bodies, lambda _, b, ok=by_body: ok[b])
         out += [
             {"id": prompt["id"], "prompt": prompt["tokens"], "chosen": c, "rejected": r}
-            for c, r in pairs
+            for c, r in found
         ]
     return out
 

@@ -1,12 +1,9 @@
 """Direct preference optimisation (Rafailov et al. 2023) with precomputed reference log-probs.
 
-Batch (one preference pair per row; each side a packed-style row with a response `loss_mask`):
-  chosen_tokens, chosen_segment_ids, chosen_positions, chosen_loss_mask        [B, T]
-  rejected_tokens, rejected_segment_ids, rejected_positions, rejected_loss_mask [B, T]
-  ref_chosen_logp, ref_rejected_logp  [B]   computed once with the frozen reference model
-                                            (prefs/pairs.py), so no second model is on device
-loss = -log sigmoid(beta * ((logp_c - ref_c) - (logp_r - ref_r))), averaged over pairs, where
-logp is the summed log-probability of the response tokens (`loss_mask` on the predicted token).
+A batch row is one pair: `chosen_*` and `rejected_*` packed-style rows [B, T] (tokens,
+segment_ids, positions, loss_mask on the response) and `ref_chosen_logp`, `ref_rejected_logp` [B]
+(prefs/pairs.py). loss = -log sigmoid(beta * ((logp_c - ref_c) - (logp_r - ref_r))), averaged
+over pairs, logp being the summed log-probability of the response tokens.
 """
 
 from collections.abc import Callable
@@ -52,16 +49,10 @@ def make_logp_fn(apply_fn: Callable, cfg) -> Callable:
 
 
 def make_loss_fn(cfg, apply_fn: Callable, *, beta: float = 0.1) -> Callable:
-    """Builds `loss_fn(params, batch, rng) -> (loss, aux)`, the mean DPO loss over pairs.
-
-    aux holds sums over the batch's pairs (logged per pair: `tokens` counts pairs; a batch's
-    `weight` [B], when given, is 0 on padding rows):
-      nll_sum            the DPO loss
-      accuracy_sum       pairs whose implicit reward margin is positive
-      margin_sum         the policy's log-prob margin logp_c - logp_r
-      reward_margin_sum  beta * ((logp_c - ref_c) - (logp_r - ref_r)), the implicit reward margin
-    so the step's metrics carry everything to log and nothing runs twice.
-    """
+    """Builds `loss_fn(params, batch, rng) -> (loss, aux)`, the mean DPO loss over pairs; aux
+    sums over the pairs (`tokens` counts them; `weight` [B] is 0 on padding rows) the loss
+    (`nll_sum`), pairs with a positive implicit reward (`accuracy_sum`), the policy's log-prob
+    margin logp_c - logp_r (`margin_sum`) and the implicit reward margin (`reward_margin_sum`)."""
     logp_fn = make_logp_fn(apply_fn, cfg)
 
     def loss_fn(params, batch: dict, rng: jax.Array | None = None):

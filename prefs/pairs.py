@@ -1,19 +1,11 @@
 """Preference pairs as training data: pairs.json, its arrays, reference scoring, grain batches.
 
-`pairs.json` (written by the study's `pairs` stage, prefs/study.py) is `{'pool': ..., 'pairs':
-[...]}`, a pair being `{'id', 'prompt' (token ids), 'chosen', 'rejected' (body texts),
-'ref_chosen_logp', 'ref_rejected_logp'}`: the frozen reference's summed log-probs of each side,
-computed once (`reference_logps`), so the reference is never on device during training.
-
-Each side becomes a row `prompt + body + [EOS]` of `data.seq_len` tokens with `loss_mask` on the
-body and EOS. A pair is held out (the run's evaluation) when crc32('dpo-eval:' + prompt id) % 100
-is below `dpo.eval_percent`: whole prompts, so no held-out prompt is trained on. A row's
-`weight` is 1, and 0 on the rows that pad the last held-out batch.
-
-Training batches (`make_train_iterator`) are a grain dataset: the training pairs shuffled from the
-seed and reshuffled every epoch, cut into global batches of `data.batch_size` consecutive pairs,
-of which this process keeps its block of rows; so the global batches do not depend on the
-process count, and the iterator's position is checkpointed with the train state.
+`pairs.json` (prefs/study.py) is `{'pool', 'pairs'}`, a pair `{'id', 'prompt' (token ids),
+'chosen', 'rejected' (body texts), 'ref_chosen_logp', 'ref_rejected_logp'}` (the frozen
+reference's log-probs, computed once). A side is a row `prompt + body + [EOS]` with `loss_mask`
+on the body and EOS; a row's `weight` is 0 where it pads the last held-out batch. Whole prompts
+are held out (`is_held_out`). Training batches are a checkpointable grain dataset whose global
+batches do not depend on the process count (each process keeps its block of rows).
 """
 
 import json
@@ -29,12 +21,8 @@ from prefs.loss import SIDES
 
 
 def is_held_out(pair_id: str, eval_percent: int) -> bool:
+    """Whether the pairs of prompt `pair_id` are held out: crc32 % 100 below `eval_percent`."""
     return zlib.crc32(f"dpo-eval:{pair_id}".encode()) % 100 < eval_percent
-
-
-def read(path: str) -> dict:
-    """The `{'pool', 'pairs'}` of a pairs.json."""
-    return json.loads(atomic.read_text(path))
 
 
 def pair_row(tokenizer, prompt: Sequence[int], body: str, seq_len: int) -> dict[str, np.ndarray]:
@@ -74,50 +62,26 @@ def reference_logps(
     """`{'ref_chosen_logp', 'ref_rejected_logp'}` [N] of every pair, `batch_size` rows per call
     of `logp_fn(params, batch) -> (chosen [B], rejected [B])` (the last batch padded)."""
     n = len(arrays["chosen_tokens"])
-    chosen, rejected = [], []
+    out = []
     for start in range(0, n, batch_size):
         idx = np.minimum(np.arange(start, start + batch_size), n - 1)
-        c, r = logp_fn(ref_params, {k: v[idx] for k, v in arrays.items()})
-        m = min(batch_size, n - start)
-        chosen.append(np.asarray(c)[:m])
-        rejected.append(np.asarray(r)[:m])
-    return {
-        "ref_chosen_logp": np.concatenate(chosen),
-        "ref_rejected_logp": np.concatenate(rejected),
-    }
-
-
-class _Rows:
-    """Random access to pair i of stacked arrays (a grain source)."""
-
-    def __init__(self, arrays: dict[str, np.ndarray]):
-        self._arrays = arrays
-
-    def __len__(self) -> int:
-        return len(next(iter(self._arrays.values())))
-
-    def __getitem__(self, i: int) -> dict[str, np.ndarray]:
-        return {k: v[i] for k, v in self._arrays.items()}
-
-
-class _Block:
-    """Rows [lo, hi) of a global batch: this process's block."""
-
-    def __init__(self, lo: int, hi: int):
-        self.lo, self.hi = lo, hi
-
-    def __call__(self, batch: dict) -> dict:
-        return {k: v[self.lo : self.hi] for k, v in batch.items()}
+        sides = logp_fn(ref_params, {k: v[idx] for k, v in arrays.items()})
+        out.append([np.asarray(x)[: n - start] for x in sides])
+    return {f"ref_{s}_logp": np.concatenate([o[i] for o in out]) for i, s in enumerate(SIDES)}
 
 
 def make_train_iterator(
     arrays: dict[str, np.ndarray], batch_size: int, *, seed: int, index: int = 0, count: int = 1
 ) -> grain.DatasetIterator:
     """Endless, checkpointable batches: block `index` of `count` of each global batch of
-    `batch_size` pairs (module docstring)."""
-    rows = batch_size // count
-    ds = grain.MapDataset.source(_Rows(arrays)).shuffle(seed=shuffle_seed(seed)).repeat(None)
-    ds = ds.batch(batch_size, drop_remainder=True).map(_Block(index * rows, (index + 1) * rows))
+    `batch_size` pairs, shuffled from `seed` and reshuffled every epoch."""
+    rows, n = batch_size // count, len(next(iter(arrays.values())))
+    pairs = [{k: v[i] for k, v in arrays.items()} for i in range(n)]
+    ds = grain.MapDataset.source(pairs).shuffle(seed=shuffle_seed(seed)).repeat(None)
+    block = slice(index * rows, (index + 1) * rows)  # this process's rows of a global batch
+    ds = ds.batch(batch_size, drop_remainder=True).map(
+        lambda b: {k: v[block] for k, v in b.items()}
+    )
     return iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=0)))
 
 
@@ -129,20 +93,16 @@ def make_eval_batches(
     n = len(next(iter(arrays.values())))
     padded = -(-n // batch_size) * batch_size
     pad = {k: np.pad(v, [(0, padded - n)] + [(0, 0)] * (v.ndim - 1)) for k, v in arrays.items()}
-    rows = batch_size // count
-    lo = index * rows
+    lo, rows = index * (batch_size // count), batch_size // count
     return [
-        {k: v[i * batch_size + lo : i * batch_size + lo + rows] for k, v in pad.items()}
+        {k: v[i * batch_size + lo :][:rows] for k, v in pad.items()}
         for i in range(min(padded // batch_size, num_batches))
     ]
 
 
 def data_source(run, index: int, count: int):
-    """The DPO recipe's `data` hook: (train iterator, eval batches) of `config.dpo.pairs`.
-
-    Raises:
-      ValueError: the file is missing, or holds fewer training or held-out pairs than a batch.
-    """
+    """The DPO recipe's `data` hook: (train iterator, eval batches) of `config.dpo.pairs`;
+    ValueError if the file is missing or holds fewer training or held-out pairs than a batch."""
     config = run.config
     d, B = config.dpo, config.data.batch_size
     if not atomic.exists(d.pairs):
@@ -150,10 +110,11 @@ def data_source(run, index: int, count: int):
             f"dpo.pairs={d.pairs!r} does not exist; run the study experiments/dpo.py (its pairs "
             "stage writes one) or pass a pairs.json"
         )
-    pairs = read(d.pairs)["pairs"]
-    held = [is_held_out(p["id"], d.eval_percent) for p in pairs]
-    train = [p for p, h in zip(pairs, held, strict=True) if not h]
-    evals = [p for p, h in zip(pairs, held, strict=True) if h]
+    pairs = json.loads(atomic.read_text(d.pairs))["pairs"]
+    split: dict[bool, list] = {False: [], True: []}
+    for p in pairs:
+        split[is_held_out(p["id"], d.eval_percent)].append(p)
+    train, evals = split[False], split[True]
     for name, part, least in (("training", train, B), ("held-out", evals, 1)):
         if len(part) < least:
             raise ValueError(

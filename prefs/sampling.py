@@ -1,10 +1,8 @@
-"""Prompts of the DPO study and sampling completions of them (temperature sampling, KV cache).
+"""Prompts of the DPO study and judged completions of them (temperature sampling, KV cache).
 
 A prompt is `[BOS] instruction prompt + header` of an instruction pair whose response splits into
-a header and a body (`data.instructions.split_header`); the model writes the body. Prompts of
-different lengths are left-padded into one batch and EOS is the stop token. Batch i of a call is
-sampled with the key `fold_in(key(seed), i)`, so two parameter sets sampled with the same
-arguments see the same random numbers (the SFT vs DPO comparison).
+a header and a body; the model writes the body. Batch i of a call is sampled with the key
+`fold_in(key(seed), i)`, so two parameter sets sampled alike see the same random numbers.
 """
 
 import time
@@ -32,9 +30,13 @@ def make_prompts(pairs: Sequence[dict], tokenizer, max_tokens: int) -> list[dict
     return out
 
 
-def settings(dpo_cfg, tokenizer) -> SampleSettings:
-    """The sampling settings of a `dpo` block (prefs/recipe.py)."""
-    return SampleSettings(
+def sample_and_judge(
+    params, model_cfg, tokenizer, dpo_cfg, prompts: list[dict], k: int, seed: int, desc: str = ""
+) -> list[list[dict]]:
+    """`k` judged completions per prompt (prompt-major), sampled with `dpo_cfg`'s settings,
+    `dpo_cfg.gen_batch` rows per call (the last filled with copies of its last prompt: one
+    compiled shape). A non-empty `desc` prints a line per call."""
+    settings = SampleSettings(
         max_new_tokens=dpo_cfg.max_new_tokens,
         temperature=dpo_cfg.temperature,
         top_k=dpo_cfg.top_k,
@@ -42,56 +44,19 @@ def settings(dpo_cfg, tokenizer) -> SampleSettings:
         stop_ids=(tokenizer.eos_id,),
         pad_id=tokenizer.pad_id,
     )
-
-
-def sample(
-    params,
-    model_cfg,
-    prompts: Sequence[Sequence[int]],
-    sample_settings: SampleSettings,
-    *,
-    seed: int,
-    batch_size: int,
-    prompt_len: int,
-    desc: str = "",
-) -> list[tuple[list[int], bool]]:
-    """(completion ids without the stop id, stopped) per prompt, `batch_size` rows per call.
-
-    The last batch is filled with copies of its last prompt (one compiled shape). A non-empty
-    `desc` prints a line per call.
-    """
-    out, t0, calls = [], time.perf_counter(), -(-len(prompts) // batch_size)
-    stop_ids = sample_settings.stop_ids
-    for i, start in enumerate(range(0, len(prompts), batch_size)):
+    flat = [(p["header"], p["tokens"]) for p in prompts for _ in range(k)]
+    B, verdicts, t0 = dpo_cfg.gen_batch, [], time.perf_counter()
+    for i, start in enumerate(range(0, len(flat), B)):
         if desc:
-            print(f"{desc}: batch {i + 1}/{calls}, {time.perf_counter() - t0:.0f} s", flush=True)
-        chunk = list(prompts[start : start + batch_size])
-        n = len(chunk)
-        chunk += [chunk[-1]] * (batch_size - n)
+            took = time.perf_counter() - t0
+            print(f"{desc}: batch {i + 1}/{-(-len(flat) // B)}, {took:.0f} s", flush=True)
+        chunk = flat[start : start + B]
+        tokens = [t for _, t in chunk] + [chunk[-1][1]] * (B - len(chunk))
         key = jax.random.fold_in(jax.random.key(seed), i)
-        rows = generate_array(params, chunk, model_cfg, sample_settings, key, prompt_len=prompt_len)
-        for row in rows[:n].tolist():
-            cut = next((j for j, t in enumerate(row) if t in stop_ids), None)
-            out.append((row if cut is None else row[:cut], cut is not None))
-    return out
-
-
-def sample_and_judge(
-    params, model_cfg, tokenizer, dpo_cfg, prompts: list[dict], k: int, seed: int, desc: str = ""
-) -> list[list[dict]]:
-    """`k` judged completions per prompt (prompt-major), sampled with `dpo_cfg`'s settings."""
-    flat = [p["tokens"] for p in prompts for _ in range(k)]
-    outs = sample(
-        params,
-        model_cfg,
-        flat,
-        settings(dpo_cfg, tokenizer),
-        seed=seed,
-        batch_size=dpo_cfg.gen_batch,
-        prompt_len=dpo_cfg.max_prompt_tokens,
-        desc=desc,
-    )
-    verdicts = [
-        judge(tokenizer, prompts[i // k]["header"], ids, stop) for i, (ids, stop) in enumerate(outs)
-    ]
+        rows = generate_array(
+            params, tokens, model_cfg, settings, key, prompt_len=dpo_cfg.max_prompt_tokens
+        )
+        for (header, _), row in zip(chunk, rows[: len(chunk)].tolist(), strict=True):
+            cut = next((j for j, t in enumerate(row) if t == tokenizer.eos_id), None)
+            verdicts.append(judge(tokenizer, header, row[:cut], cut is not None))
     return [verdicts[i * k : (i + 1) * k] for i in range(len(prompts))]

@@ -1,18 +1,9 @@
-"""The work of the DPO study (experiments/dpo.py) that is not training: pairs, comparison, report.
-
-  make_pairs  (the `pairs` stage) `dpo.samples` completions of each of `dpo.prompts` train-split
-              prompts from the SFT model, judged by `ast.parse`, paired (prefs/judge.py) and
-              scored once by the frozen SFT model (the reference) -> `pairs.json`. With the
-              study's `dpo.pairs` set, the pairs of that file are rescored instead.
-  compare     (the `heldout` stage) the SFT and the DPO model sample `dpo.heldout_samples`
-              completions of each of the first `dpo.heldout_prompts` validation-split prompts
-              (never used for pairs) with the same settings and keys; both are judged.
-  report_table the markdown table of the comparison.
-Both stages are deterministic given the checkpoints they read. Every process computes them (the
-same numbers); process 0 writes pairs.json.
+"""The DPO study's stages that are not training (experiments/dpo.py): `make_pairs` (the `pairs`
+stage), `compare` (the `heldout` stage) and the report's table. Both stages are deterministic
+given the checkpoints they read; every process computes them and process 0 writes pairs.json.
 """
 
-import os
+import json
 import time
 
 import jax
@@ -24,13 +15,8 @@ from data.pipeline import tokenizer_from_config
 from models import get_model
 from prefs import judge, pairs, sampling
 from prefs.loss import make_logp_fn
-from train.checkpoint import load_state
+from train.checkpoint import load_params
 from train.validate import ConfigError
-
-
-def load_params(workdir: str):
-    """The parameters of the newest checkpoint of the run in `workdir` (host arrays)."""
-    return load_state(os.path.join(workdir, "checkpoints"))["params"]
 
 
 def _sync(name: str) -> None:
@@ -41,18 +27,14 @@ def _sync(name: str) -> None:
 
 
 def make_pairs(config, sft_dir: str, path: str, reuse: str = "") -> dict:
-    """The `pairs` stage: writes `path` (pairs.json, prefs/pairs.py) for the DPO run `config`;
-    returns the stage's row (counts, the judged pool, timings). `reuse`: a pairs.json whose pairs
-    are rescored instead of sampling new ones.
-
-    Raises:
-      ConfigError: no prompt has both an accepted and a rejected completion.
-    """
+    """The `pairs` stage: `dpo.samples` judged SFT completions of each of `dpo.prompts` train
+    prompts, paired and scored by the SFT model (the reference) -> `path`; or the pairs of the
+    pairs.json `reuse`, rescored. Returns the stage's row; ConfigError if no pair is found."""
     d, tok, mcfg = config.dpo, tokenizer_from_config(config.data), config.model
     params = load_params(sft_dir)
     t = time.perf_counter()
     if reuse:  # rescored by this SFT model: the texts of another run's pairs, not its scores
-        old = pairs.read(reuse)
+        old = json.loads(atomic.read_text(reuse))
         pool = old["pool"]
         found = [{k: p[k] for k in ("id", "prompt", "chosen", "rejected")} for p in old["pairs"]]
         prompts = len({p["id"] for p in found})
@@ -65,11 +47,8 @@ def make_pairs(config, sft_dir: str, path: str, reuse: str = "") -> dict:
         verdicts = sampling.sample_and_judge(
             params, mcfg, tok, d, chosen, d.samples, d.seed + 1, "pairs: sampling"
         )
-        pool, found, prompts = (
-            judge.summary(verdicts),
-            judge.build_pairs(chosen, verdicts),
-            len(chosen),
-        )
+        pool, found = judge.summary(verdicts), judge.build_pairs(chosen, verdicts)
+        prompts = len(chosen)
     sample_s, t = time.perf_counter() - t, time.perf_counter()
     if not found:
         raise ConfigError(
@@ -81,8 +60,7 @@ def make_pairs(config, sft_dir: str, path: str, reuse: str = "") -> dict:
     logp_fn = jax.jit(make_logp_fn(get_model(mcfg.family).apply, mcfg))
     ref = pairs.reference_logps(params, arrays, logp_fn, config.data.batch_size)
     for i, p in enumerate(found):
-        p["ref_chosen_logp"] = float(ref["ref_chosen_logp"][i])
-        p["ref_rejected_logp"] = float(ref["ref_rejected_logp"][i])
+        p.update({k: float(v[i]) for k, v in ref.items()})
     if jax.process_index() == 0:
         atomic.write_json(path, {"pool": pool, "pairs": found})
     _sync("dpo-pairs")
@@ -99,7 +77,7 @@ def make_pairs(config, sft_dir: str, path: str, reuse: str = "") -> dict:
 
 def compare(config, dirs: dict[str, str]) -> dict:
     """The `heldout` stage: `{name: judge.summary}` of each run of `dirs` (name -> workdir), all
-    sampled with the same settings and keys on the held-out prompts; returns the stage's row."""
+    sampled with the same settings and keys on the first validation-split prompts."""
     d, tok = config.dpo, tokenizer_from_config(config.data)
     held = sampling.make_prompts(load_pairs(config.data, "validation"), tok, d.max_prompt_tokens)
     held = held[: d.heldout_prompts]

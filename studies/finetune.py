@@ -1,23 +1,15 @@
 """Pre-train, then fine-tune on a labelled task, against the same task from scratch: the stages
-and the report of experiments/classify.py (encoder) and experiments/seq2seq.py (encdec).
+and report of experiments/classify.py (encoder) and experiments/seq2seq.py (encdec).
 
-Stages (run by studies/stages.py in `<workdir>/<stage>`):
-  pretrain  masked LM (encoder) / span corruption (encdec) on the corpus
-  before    the pre-trained model on the task before any fine-tuning (a finetune run's state
-            at step 0, head freshly initialised): held-out loss, accuracy or exact match, the
-            task's majority baseline and example counts
-  finetune  the task from the pre-trained checkpoint (`init_from`)
-  scratch   the same task from random weights (study argument `scratch`, on by default)
-  decode    seq2seq: exact match of greedy decoding (models/generate.py) of the first `decode`
-            held-out examples, for finetune and scratch
-The report is one table: held-out loss and accuracy (classify) or exact match (seq2seq) per
-phase beside the majority baseline, each stage's wall time and the 1-minute load average at its
-end.
+Stages: `pretrain`; `before` (a finetune run at step 0, fresh head: held-out loss, accuracy or
+exact match, and the task's majority baseline); `finetune` (from `pretrain`); `scratch` (random
+weights, on by default); seq2seq's `decode` (greedy-decoding exact match of the first `decode`
+held-out examples of finetune and scratch). The report is one table of these per phase.
 """
 
 import os
 
-from studies.stages import Stage, run_config
+from studies.stages import Stage, initial_eval, run_config
 
 
 def exact_match(params, config, n: int) -> tuple[float, int]:
@@ -30,11 +22,10 @@ def exact_match(params, config, n: int) -> tuple[float, int]:
     pairs = tasks.held_out(config.data)[:n]
     arrays = tasks.encode(config.data, tok, pairs)
 
-    def unpadded(side):
-        ids, seg = arrays[side], arrays[f"{side}_segment_ids"]
-        return [r[s > 0].tolist() for r, s in zip(ids, seg, strict=True)]
-
-    inputs, targets = unpadded("inputs"), unpadded("targets")
+    inputs, targets = (
+        [r[s > 0].tolist() for r, s in zip(arrays[k], arrays[f"{k}_segment_ids"], strict=True)]
+        for k in ("inputs", "targets")
+    )
     settings = SampleSettings(
         max_new_tokens=config.data.task.target_len, stop_ids=(tok.eos_id,), pad_id=tok.pad_id
     )
@@ -48,19 +39,16 @@ def _before(config, decode_n: int) -> dict:
     import jax
 
     from data import tasks
-    from studies.recipes import recipe_for
-    from train.loop import Run
 
-    run = Run(config, recipe=recipe_for(config))
-    batches = tasks.make_eval_batches(
-        config.data, run.tokenizer, num_batches=config.train.eval_batches
-    )
-    ev = run.evaluate(run.state.params, [run.global_batch(b) for b in batches])
-    row = {f"eval/{k}": v for k, v in ev.items()}
-    if decode_n:
-        row["exact_match"], row["decoded"] = exact_match(
-            jax.device_get(run.state.params), config, decode_n
+    def batches(run):
+        return tasks.make_eval_batches(
+            config.data, run.tokenizer, num_batches=config.train.eval_batches
         )
+
+    run, row = initial_eval(config, batches)
+    if decode_n:
+        params = jax.device_get(run.state.params)
+        row["exact_match"], row["decoded"] = exact_match(params, config, decode_n)
     label, value = tasks.baseline(config.data)
     row["task"] = f"{config.objective} ({config.data.task.name})"
     row["baseline"] = {"label": label, "value": value}
@@ -76,31 +64,27 @@ def stages(config, workdir: str, task_run) -> list[Stage]:
     `task_run(pretrain, args, phase, base)` is the experiment's fine-tune or scratch config."""
     args = config.study
     pretrain = run_config(config, "study")
-    base = os.path.join(workdir, "pretrain")
-    finetune = task_run(pretrain, args, "finetune", base)
+    finetune = task_run(pretrain, args, "finetune", os.path.join(workdir, "pretrain"))
     runs = {"finetune": finetune}
-    if args.get("scratch", True):
+    if args.scratch:
         runs["scratch"] = task_run(pretrain, args, "scratch", "")
     decode_n = args.get("decode", 0) if finetune.objective == "seq2seq" else 0
-    out = [
+
+    def decode(stage_dir: str, rows: dict) -> dict:
+        from train.checkpoint import load_params
+
+        row = {}
+        for name, c in runs.items():
+            em, n = exact_match(load_params(os.path.join(workdir, name)), c, decode_n)
+            row[name] = {"exact_match": em, "decoded": n}
+        return row
+
+    return [
         Stage("pretrain", pretrain),
         Stage("before", action=lambda stage_dir, rows: _before(finetune, decode_n)),
         *(Stage(name, c) for name, c in runs.items()),
+        *([Stage("decode", action=decode)] if decode_n else []),
     ]
-    if decode_n:
-
-        def decode(stage_dir: str, rows: dict) -> dict:
-            from train.checkpoint import load_state
-
-            row = {}
-            for name, c in runs.items():
-                params = load_state(os.path.join(workdir, name, "checkpoints"))["params"]
-                em, n = exact_match(params, c, decode_n)
-                row[name] = {"exact_match": em, "decoded": n}
-            return row
-
-        out.append(Stage("decode", action=decode))
-    return out
 
 
 def report(config, rows: dict) -> str:
@@ -117,16 +101,11 @@ def report(config, rows: dict) -> str:
         "| --- | --- | --- | --- | --- | --- |",
     ]
     decoded = rows.get("decode", {})
-    for name in ("pretrain", "before", "finetune", "scratch"):
-        if name not in rows:
-            continue
+    for name in (n for n in ("pretrain", "before", "finetune", "scratch") if n in rows):
         r = rows[name]
-        if name == "pretrain":  # the pre-training objective's own metrics, not the task's
-            score = None
-        elif classify:
-            score = r.get("eval/accuracy")
-        else:
-            score = decoded[name]["exact_match"] if name in decoded else r["exact_match"]
+        # pretrain: the pre-training objective's own metrics, not the task's
+        score = r.get("eval/accuracy") if classify else decoded.get(name, r).get("exact_match")
+        score = None if name == "pretrain" else score
         lines.append(
             f"| {name} | {r.get('step', 0)} | {r['eval/loss']:.4f} | "
             f"{'-' if score is None else f'{score:.4f}'} | {r['stage_wall_s']:.0f} | "

@@ -1,4 +1,4 @@
-"""The analyses of the two muP studies, from their finished runs.
+"""The runs and analyses of the two muP studies.
 
 LR transfer (experiments/mup_transfer.py): every (parametrization, width, log2 LR, seed) is one
 run; `transfer_points` averages a point's seeds, `optima` picks the best LR per width, and
@@ -12,8 +12,18 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from common import atomic
+from studies.stages import run_config
 
+PARAMETRIZATIONS = ("sp", "mup")
 _MEANS = ("eval/loss", "eval/bits_per_byte")
+
+
+def width_run(config, block: str, parametrization: str, width: int):
+    """A run of the study `config` (without its `block`): d_model `width`, d_ff 4x, SP or muP."""
+    c = run_config(config, block)
+    c.model.d_model, c.model.d_ff = width, 4 * width
+    c.model.mup.enabled = parametrization == "mup"
+    return c
 
 
 def transfer_points(members: list[dict], rows: dict[str, dict]) -> list[dict]:
@@ -29,19 +39,11 @@ def transfer_points(members: list[dict], rows: dict[str, dict]) -> list[dict]:
         losses = [r.get("eval/loss") for r in runs]
         ok = all(x is not None and math.isfinite(x) for x in losses)
         mean = {k: float(np.mean([r[k] for r in runs])) if ok else None for k in _MEANS}
-        out.append(
-            dict(
-                id=f"{p}_d{w}_lr2e{e}",
-                parametrization=p,
-                width=w,
-                lr_exp=e,
-                lr=2.0**e,
-                status="ok" if ok else "diverged",
-                eval_loss=mean["eval/loss"],
-                bits_per_byte=mean["eval/bits_per_byte"],
-                seed_losses=[x if x is not None and math.isfinite(x) else None for x in losses],
-            )
-        )
+        point = dict(id=f"{p}_d{w}_lr2e{e}", parametrization=p, width=w, lr_exp=e, lr=2.0**e)
+        point.update(status="ok" if ok else "diverged", eval_loss=mean["eval/loss"])
+        point["bits_per_byte"] = mean["eval/bits_per_byte"]
+        point["seed_losses"] = [x if x is not None and math.isfinite(x) else None for x in losses]
+        out.append(point)
     return out
 
 
@@ -68,8 +70,7 @@ def plot_transfer(points: list[dict], path: str) -> None:
         [0.1 + 0.8 * i / max(1, len(widths) - 1) for i in range(len(widths))]
     )
     fig = Figure(figsize=(4.6 * len(params) + 1, 4.4), layout="constrained")
-    axes = fig.subplots(1, len(params), sharey=True)
-    axes = axes if len(params) > 1 else [axes]
+    axes = fig.subplots(1, len(params), sharey=True, squeeze=False)[0]
     best = optima(points)
     ok = [r for r in points if r["status"] == "ok"]
     for ax, p in zip(axes, params, strict=True):
@@ -84,8 +85,7 @@ def plot_transfer(points: list[dict], path: str) -> None:
             ax.plot(xs, ys, marker="o", color=color, label=f"d_model {w}")
             spread = [r for r in mine if len(r["seed_losses"]) > 1]  # the range over seeds
             if spread:
-                lo = [min(r["seed_losses"]) for r in spread]
-                hi = [max(r["seed_losses"]) for r in spread]
+                lo, hi = ([f(r["seed_losses"]) for r in spread] for f in (min, max))
                 ax.fill_between([r["lr_exp"] for r in spread], lo, hi, color=color, alpha=0.2)
             if w in best.get(p, {}):
                 e = best[p][w]
@@ -115,8 +115,7 @@ def slopes(table: dict[int, dict[str, float]]) -> dict[str, float]:
 def plot_coords(result: dict, path: str) -> None:
     """One panel per parametrization: mean |x| against width, one line per activation."""
     fig = Figure(figsize=(11, 4.2))
-    axes = fig.subplots(1, len(result), sharey=True)
-    axes = axes if len(result) > 1 else [axes]
+    axes = fig.subplots(1, len(result), sharey=True, squeeze=False)[0]
     for ax, (name, r) in zip(axes, result.items(), strict=True):
         widths = sorted(r["table"])
         for label in r["table"][widths[0]]:

@@ -31,7 +31,7 @@ import jax
 
 from common import atomic
 from studies.recipes import recipe_for
-from train.loop import NonFiniteError, claim_workdir, train_and_evaluate
+from train.loop import NonFiniteError, Run, claim_workdir, train_and_evaluate
 from train.recipe import Stage, stage_dir
 
 __all__ = ["Stage", "run_config", "run_study", "stage_dir"]
@@ -49,6 +49,14 @@ def run_config(study_config, *blocks: str):
             del c[block]
     c.kind = "train"
     return c
+
+
+def initial_eval(config, make_batches) -> tuple[Run, dict]:
+    """`(run, {'eval/<name>': value})`: a `config` run evaluated at step 0 (before any update) on
+    `make_batches(run)`, the 'before' row of a fine-tuning study."""
+    run = Run(config, recipe=recipe_for(config))
+    ev = run.evaluate(run.state.params, [run.global_batch(b) for b in make_batches(run)])
+    return run, {f"eval/{k}": v for k, v in ev.items()}
 
 
 def run_study(config, module, workdir: str, *, dry_run: bool = False) -> dict:

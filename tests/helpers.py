@@ -1,9 +1,13 @@
-"""Shared test fixtures: a small local corpus, a shrunken real config, an in-memory gs://."""
+"""Shared test fixtures: a small local corpus, a shrunken real config, an in-memory gs://, a
+training subprocess."""
 
 import contextlib
 import os
+import subprocess
 import sys
 import sysconfig
+import threading
+import time
 from collections.abc import Iterator
 
 from experiments.gpt import get_config
@@ -105,3 +109,48 @@ def fake_gcs() -> Iterator[type]:
             else:
                 fsspec.register_implementation(p, cls, clobber=True)
         backend.fsspec_backend._get_filesystem.cache_clear()
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class Proc:
+    """A subprocess (in the repository root, on CPU) whose stdout lines are collected as they
+    arrive and whose stderr goes to the file `err_path`."""
+
+    def __init__(self, cmd: list[str], err_path: str, **env):
+        self.err = open(err_path, "w+")
+        self.proc = subprocess.Popen(
+            cmd,
+            cwd=ROOT,
+            env=dict(os.environ, JAX_PLATFORMS="cpu", **env),  # 8 devices, as in conftest
+            stdout=subprocess.PIPE,
+            stderr=self.err,
+            text=True,
+        )
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self):
+        for line in self.proc.stdout:
+            self.lines.append(line)
+
+    def stdout(self) -> str:
+        return "".join(self.lines)
+
+    def stderr(self) -> str:
+        self.err.seek(0)
+        return self.err.read()
+
+    def wait_for(self, cond, what: str, timeout: float = 600) -> None:
+        deadline = time.time() + timeout
+        while not cond():
+            assert self.proc.poll() is None, f"exited before {what}: {self.stderr()[-3000:]}"
+            assert time.time() < deadline, f"timed out waiting for {what}"
+            time.sleep(0.01)
+
+    def finish(self, timeout: float = 600) -> int:
+        code = self.proc.wait(timeout)
+        self._reader.join(10)
+        return code

@@ -4,9 +4,7 @@ and the whole study runs end to end on a tiny setting, a rerun skipping every fi
 import json
 import os
 import signal
-import subprocess
 import sys
-import threading
 
 import jax
 import numpy as np
@@ -16,12 +14,11 @@ from common import atomic
 from data.instructions import _cache_path, extract_pairs
 from experiments import dpo as study
 from studies.stages import run_study
-from tests.helpers import make_corpus
+from tests.helpers import Proc, make_corpus
 from tests.test_train_dpo import PROMPT, hand_pairs
 from train.checkpoint import SLOW_COMMIT_ENV, load_state
 from train.metrics import read_metrics
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS, EVERY = 16, 4
 
 # The study's `dpo` stage as studies/stages.py runs it: the one loop with the run's recipes.
@@ -38,41 +35,15 @@ print("stage done", flush=True)
 """
 
 
-class _Stage:
-    """The `dpo` stage in a subprocess, its stdout collected as it arrives."""
+def _stage(tmp, workdir, **env) -> Proc:
+    """The `dpo` stage in a subprocess."""
+    code = _STAGE.format(steps=STEPS, every=EVERY)
+    return Proc([sys.executable, "-c", code, str(tmp), workdir], f"{workdir}.err", **env)
 
-    def __init__(self, tmp, workdir, **env):
-        code = _STAGE.format(steps=STEPS, every=EVERY)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", code, str(tmp), workdir],
-            cwd=ROOT,
-            env=dict(os.environ, JAX_PLATFORMS="cpu", **env),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        self.lines: list[str] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
 
-    def _read(self):
-        for line in self.proc.stdout:
-            self.lines.append(line)
-
-    def wait_for(self, text: str, timeout: float = 300) -> None:
-        import time
-
-        deadline = time.time() + timeout
-        while not any(text in line for line in self.lines):
-            assert self.proc.poll() is None, f"exited before {text!r}: {self.proc.stderr.read()}"
-            assert time.time() < deadline, f"timed out waiting for {text!r}"
-            time.sleep(0.01)
-
-    def finish(self) -> str:
-        code = self.proc.wait(300)
-        self._reader.join(10)
-        assert code == 0, self.proc.stderr.read()[-3000:]
-        return "".join(self.lines)
+def _finish(p: Proc) -> str:
+    assert p.finish(300) == 0, p.stderr()[-3000:]
+    return p.stdout()
 
 
 def _learned(workdir) -> dict[tuple[int, str], float]:
@@ -91,15 +62,15 @@ def _learned(workdir) -> dict[tuple[int, str], float]:
 @pytest.mark.slow
 def test_dpo_stage_killed_mid_run_resumes_bitwise(tmp_path):
     straight = str(tmp_path / "straight")
-    assert "stage done" in _Stage(tmp_path, straight).finish()
+    assert "stage done" in _finish(_stage(tmp_path, straight))
     killed = str(tmp_path / "killed")
     # Held while the async save of step 8 is written but not committed: steps past 4 are done.
-    p = _Stage(tmp_path, killed, **{SLOW_COMMIT_ENV: "8"})
-    p.wait_for("checkpoint 8: written, commit delayed")
+    p = _stage(tmp_path, killed, **{SLOW_COMMIT_ENV: "8"})
+    p.wait_for(lambda: "checkpoint 8: written, commit delayed" in p.stdout(), "the step-8 save")
     p.proc.send_signal(signal.SIGKILL)
     p.proc.wait(60)
     assert max(r["step"] for r in read_metrics(f"{killed}/metrics.jsonl")) >= 8
-    out = _Stage(tmp_path, killed).finish()
+    out = _finish(_stage(tmp_path, killed))
     assert f"continuing from step {EVERY} of {killed}" in out
     a = jax.tree.leaves(load_state(f"{killed}/checkpoints", STEPS))
     b = jax.tree.leaves(load_state(f"{straight}/checkpoints", STEPS))

@@ -11,85 +11,46 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 
 import jax
 import numpy as np
 import pytest
 
-from tests.helpers import FAST_COMPILE, make_corpus
+from tests.helpers import FAST_COMPILE, ROOT, Proc, make_corpus
 from train.checkpoint import SLOW_COMMIT_ENV, load_state
 from train.metrics import read_metrics
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS, EVERY = 40, 10
 
 
-class _Proc:
-    """A training subprocess whose stdout lines are collected as they arrive."""
-
-    def __init__(self, tmp, workdir, **env):
-        glob = make_corpus(str(tmp / "corpus"))
-        overrides = {
-            "data.glob": glob,
-            "data.data_dir": f"{tmp}/tfds",
-            "data.val_fraction": 0.1,
-            "data.seq_len": 64,
-            "data.batch_size": 8,
-            "model.n_layers": 1,
-            "model.d_model": 64,
-            "model.n_heads": 2,
-            "model.d_ff": 256,
-            "train.grad_accum": 1,
-            "train.steps": STEPS,
-            "train.warmup_steps": 2,
-            "train.ckpt_every": EVERY,
-            "train.keep_ckpts": 5,
-            "train.eval_every": STEPS,
-            "train.eval_batches": 1,
-            "train.log_every": 1,
-            "train.peak_flops": 1e11,
-        }
-        cmd = [sys.executable, "launch/run.py", "--config=experiments/gpt.py:size=tiny,runlocal"]
-        cmd += [f"--config.{k}={v}" for k, v in overrides.items()]
-        cmd += [f"--workdir={workdir}", f"--compile_cache={tmp}/cache"]
-        self.workdir = workdir
-        self.err = open(f"{workdir}.{time.monotonic_ns()}.err", "w+")
-        self.proc = subprocess.Popen(
-            cmd,
-            cwd=ROOT,
-            env=dict(os.environ, JAX_PLATFORMS="cpu", **env),  # 8 devices, as in conftest
-            stdout=subprocess.PIPE,
-            stderr=self.err,
-            text=True,
-        )
-        self.lines: list[str] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self):
-        for line in self.proc.stdout:
-            self.lines.append(line)
-
-    def stdout(self) -> str:
-        return "".join(self.lines)
-
-    def stderr(self) -> str:
-        self.err.seek(0)
-        return self.err.read()
-
-    def wait_for(self, cond, what: str, timeout: float = 600) -> None:
-        deadline = time.time() + timeout
-        while not cond():
-            assert self.proc.poll() is None, f"exited before {what}: {self.stderr()[-3000:]}"
-            assert time.time() < deadline, f"timed out waiting for {what}"
-            time.sleep(0.01)
-
-    def finish(self, timeout: float = 600) -> int:
-        code = self.proc.wait(timeout)
-        self._reader.join(10)
-        return code
+def _proc(tmp, workdir, **env) -> Proc:
+    """A training subprocess of the tiny GPT in `workdir`."""
+    glob = make_corpus(str(tmp / "corpus"))
+    overrides = {
+        "data.glob": glob,
+        "data.data_dir": f"{tmp}/tfds",
+        "data.val_fraction": 0.1,
+        "data.seq_len": 64,
+        "data.batch_size": 8,
+        "model.n_layers": 1,
+        "model.d_model": 64,
+        "model.n_heads": 2,
+        "model.d_ff": 256,
+        "train.grad_accum": 1,
+        "train.steps": STEPS,
+        "train.warmup_steps": 2,
+        "train.ckpt_every": EVERY,
+        "train.keep_ckpts": 5,
+        "train.eval_every": STEPS,
+        "train.eval_batches": 1,
+        "train.log_every": 1,
+        "train.peak_flops": 1e11,
+    }
+    cmd = [sys.executable, "launch/run.py", "--config=experiments/gpt.py:size=tiny,runlocal"]
+    cmd += [f"--config.{k}={v}" for k, v in overrides.items()]
+    cmd += [f"--workdir={workdir}", f"--compile_cache={tmp}/cache"]
+    return Proc(cmd, f"{workdir}.{time.monotonic_ns()}.err", **env)
 
 
 def _logged_steps(workdir) -> list[int]:
@@ -137,7 +98,7 @@ def _assert_same_run(workdir, reference):
 def straight(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("preempt")
     workdir = str(tmp / "straight")
-    p = _Proc(tmp, workdir)
+    p = _proc(tmp, workdir)
     assert p.finish() == 0, p.stderr()[-3000:]
     return tmp, workdir
 
@@ -146,7 +107,7 @@ def straight(tmp_path_factory):
 def test_sigterm_checkpoints_exits_0_and_the_resumed_run_is_bitwise_equal(straight):
     tmp, reference = straight
     workdir = str(tmp / "sigterm")
-    p = _Proc(tmp, workdir)
+    p = _proc(tmp, workdir)
     p.wait_for(lambda: len(_logged_steps(workdir)) >= 3, "step 3")
     p.proc.send_signal(signal.SIGTERM)
     t = time.perf_counter()
@@ -160,7 +121,7 @@ def test_sigterm_checkpoints_exits_0_and_the_resumed_run_is_bitwise_equal(straig
     assert not os.path.exists(f"{workdir}/summary.json")
     print(f"SIGTERM to exit: {took:.1f} s; checkpoint at step {reached}")
 
-    resumed = _Proc(tmp, workdir)
+    resumed = _proc(tmp, workdir)
     assert resumed.finish() == 0, resumed.stderr()[-3000:]
     assert f"continuing from step {reached} of {workdir}" in resumed.stdout()
     _assert_same_run(workdir, reference)
@@ -177,11 +138,11 @@ def test_sigkill_at_three_moments_resumes_to_the_uninterrupted_result(straight):
         return _committed(workdir)
 
     # 1. Mid-run, before the first checkpoint: everything so far is lost, nothing is left half.
-    p = _Proc(tmp, workdir)
+    p = _proc(tmp, workdir)
     p.wait_for(lambda: len(_logged_steps(workdir)) >= 3, "step 3")
     at = kill(p)
     # 2. While the async save of step 20 is written but not committed (the test hook holds it).
-    p = _Proc(tmp, workdir, **{SLOW_COMMIT_ENV: "20"})
+    p = _proc(tmp, workdir, **{SLOW_COMMIT_ENV: "20"})
     p.wait_for(lambda: "checkpoint 20: written, commit delayed" in p.stdout(), "the step-20 save")
     assert at == 0 or f"continuing from step {at}" in p.stdout()
     at = kill(p)
@@ -189,7 +150,7 @@ def test_sigkill_at_three_moments_resumes_to_the_uninterrupted_result(straight):
         ".orbax-checkpoint-tmp" in n for n in os.listdir(f"{workdir}/checkpoints")
     )
     # 3. Between checkpoints, after step 20 committed.
-    p = _Proc(tmp, workdir)
+    p = _proc(tmp, workdir)
     p.wait_for(
         lambda: _committed(workdir) >= 20 and max(_logged_steps(workdir), default=0) >= 23,
         "step 23 with step 20 committed",
@@ -199,7 +160,7 @@ def test_sigkill_at_three_moments_resumes_to_the_uninterrupted_result(straight):
     at = kill(p)
     assert at >= 20
 
-    last = _Proc(tmp, workdir)
+    last = _proc(tmp, workdir)
     assert last.finish() == 0, last.stderr()[-3000:]
     assert f"continuing from step {at}" in last.stdout()
     _assert_same_run(workdir, reference)
