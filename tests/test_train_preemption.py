@@ -218,3 +218,17 @@ def test_two_hosts_stop_at_the_same_step_when_one_gets_sigterm(tmp_path):
     assert [p.returncode for p in procs] == [0, 0], outs
     stops = [[line for line in out.splitlines() if line.startswith("stop at")] for out in outs]
     assert len(stops[0]) == 1 and stops[0] == stops[1], outs
+
+
+def test_sigterm_becomes_a_request_and_a_second_one_acts_normally():
+    """Fast: inside `active()` a SIGTERM only sets the request polled each step; the handler is
+    one-shot (a second signal would get the previous behaviour) and leaving restores it."""
+    from train import preemption
+
+    before = signal.getsignal(signal.SIGTERM)
+    with preemption.active() as guard:
+        assert not guard.requested(1)
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert guard.requested(1) and guard.signum == signal.SIGTERM
+        assert signal.getsignal(signal.SIGTERM) == before  # one-shot
+    assert signal.getsignal(signal.SIGTERM) == before
