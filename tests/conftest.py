@@ -31,7 +31,7 @@ jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 # The longest files first (measured: seconds of one full run at load 4-7), so that with
-# `-n 2 --dist loadfile` the last files to start are short ones and both workers finish together.
+# `-n 3 --dist loadfile` the last files to start are short ones and the workers finish together.
 _LONG_FILES = (
     "test_aot_fit.py",  # ~340
     "test_parallel_pipeline.py",  # ~260

@@ -1,7 +1,7 @@
 """Compiled memory against the slice for real TPU targets: batch and remat move it, the CLI's
 fits / does-not-fit exit codes, and a production preset that fits its planned slice.
 
-The slowest compiles of the AOT tests, in their own file so that `pytest -n 2 --dist loadfile`
+The slowest compiles of the AOT tests, in their own file so that `pytest --dist loadfile`
 can run them beside tests/test_aot.py.
 """
 
