@@ -3,14 +3,12 @@
 import flax.linen as nn
 import jax
 import numpy as np
-import pytest
 
 from models import decoder
 from models.scoring import loglikelihood
 from models.sizes import default_model_config
 
 
-@pytest.mark.slow
 def test_batched_scores_equal_unpadded_reference():
     cfg = default_model_config("tiny")
     cfg.update(n_layers=1, d_model=32, n_heads=2, d_ff=64)

@@ -12,7 +12,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 
 import train.loop
 from launch import run as run_cli
@@ -82,7 +81,6 @@ def test_step_skips_a_nonfinite_update_and_counts_it_on_device():
     assert np.asarray(sg.nonfinite).tolist() == [1, 1, 2]  # cause: gradient norm
 
 
-@pytest.mark.slow
 def test_skip_policy_goes_on_and_counts_the_skipped_step(tmp_path):
     config = small_config(tmp_path, steps=6)
     config.train.nan_policy = "skip"
@@ -104,7 +102,6 @@ def test_skip_policy_goes_on_and_counts_the_skipped_step(tmp_path):
     assert all(np.isfinite(rows[s]["train/loss"]) for s in (1, 2, 4, 5, 6))
 
 
-@pytest.mark.slow
 def test_stop_policy_stops_naming_the_step_metric_and_last_good_checkpoint(tmp_path):
     glob = make_corpus(str(tmp_path / "corpus"))
     workdir = tmp_path / "run"
