@@ -16,6 +16,19 @@ from experiments.gpt import get_config
 # same values (the smoke sweep gave identical losses, 143 -> 105 s of CPU); see tests/conftest.py.
 FAST_COMPILE = "--xla_backend_optimization_level=0"
 
+# Command-line overrides that shrink experiments/gpt.py:size=tiny to a 1 x 64 model on 8 x 64-token
+# batches: the subprocess runs of the preemption and distillation tests.
+TINY_RUN = {
+    "data.val_fraction": 0.1,
+    "data.seq_len": 64,
+    "data.batch_size": 8,
+    "model.n_layers": 1,
+    "model.d_model": 64,
+    "model.n_heads": 2,
+    "model.d_ff": 256,
+    "train.grad_accum": 1,
+}
+
 
 def make_corpus(root: str, n_files: int = 40) -> str:
     """Copies `n_files` stdlib modules into `root`; returns a glob over them."""

@@ -36,7 +36,7 @@ from experiments.gpt import get_config as gpt_config
 from models import get_model
 from objectives import causal_lm
 from studies.recipes import recipe_for
-from tests.helpers import make_corpus, small_config
+from tests.helpers import TINY_RUN, make_corpus, small_config
 from train.checkpoint import Checkpointer, load_params, load_state
 from train.loop import Run, claim_workdir, train_and_evaluate
 from train.metrics import read_metrics
@@ -227,14 +227,7 @@ def test_a_distilled_step_takes_the_teacher_as_a_frozen_argument(tmp_path):
 # The slow pair: a 2 x 128 teacher trained 200 steps, students of 1 x 64 trained 100 steps.
 STEPS = 100
 SHRINK = {
-    "data.val_fraction": 0.1,
-    "data.seq_len": 64,
-    "data.batch_size": 8,
-    "model.n_layers": 1,
-    "model.d_model": 64,
-    "model.n_heads": 2,
-    "model.d_ff": 256,
-    "train.grad_accum": 1,
+    **TINY_RUN,
     "train.eval_batches": 2,
     "train.peak_flops": 1e11,
 }

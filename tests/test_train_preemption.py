@@ -17,7 +17,7 @@ import jax
 import numpy as np
 import pytest
 
-from tests.helpers import FAST_COMPILE, ROOT, Proc, make_corpus
+from tests.helpers import FAST_COMPILE, ROOT, TINY_RUN, Proc, make_corpus
 from train.checkpoint import SLOW_COMMIT_ENV, load_state
 from train.metrics import read_metrics
 
@@ -30,14 +30,7 @@ def _proc(tmp, workdir, **env) -> Proc:
     overrides = {
         "data.glob": glob,
         "data.data_dir": f"{tmp}/tfds",
-        "data.val_fraction": 0.1,
-        "data.seq_len": 64,
-        "data.batch_size": 8,
-        "model.n_layers": 1,
-        "model.d_model": 64,
-        "model.n_heads": 2,
-        "model.d_ff": 256,
-        "train.grad_accum": 1,
+        **TINY_RUN,
         "train.steps": STEPS,
         "train.warmup_steps": 2,
         "train.ckpt_every": EVERY,
