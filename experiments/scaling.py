@@ -11,7 +11,7 @@ tokenizer=byte|bpe|unigram|PATH.model and vocab=N (experiments/common.py: a Sent
 vocabulary is trained on the train split first; token budgets then count its tokens, and the
 report's bits/byte column compares runs across tokenizers), verify=K (a pre-registered
 prediction beyond the grid: after the fit, the rung after the ladder's largest trained on the
-tokens the fitted law calls compute-optimal for K x the sweep's largest compute; each law form's
+tokens that spend K x the sweep's largest compute; each law form's
 prediction and bootstrap interval go to verify/prediction.json before that run starts, and the
 report scores them against its loss; off by default).
 
@@ -149,9 +149,9 @@ def get_config(arg: str = ""):
             # Comma-separated point ids: train only these (one cluster job of a sweep handed
             # out by launch/slurm.py or launch/tpu.py); '' = all points, then the fit.
             only="",
-            # K > 0: after the fit, predict a run one rung beyond the ladder at the token count
-            # the fitted law calls compute-optimal for K x the sweep's largest C, write the
-            # prediction, then train it and score the prediction (studies/sweep.py).
+            # K > 0: after the fit, predict a run one rung beyond the ladder that spends K x the
+            # sweep's largest C, write the prediction, then train it and score the prediction
+            # (studies/sweep.py).
             verify=args.verify,
         )
     )

@@ -3,8 +3,8 @@
 The held-out check (scaling/extrapolation.py) predicts the sweep's own top-compute points, whose
 model sizes are in the fit set: interpolation in N. Here every law form is fitted on *all* the
 points and predicts a run that extends both axes: the next rung of the ladder, trained on the
-tokens approach 3 calls compute-optimal for K x the sweep's largest C (D_opt(K C_max) of
-scaling/allocation.py; if the law is improper, the tokens that spend K C_max with that model).
+tokens that spend K x the sweep's largest compute C_max with it (`target_tokens` says why not
+approach 3's D_opt(K C_max)).
 Each form's interval is the percentile range of its bootstrap refits' predictions at that (N, D).
 The sweep runner (studies/sweep.py) writes `predict`'s dict to prediction.json before the run
 starts and never rewrites it; `score` compares it with the loss the run reached.
@@ -24,17 +24,21 @@ from scaling.rows import Points
 REFIT_STARTS = 1
 
 
-def target_tokens(points: Points, factor: float) -> tuple[float | None, str]:
-    """D_opt(factor x C_max) of the approach-3 law fitted on `points`, and how it was chosen.
+def target_tokens(points: Points, factor: float, flops_per_token: float) -> tuple[float, str]:
+    """The tokens that spend `factor` x C_max with a model of `flops_per_token`, and a note.
 
-    None (and the reason) when the law is improper; the caller then spends the budget instead.
+    The next rung is larger than approach 3's compute-optimal N at K x C_max whenever the fitted
+    law is data-hungry (as on the CPU default), so pairing that rung with the law's D_opt(K C_max)
+    would spend many times K C_max. The run keeps the compute at K x C_max instead; the note
+    states the law's own allocation at that budget beside it.
     """
-    fit = fit_parametric(points.params, points.tokens, points.loss)
     budget = factor * float(points.compute.max())
-    if not fit.is_proper():
-        return None, f"approach 3 is improper: the tokens that spend {factor:g} x C_max"
-    _, d_opt, _ = compute_optimal(fit, np.array([budget]))
-    return float(d_opt[0]), f"approach 3's D_opt({factor:g} x C_max = {budget:.3g} FLOPs)"
+    how = f"{factor:g} x C_max = {budget:.3g} FLOPs"
+    fit = fit_parametric(points.params, points.tokens, points.loss)
+    if fit.is_proper():
+        n_opt, d_opt, _ = compute_optimal(fit, np.array([budget]))
+        how += f" (approach 3's optimum there: N {n_opt[0]:.3g}, D {d_opt[0]:.3g})"
+    return budget / flops_per_token, how
 
 
 def predict(

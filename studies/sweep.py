@@ -415,11 +415,9 @@ def _verify(config, experiment: str, workdir: str, rows: list[dict]) -> dict:
         except InputError as e:
             print(f"sweep: no verification run: {e}")
             return {"reason": str(e)}
-        tokens, how = verify.target_tokens(points, s.verify)
         module = load_experiment(experiment)
-        if tokens is None:  # spend K x C_max with the next rung instead
-            rung = module.verify_point(config, 1)
-            tokens = s.verify * points.compute.max() / rung["flops_per_token"]
+        rung = module.verify_point(config, 1)
+        tokens, how = verify.target_tokens(points, s.verify, rung["flops_per_token"])
         run = module.verify_point(config, tokens)
         prediction = verify.predict(
             points, run, factor=s.verify, n_bootstrap=s.bootstrap, seed=s.seed
