@@ -227,8 +227,8 @@ def print_grid(config, points: list[dict], pieces: list[Piece], clock: _Clock) -
     )
     if s.verify:
         print(
-            f"verify: after the fit, one more run of the rung after L{max(s.ladder)} on the tokens "
-            f"the fit calls compute-optimal for {s.verify} x the largest C (not in the estimate)"
+            f"verify: after the fit, one more run of the rung after L{max(s.ladder)} that spends "
+            f"{s.verify} x the largest C (not in the estimate)"
         )
 
 
