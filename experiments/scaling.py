@@ -13,7 +13,8 @@ report's bits/byte column compares runs across tokenizers), verify=K (a pre-regi
 prediction beyond the grid: after the fit, the rung after the ladder's largest trained on the
 tokens that spend K x the sweep's largest compute; each law form's
 prediction and bootstrap interval go to verify/prediction.json before that run starts, and the
-report scores them against its loss; off by default).
+report scores them against its loss; off by default), lrs=a/b/c/d (one peak lr per ladder size,
+from experiments/lr_scan.py, instead of the width rule).
 
 The model ladder has a fixed aspect ratio: a model of k layers is `aspect * k` wide with heads of
 `head_dim`, so non-embedding parameters grow as 12 * aspect^2 * k^3. Token budgets D form a
@@ -106,6 +107,7 @@ def get_config(arg: str = ""):
         tokenizer="byte",
         vocab=4096,
         verify=0,
+        lrs="",
     )
     if args.preset not in PRESETS:
         raise ValueError(f"preset={args.preset!r} is unknown; choose one of {sorted(PRESETS)}")
@@ -116,6 +118,12 @@ def get_config(arg: str = ""):
     if args.mode not in ("grid", "isoflop", "both"):
         raise ValueError(f"mode={args.mode!r} is unknown; choose grid, isoflop or both")
     p = PRESETS[args.preset]
+    lrs = tuple(float(x) for x in args.lrs.split("/")) if args.lrs else ()
+    if lrs and len(lrs) != len(p["ladder"]):
+        raise ValueError(
+            f"lrs={args.lrs!r} gives {len(lrs)} learning rates for a ladder of "
+            f"{len(p['ladder'])} sizes; give one per size, '/'-separated (experiments/lr_scan.py)"
+        )
     config = base_config("tiny")
     config.kind = "sweep"
     set_tokenizer(config, args.tokenizer, args.vocab)
@@ -144,6 +152,9 @@ def get_config(arg: str = ""):
             lr=p["lr"],  # peak lr at d_model = lr_base_width, scaled by (base / d_model)^exponent
             lr_base_width=128,
             lr_width_exponent=0.5,
+            # One peak lr per ladder size (experiments/lr_scan.py's tuned values) instead of the
+            # width rule; a size beyond the ladder gets the power law in width through them.
+            lrs=lrs,
             bootstrap=args.bootstrap,
             seed=0,  # bootstrap resampling seed
             # Comma-separated point ids: train only these (one cluster job of a sweep handed
@@ -206,13 +217,12 @@ def make_point(config, k: int, steps: int, budget: float | None = None) -> dict:
     fpt = flops_per_token(m, config.data.seq_len, target_len=_target_len(config))
     fpt = fpt["flops_per_token"]
     tokens = steps * config.data.batch_size * config.data.seq_len
-    lr = sweep.lr * (sweep.lr_base_width / shape["d_model"]) ** sweep.lr_width_exponent
     return dict(
         shape,
         id=f"L{k}xD{shape['d_model']}@{_tokens_label(tokens)}",
         steps=steps,
         tokens=tokens,
-        lr=float(lr),
+        lr=peak_lr(sweep, k),
         params=counts["non_embedding"],
         params_total=counts["total"],
         flops_per_token=fpt,
@@ -220,6 +230,19 @@ def make_point(config, k: int, steps: int, budget: float | None = None) -> dict:
         budget=budget,
         grid=budget is None,
     )
+
+
+def peak_lr(sweep, k: int) -> float:
+    """The peak lr of the ladder's k-th model: the width rule, or `sweep.lrs` (one per size)."""
+    width = model_shape(sweep, k)["d_model"]
+    if not sweep.get("lrs"):  # also sweeps configured before `lrs` existed
+        return float(sweep.lr * (sweep.lr_base_width / width) ** sweep.lr_width_exponent)
+    ladder = list(sweep.ladder)
+    if k in ladder:
+        return float(sweep.lrs[ladder.index(k)])
+    widths = np.log([model_shape(sweep, j)["d_model"] for j in ladder])
+    slope, icept = np.polyfit(widths, np.log(sweep.lrs), 1)
+    return float(np.exp(icept + slope * np.log(width)))
 
 
 def _min_steps(config) -> int:
