@@ -1,11 +1,14 @@
 """Fit scaling laws to a sweep's results and write fit.json, plots and report.md.
 
   python -m scaling.fit RESULTS [--out DIR] [--bootstrap N] [--seed S] [--ci LOW HIGH]
-                                [--budgets C [C ...]]
+                                [--budgets C [C ...]] [--params non_embedding|total]
+                                [--compute flops|6nd]
 
 RESULTS is a sweep's `results.jsonl` (or a CSV with at least params,tokens,loss). The fit is printed
 as one JSON object on stdout; with --out it is also written to DIR/fit.json with the PNG plots and
-report.md (each file atomically). Bad input prints one line on stderr and exits 2, writing nothing.
+report.md (each file atomically). --params and --compute count N and C another way
+(`scaling.rows.recount`: total parameters, C = 6 N D) to measure what the counting does to the
+fit. Bad input prints one line on stderr and exits 2, writing nothing.
 The sweep runner calls `analyze` directly.
 """
 
@@ -21,7 +24,7 @@ import numpy as np
 from common import atomic
 from scaling import analysis, blas, plots, report
 from scaling.bootstrap import LEVELS
-from scaling.rows import InputError, is_ok, load_rows, to_points
+from scaling.rows import COUNTS, InputError, is_ok, load_rows, recount, to_points
 
 __all__ = ["InputError", "analyze", "load_rows", "main"]
 
@@ -130,9 +133,15 @@ def main(argv: list[str] | None = None) -> int:
         "--ci", type=float, nargs=2, default=LEVELS, metavar=("LOW", "HIGH"), help="percentiles"
     )
     parser.add_argument("--budgets", type=float, nargs="+", help="FLOP budgets for the allocation")
+    parser.add_argument(
+        "--params", default="non_embedding", help=f"N counted as {' or '.join(COUNTS['params'])}"
+    )
+    parser.add_argument(
+        "--compute", default="flops", help=f"C counted as {' or '.join(COUNTS['compute'])}"
+    )
     args = parser.parse_args(argv)
     try:
-        rows = load_rows(args.results)
+        rows = recount(load_rows(args.results), args.params, args.compute)
         result = analyze(
             rows,
             args.out,

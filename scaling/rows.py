@@ -72,6 +72,34 @@ def compute_of(row: dict[str, Any]) -> float:
     return 6.0 * float(row["params"]) * float(row["tokens"])
 
 
+COUNTS = {"params": ("non_embedding", "total"), "compute": ("flops", "6nd")}
+
+
+def recount(rows: list[dict[str, Any]], params: str = "non_embedding", compute: str = "flops"):
+    """`rows` with N and C counted another way (Porian et al. 2024's ablation of the
+    Kaplan/Chinchilla gap): `params='total'` fits N with the embedding and the output layer
+    (`params_total`); `compute='6nd'` sets C = 6 N D with that N, leaving attention (and, for
+    non-embedding N, the output layer) out. The defaults return the rows unchanged.
+
+    Raises:
+      InputError: an unknown counting, or a row without `params_total` for `params='total'`.
+    """
+    for name, value in (("params", params), ("compute", compute)):
+        if value not in COUNTS[name]:
+            raise InputError(f"--{name} {value!r} is unknown; choose one of {COUNTS[name]}")
+    out = []
+    for i, row in enumerate(rows):
+        row = dict(row)
+        if params == "total" and is_ok(row):
+            if row.get("params_total") is None:
+                raise InputError(f"row {i + 1} has no params_total; use --params non_embedding")
+            row["params"] = row["params_total"]
+        if compute == "6nd" and is_ok(row):
+            row["flops"] = 6.0 * float(row["params"]) * float(row["tokens"])
+        out.append(row)
+    return out
+
+
 def _number(key: str, text: str) -> int | float | None:
     if text.strip() in ("", "null", "None"):
         return None

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from scaling.rows import InputError, load_rows, to_points
+from scaling.rows import InputError, load_rows, recount, to_points
 
 
 def _ok(i, **extra):
@@ -30,6 +30,21 @@ def test_compute_is_flops_when_present_else_6nd():
     points = to_points(rows)
     assert points.compute[0] == 1.5e10
     assert points.compute[1] == 6 * 2000 * 10**6
+
+
+def test_recount_fits_total_parameters_and_6nd_compute():
+    rows = [_ok(i, params_total=1000 * (i + 1) + 500, flops=1e12) for i in range(5)]
+    rows.append({"id": "bad", "status": "failed"})  # kept, untouched, never fitted
+    assert recount(rows) == rows
+    points = to_points(recount(rows, params="total", compute="6nd"))
+    np.testing.assert_array_equal(points.params, [1500, 2500, 3500, 4500, 5500])
+    np.testing.assert_array_equal(points.compute, 6 * points.params * 10**6)
+    points = to_points(recount(rows, compute="6nd"))  # C = 6 N D with the non-embedding N
+    np.testing.assert_array_equal(points.compute, 6 * np.arange(1, 6) * 1000 * 10**6)
+    with pytest.raises(InputError, match="--params 'all' is unknown"):
+        recount(rows, params="all")
+    with pytest.raises(InputError, match="row 1 has no params_total"):
+        recount([_ok(0)], params="total")
 
 
 def test_a_torn_last_line_is_ignored_but_a_bad_middle_line_is_an_error(tmp_path):
