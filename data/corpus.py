@@ -168,8 +168,8 @@ class ScalelabTextFiles(tfds.core.GeneratorBasedBuilder, skip_registration=True)
             **outcome.stats,
         }
         self.info.metadata.update(stats)
-        print(f"Building {self.name}/{config.name} from {config.pattern}", flush=True)
-        print(outcome.report, flush=True)
+        print(f"Building {self.name}/{config.name} from {config.pattern}", file=sys.stderr)
+        print(outcome.report, file=sys.stderr, flush=True)
         # TFDS refuses to write a split with no examples; `load_split` reports the empty split.
         return {
             split: self._generate_examples([(files[i][0], texts[i]) for i in kept])

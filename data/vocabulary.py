@@ -14,6 +14,7 @@ Training is serialised across processes with the dataset build lock and written 
 
 import hashlib
 import os
+import sys
 import time
 from collections.abc import Iterator
 
@@ -88,6 +89,7 @@ def tokenizer_from_config(data_cfg: ml_collections.ConfigDict) -> Tokenizer:
                     print(
                         f"Trained a {data_cfg.vocab_size}-id {name} vocabulary on the train split "
                         f"in {time.perf_counter() - start:.1f} s: {path}",
+                        file=sys.stderr,
                         flush=True,
                     )
     return spm.SentencePieceTokenizer(path, num_sentinels=data_cfg.num_sentinels)

@@ -23,9 +23,9 @@ a 30,522-id vocabulary (BERT's WordPiece size; here a SentencePiece BPE) in a 30
 
 from experiments.common import (
     Plan,
-    apply_plan,
     base_config,
     parse_arg,
+    set_accelerator,
     set_runlocal,
     set_schedule,
     set_tokenizer,
@@ -71,7 +71,7 @@ def get_config(arg: str = ""):
     steps, lr, warmup = PRESETS.get(args.size, (10_000, 1e-4, 1000))
     if published:
         steps, lr, warmup = 1_000_000, 1e-4, 10_000
-        apply_plan(config, PUBLISHED[args.size], args.target)
+        set_accelerator(config, PUBLISHED[args.size], args.target)
     set_schedule(config, args.steps or steps, lr, warmup)
     if args.runlocal:
         set_runlocal(config)

@@ -74,55 +74,41 @@ def set_schedule(config: ml_collections.ConfigDict, steps: int, lr: float, warmu
 
 
 class Plan(NamedTuple):
-    """Where an accelerator preset runs and how it is split (the arguments of `set_accelerator`).
+    """Where an accelerator preset runs and how it is split (`set_accelerator`'s settings).
 
-    `mesh` overrides axes of the default FSDP-over-everything mesh; `grad_accum` is the number
-    of microbatches per optimizer step (what keeps activations within HBM at a fixed batch).
+    target: the slice it is planned for (a SLICE of aot/slices.py: 'v5p-64', '8xh100', ...).
+    mesh: parallel.mesh sizes over the default {'data': 1, 'stage': 1, 'fsdp': -1, 'tensor': 1}.
+    grad_accum: microbatches per optimizer step (what keeps activations within HBM).
+    remat: the rematerialisation policy of each layer (models.blocks.REMAT_POLICIES).
+    attn_logits_dtype: dtype of the attention logits and softmax (bf16 only if memory demands).
     """
 
-    target: str  # a SLICE (aot/slices.py): 'v5p-64', 'v5litepod-16', '8xh100', ...
+    target: str
     mesh: dict | None = None
     grad_accum: int = 1
     remat: str = "full"
     attn_logits_dtype: str = "float32"
 
 
-def set_accelerator(
-    config: ml_collections.ConfigDict,
-    *,
-    target: str,
-    remat: str = "full",
-    mesh: dict | None = None,
-    grad_accum: int = 1,
-    attn_logits_dtype: str = "float32",
-) -> None:
-    """Settings of a run on a TPU slice or GPU nodes (`target`, a SLICE of aot/slices.py).
+def set_accelerator(config: ml_collections.ConfigDict, plan: Plan, target: str = "") -> None:
+    """Settings of a run on a TPU slice or GPU nodes, split as `plan` says; a `target` SLICE
+    replaces the plan's (the peak FLOP/s are then that chip's, the split stays the plan's).
 
-    Layers under `lax.scan` (compiles once per layer, not per layer index), `remat` (a name in
-    models.blocks.REMAT_POLICIES) on every layer, bf16 activations and matmuls with f32
-    parameters and optimizer state (always f32), f32 loss, the platform's fused attention
-    kernel (`splash` on TPU, `cudnn` on GPU; `xla` where the architecture needs a bias);
-    `attn_logits_dtype` stays f32 unless memory demands bf16 logits. `train.peak_flops` is the
-    target chip's dense bf16 peak (so MFU is against the vendor figure, not a measured matmul).
-    The mesh is FSDP over every chip (`fsdp=-1`, `data=1`) with `mesh` overriding axes;
-    `grad_accum` microbatches per step.
-
-    Args:
-      config: a `base_config` whose model, data and batch are set.
-      target: the slice the preset is planned for, e.g. 'v5p-64' or '8xh100'.
-      remat: the rematerialisation policy of each layer.
-      mesh: parallel.mesh sizes over the default {'data': 1, 'stage': 1, 'fsdp': -1, 'tensor': 1}.
-      grad_accum: microbatches per optimizer step (`train.grad_accum`).
-      attn_logits_dtype: dtype of the attention logits and softmax.
+    Layers under `lax.scan` (compiles once per layer, not per layer index), the plan's remat on
+    every layer, bf16 activations and matmuls with f32 parameters and optimizer state, f32 loss,
+    the platform's fused attention kernel (`splash` on TPU, `cudnn` on GPU; `xla` where the
+    architecture needs a bias). `train.peak_flops` is the target chip's dense bf16 peak (so MFU
+    is against the vendor figure, not a measured matmul). The mesh is FSDP over every chip
+    (`fsdp=-1`, `data=1`) with the plan's mesh overriding axes.
     """
     from aot.slices import parse_slice  # chip figures only; nothing here touches a device
 
-    chip = parse_slice(target).chip
+    chip = parse_slice(target or plan.target).chip
     m = config.model
     m.layer_loop = "scan"
-    m.remat = remat
+    m.remat = plan.remat
     m.dtype = "bfloat16"
-    m.attn_logits_dtype = attn_logits_dtype
+    m.attn_logits_dtype = plan.attn_logits_dtype
     m.loss_dtype = "float32"
     # The fused kernel of the platform (no [B, N, T, S] logits in HBM), unless the architecture
     # needs what no kernel computes (T5's per-head relative bias, attention dropout).
@@ -132,15 +118,9 @@ def set_accelerator(
     except ValueError:
         m.attention_impl = "xla"
     config.train.peak_flops = chip.peak_flops
-    config.train.grad_accum = grad_accum
-    config.parallel.mesh = {"data": 1, "stage": 1, "fsdp": -1, "tensor": 1} | (mesh or {})
+    config.train.grad_accum = plan.grad_accum
+    config.parallel.mesh = {"data": 1, "stage": 1, "fsdp": -1, "tensor": 1} | (plan.mesh or {})
     config.parallel.rules = "fsdp_tp"
-
-
-def apply_plan(config: ml_collections.ConfigDict, plan: Plan, target: str = "") -> None:
-    """`set_accelerator` with a preset's `plan`; a `target` SLICE replaces the plan's slice (the
-    peak FLOP/s are then that chip's, the split stays the plan's)."""
-    set_accelerator(config, **plan._replace(target=target or plan.target)._asdict())
 
 
 # Experiments with accelerator presets; each has `presets()` -> [(config argument, slice), ...].

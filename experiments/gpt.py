@@ -22,9 +22,9 @@ FSDP over the slice): 10,000 steps of 256 x 2048 tokens with a 32,768-id BPE voc
 
 from experiments.common import (
     Plan,
-    apply_plan,
     base_config,
     parse_arg,
+    set_accelerator,
     set_runlocal,
     set_schedule,
     set_tokenizer,
@@ -66,7 +66,7 @@ def get_config(arg: str = ""):
     config.train.grad_accum = grad_accum
     if accelerator:
         config.data.batch_size, config.data.seq_len = 256, 2048
-        apply_plan(config, ACCELERATOR[args.size], args.target)
+        set_accelerator(config, ACCELERATOR[args.size], args.target)
     if args.runlocal:
         set_runlocal(config)
         config.data.seq_len = 128

@@ -25,9 +25,9 @@ one compiled for its slice (memory per chip, roofline step time, MFU).
 
 from experiments.common import (
     Plan,
-    apply_plan,
     base_config,
     parse_arg,
+    set_accelerator,
     set_runlocal,
     set_schedule,
     set_tokenizer,
@@ -96,7 +96,7 @@ def get_config(arg: str = ""):
     tokens = rows * CONTEXT
     set_schedule(config, args.steps or round(TOKENS / tokens), lr, round(WARMUP_TOKENS / tokens))
     plan = PLANS[args.size]
-    apply_plan(config, plan, args.target)
+    set_accelerator(config, plan, args.target)
     if args.runlocal:
         set_runlocal(config)
         config.data.seq_len = 128

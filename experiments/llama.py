@@ -23,9 +23,9 @@ plans split it into `grad_accum` microbatches of one row per data-parallel group
 
 from experiments.common import (
     Plan,
-    apply_plan,
     base_config,
     parse_arg,
+    set_accelerator,
     set_runlocal,
     set_schedule,
     set_tokenizer,
@@ -101,7 +101,7 @@ def get_config(arg: str = ""):
     set_tokenizer(config, "bpe", VOCAB)
     config.data.seq_len, config.data.batch_size = CONTEXT, rows
     set_schedule(config, args.steps or round(tokens / (rows * CONTEXT)), lr, 8000)
-    apply_plan(config, plan_for(args.size, args.target), args.target)
+    set_accelerator(config, plan_for(args.size, args.target), args.target)
     if args.runlocal:
         set_runlocal(config)
         config.data.seq_len = 128

@@ -18,7 +18,14 @@ import math
 
 import numpy as np
 
-from experiments.common import base_config, parse_arg, set_accelerator, set_runlocal, set_tokenizer
+from experiments.common import (
+    Plan,
+    base_config,
+    parse_arg,
+    set_accelerator,
+    set_runlocal,
+    set_tokenizer,
+)
 from experiments.gpt3 import CONTEXT, GPT3, WARMUP_TOKENS, gpt3_model
 
 VOCAB = 50257
@@ -76,12 +83,7 @@ def planned_config(plan: dict, arg: str = ""):
     config.train.eval_every = max(steps // 20, 1)
     config.train.ckpt_every = max(steps // 100, 1)
     config.train.log_every = 10
-    set_accelerator(
-        config,
-        target=plan["target"],
-        mesh=plan.get("mesh"),
-        grad_accum=plan.get("grad_accum", 1),
-    )
+    set_accelerator(config, Plan(plan["target"], plan.get("mesh"), plan.get("grad_accum", 1)))
     if plan.get("rules"):
         config.parallel.rules = plan["rules"]
     if args.runlocal:

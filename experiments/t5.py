@@ -26,9 +26,9 @@ an inverse-square-root 1e-2; this codebase has AdamW only).
 
 from experiments.common import (
     Plan,
-    apply_plan,
     base_config,
     parse_arg,
+    set_accelerator,
     set_runlocal,
     set_schedule,
     set_tokenizer,
@@ -89,7 +89,7 @@ def _published(args):
     t5_model(config.model, "1.1")
     config.objective_args.target_len = 114
     set_schedule(config, args.steps or 2**19, 1e-4, 10_000)
-    apply_plan(config, plan, args.target)
+    set_accelerator(config, plan, args.target)
     if args.runlocal:
         set_runlocal(config)
         config.data.seq_len = 128

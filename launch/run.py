@@ -38,7 +38,7 @@ def _drop_expected_warnings(record) -> bool:
 
 def define_flags(flag_values: flags.FlagValues, sys_argv: list[str] | None = None) -> dict:
     """Defines this CLI's flags on `flag_values`; returns their holders by name."""
-    return {
+    holders = {
         "config": config_flags.DEFINE_config_file(
             "config",
             None,
@@ -46,56 +46,50 @@ def define_flags(flag_values: flags.FlagValues, sys_argv: list[str] | None = Non
             lock_config=True,
             flag_values=flag_values,
             sys_argv=sys_argv,
-        ),
-        "workdir": flags.DEFINE_string(
+        )
+    }
+    for define, name, default, help_ in (
+        (
+            flags.DEFINE_string,
             "workdir",
             None,
             "Run directory (checkpoints, metrics); default "
             "runs/<experiment>. Rerunning with the same workdir resumes.",
-            flag_values=flag_values,
         ),
-        "dry_run": flags.DEFINE_bool(
-            "dry_run",
-            False,
-            "Sweeps: print the grid and its estimated cost, train nothing.",
-            flag_values=flag_values,
-        ),
-        "compile_cache": flags.DEFINE_string(
+        (flags.DEFINE_bool, "dry_run", False, "Sweeps and studies: print the plan, train nothing."),
+        (
+            flags.DEFINE_string,
             "compile_cache",
             os.path.expanduser("~/.cache/scalelab/jax"),
             "JAX persistent compilation cache directory ('' disables it).",
-            flag_values=flag_values,
         ),
-        # Multi-process runs (parallel/distributed.py): unset = environment, SLURM or Cloud TPU VM.
-        "coordinator_address": flags.DEFINE_string(
+        # Multi-process runs (parallel/distributed.py): unset = environment, SLURM or TPU VM.
+        (
+            flags.DEFINE_string,
             "coordinator_address",
             None,
             "Multi-process: host:port of process 0's coordinator.",
-            flag_values=flag_values,
         ),
-        "num_processes": flags.DEFINE_integer(
-            "num_processes", None, "Multi-process: process count.", flag_values=flag_values
-        ),
-        "process_id": flags.DEFINE_integer(
-            "process_id", None, "Multi-process: this process's index.", flag_values=flag_values
-        ),
-        # With several processes a local --workdir (or a catalog dataset's local data.data_dir)
-        # is refused: every host must see one directory (train/validate.py:check_shared).
-        "shared_workdir": flags.DEFINE_bool(
+        (flags.DEFINE_integer, "num_processes", None, "Multi-process: process count."),
+        (flags.DEFINE_integer, "process_id", None, "Multi-process: this process's index."),
+        # With several processes every host must see one workdir (and one catalog data_dir).
+        (
+            flags.DEFINE_bool,
             "shared_workdir",
             False,
-            "Multi-process: the local --workdir is a mount every host sees (NFS); a gs:// "
-            "workdir needs no flag.",
-            flag_values=flag_values,
+            "Multi-process: the local --workdir is a "
+            "mount every host sees (NFS); a gs:// workdir needs no flag.",
         ),
-        "shared_data_dir": flags.DEFINE_bool(
+        (
+            flags.DEFINE_bool,
             "shared_data_dir",
             False,
-            "Multi-process: the local data.data_dir of a catalog dataset is a mount every host "
-            "sees (or the same prepared copy on every host).",
-            flag_values=flag_values,
+            "Multi-process: the local data.data_dir "
+            "of a catalog dataset is a mount every host sees (or the same copy on every host).",
         ),
-    }
+    ):
+        holders[name] = define(name, default, help_, flag_values=flag_values)
+    return holders
 
 
 @dataclasses.dataclass
@@ -189,18 +183,9 @@ def parse(argv: list[str], flag_values: flags.FlagValues | None = None) -> Args:
     experiment = filename.partition(".py:")[0]  # 'experiments/x.py:args' -> 'experiments/x.py'
     experiment += "" if experiment.endswith(".py") else ".py"
     stem = os.path.splitext(os.path.basename(experiment))[0]
-    return Args(
-        config=config,
-        experiment=experiment,
-        workdir=holders["workdir"].value or os.path.join("runs", stem),
-        dry_run=holders["dry_run"].value,
-        compile_cache=holders["compile_cache"].value,
-        coordinator_address=holders["coordinator_address"].value,
-        num_processes=holders["num_processes"].value,
-        process_id=holders["process_id"].value,
-        shared_workdir=holders["shared_workdir"].value,
-        shared_data_dir=holders["shared_data_dir"].value,
-    )
+    values = {name: h.value for name, h in holders.items() if name != "config"}
+    values["workdir"] = values["workdir"] or os.path.join("runs", stem)
+    return Args(config=config, experiment=experiment, **values)
 
 
 def execute(args: Args) -> int:

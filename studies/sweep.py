@@ -129,16 +129,6 @@ def _point_dir(workdir: str, point: dict) -> str:
     return os.path.join(workdir, "points", point["id"])
 
 
-def read_results(path: str) -> dict[str, dict]:
-    """results.jsonl (local or remote) as {point id: row} (the last line of an id wins)."""
-    return atomic.read_rows(path)
-
-
-def write_results(path: str, rows: dict[str, dict]) -> None:
-    """Rewrites results.jsonl atomically (local: temp file, fsync, rename; remote: one put)."""
-    atomic.write_rows(path, rows)
-
-
 def _row(config, point: dict, status: str, **extra) -> dict:
     keys = ("id", "n_layers", "d_model", "n_heads", "params", "params_total", "tokens", "steps")
     row = {k: point[k] for k in keys}
@@ -273,7 +263,7 @@ def run_sweep(config, experiment: str, workdir: str, *, dry_run: bool = False) -
     # Concurrent jobs must not rewrite one file: each keeps its own rows; the final job (the
     # sweep without `only`) finds their finished points and fits.
     results_path = os.path.join(workdir, f"results.{only[0]}.jsonl" if only else "results.jsonl")
-    results = read_results(results_path)
+    results = atomic.read_rows(results_path)
     done = {i for i, r in results.items() if r.get("status") == "ok"}
     if done:
         print(f"sweep: {len(done)} of {len(points)} points already done in {workdir}")
@@ -328,7 +318,7 @@ def _run_pieces(
                 config, piece.point, "failed", error=f"trunk failed: {broken[piece.trunk]}"
             )
             if is_main:
-                write_results(results_path, results)
+                atomic.write_rows(results_path, results)
             continue
         t = time.perf_counter()
         try:
@@ -352,7 +342,7 @@ def _run_pieces(
             else:
                 results[piece.point["id"]] = _row(config, piece.point, "failed", error=error)
                 if is_main:
-                    write_results(results_path, results)
+                    atomic.write_rows(results_path, results)
             continue
         wall = time.perf_counter() - t
         if summary.get("preempted"):  # its checkpoint is saved; a rerun resumes this piece
@@ -373,7 +363,7 @@ def _run_pieces(
         )
         done.add(piece.point["id"])
         if is_main:
-            write_results(results_path, results)
+            atomic.write_rows(results_path, results)
 
     ok = [r for r in results.values() if r.get("status") == "ok" and r["id"] in set(order)]
     failed = len(points) - len(ok)
@@ -503,7 +493,9 @@ def _analyze(
             "IsoFLOP budgets": list(s.budgets),
             "seq_len x batch": f"{config.data.seq_len} x {config.data.batch_size}",
             "tokenizer": config.data.tokenizer,
-            "peak lr": f"{s.lr:g} x ({s.lr_base_width} / d_model)^{s.lr_width_exponent:g}",
+            "peak lr": "per size " + " / ".join(f"{lr:g}" for lr in s.lrs)
+            if s.get("lrs")
+            else f"{s.lr:g} x ({s.lr_base_width} / d_model)^{s.lr_width_exponent:g}",
         },
         "machine": f"{platform.machine()} {platform.system()}, {os.cpu_count()} CPU cores, "
         f"{jax.device_count()} {jax.devices()[0].platform} device(s), jax {jax.__version__}",

@@ -86,7 +86,7 @@ def test_build_removes_duplicates_and_contamination(tmp_path, files, capsys):
     assert reasons[name["b_copy"]] == ("exact", name["a_orig"])
     assert reasons[name["c_near"]] == ("near", name["a_orig"])
     assert reasons[name["e_leak"]][0] == "contaminates"
-    out = capsys.readouterr().out
+    out = capsys.readouterr().err
     assert "Dedup train: 1 exact duplicates" in out and "pairs left: 0" in out
 
 
@@ -114,5 +114,5 @@ def test_without_decontamination_the_check_counts_the_leak(tmp_path, files, caps
     leak = next(n for n in docs if n.startswith("e_leak_"))
     assert leak in splits["train"] and meta["train_validation_near_duplicates"] == 1
     assert "Decontamination: off; train/validation near-duplicate pairs left: 1" in (
-        capsys.readouterr().out
+        capsys.readouterr().err
     )

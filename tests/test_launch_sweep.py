@@ -10,8 +10,9 @@ import time
 import numpy as np
 import pytest
 
+from common.atomic import read_rows, write_rows
 from experiments import scaling
-from studies.sweep import plan, read_results
+from studies.sweep import plan
 from tests.helpers import FAST_COMPILE, make_corpus
 from train.optim import make_schedule
 
@@ -143,7 +144,7 @@ def straight_sweep(tmp_path_factory):
 @pytest.mark.slow
 def test_smoke_sweep_trains_fits_and_reports(straight_sweep):
     _, straight, stdout = straight_sweep
-    rows = read_results(str(straight / "results.jsonl"))
+    rows = read_rows(str(straight / "results.jsonl"))
     points = scaling.get_sweep(scaling.get_config("preset=smoke"))
     assert sorted(rows) == sorted(p["id"] for p in points)
     assert all(r["status"] == "ok" and np.isfinite(r["loss"]) for r in rows.values())
@@ -165,7 +166,7 @@ def test_smoke_sweep_trains_fits_and_reports(straight_sweep):
 def test_sweep_killed_mid_point_resumes_to_the_same_results(straight_sweep):
     """A sweep SIGKILLed inside a point and rerun ends with the uninterrupted sweep's numbers."""
     tmp_path, straight, _ = straight_sweep
-    expected = read_results(str(straight / "results.jsonl"))
+    expected = read_rows(str(straight / "results.jsonl"))
     killed = tmp_path / "killed"
     few = "--config.sweep.bootstrap=2"  # this test checks the points, not the intervals
     proc = subprocess.Popen(
@@ -190,7 +191,7 @@ def test_sweep_killed_mid_point_resumes_to_the_same_results(straight_sweep):
                 break
     proc.wait()
     assert victim is not None, "the sweep finished before it could be killed mid-point"
-    partial = read_results(str(killed / "results.jsonl"))
+    partial = read_rows(str(killed / "results.jsonl"))
     assert victim not in partial and len(partial) < len(expected)
 
     out = _run_sweep(tmp_path, killed, few)
@@ -198,7 +199,7 @@ def test_sweep_killed_mid_point_resumes_to_the_same_results(straight_sweep):
     with open(killed / "results.jsonl") as f:
         ids = [json.loads(line)["id"] for line in f]
     assert sorted(ids) == sorted(expected)  # exactly one line per point
-    resumed = read_results(str(killed / "results.jsonl"))
+    resumed = read_rows(str(killed / "results.jsonl"))
     for i, row in expected.items():
         assert resumed[i]["status"] == "ok"
         assert resumed[i]["loss"] == row["loss"], i  # bitwise: same batches, same updates
@@ -234,7 +235,7 @@ def test_failed_point_is_recorded_the_sweep_goes_on_and_a_rerun_retries_it(tmp_p
     fail = [True]
     workdir = str(tmp_path / "sweep")
     studies.sweep.run_sweep(config, "experiments/scaling.py", workdir)
-    rows = read_results(f"{workdir}/results.jsonl")
+    rows = read_rows(f"{workdir}/results.jsonl")
     assert sorted(rows) == sorted(points)
     assert rows[victim]["status"] == "failed"
     assert rows[victim]["error"] == "RuntimeError: disk on fire"
@@ -245,7 +246,7 @@ def test_failed_point_is_recorded_the_sweep_goes_on_and_a_rerun_retries_it(tmp_p
     fail[0], calls[:] = False, []
     studies.sweep.run_sweep(config, "experiments/scaling.py", workdir)
     assert calls.count(victim) == 1 and not set(calls) & (set(points) - {victim})
-    rows = read_results(f"{workdir}/results.jsonl")
+    rows = read_rows(f"{workdir}/results.jsonl")
     assert all(r["status"] == "ok" for r in rows.values()) and len(rows) == len(points)
 
 
@@ -272,18 +273,18 @@ def test_unfinished_and_preempted_points_are_retried_and_nothing_else(tmp_path, 
     workdir = str(tmp_path / "sweep")
     out = studies.sweep.run_sweep(config, "experiments/scaling.py", workdir)
     assert out == {"preempted": True}
-    rows = read_results(f"{workdir}/results.jsonl")
+    rows = read_rows(f"{workdir}/results.jsonl")
     assert ids[3] not in rows  # neither ok nor failed: unfinished
     assert calls[-1] == ids[3] and len(calls) == len(rows) + 1  # the sweep stopped there
 
     # Drop a finished point's row, as if the sweep had been killed before recording it.
     gone = sorted(rows)[0]
     del rows[gone]
-    studies.sweep.write_results(f"{workdir}/results.jsonl", rows)
+    write_rows(f"{workdir}/results.jsonl", rows)
     preempt[:], calls[:] = [], []
     studies.sweep.run_sweep(config, "experiments/scaling.py", workdir)
     assert sorted(calls) == sorted({gone, *ids} - set(rows))
-    rows = read_results(f"{workdir}/results.jsonl")
+    rows = read_rows(f"{workdir}/results.jsonl")
     assert sorted(rows) == ids and all(r["status"] == "ok" for r in rows.values())
 
 

@@ -118,17 +118,17 @@ def test_claim_workdir_writes_config_and_refuses_another(gcs, tmp_path):
 def test_sweep_results_fit_report_and_plots(gcs):
     import numpy as np
 
+    from common.atomic import read_rows, write_rows
     from scaling import synthetic
     from scaling.fit import analyze, load_rows
-    from studies.sweep import read_results, write_results
 
     sweep = "gs://bucket/sweeps/s"
     rows = synthetic.grid_rows(
         synthetic.CHINCHILLA, np.geomspace(1e6, 1e8, 4), np.geomspace(1e8, 1e10, 4), seed=0
     )
     results = os.path.join(sweep, "results.jsonl")
-    write_results(results, {r["id"]: r for r in rows})
-    assert read_results(results) == {r["id"]: r for r in rows}
+    write_rows(results, {r["id"]: r for r in rows})
+    assert read_rows(results) == {r["id"]: r for r in rows}
     assert load_rows(results) == rows
     fit = analyze(rows, sweep, n_bootstrap=0)
     names = _objects(gcs, sweep)
