@@ -114,37 +114,6 @@ def format_pair(pair: dict, tokenizer: Tokenizer) -> tuple[np.ndarray, np.ndarra
     return tokens.astype(np.int32), mask.astype(np.int32)
 
 
-def pack(examples: Sequence[tuple[np.ndarray, np.ndarray]], seq_len: int) -> dict:
-    """First-fit packing into rows: tokens, segment_ids, positions, loss_mask [R, seq_len].
-
-    Examples longer than `seq_len` are cut to their first `seq_len` tokens.
-    """
-    rows: list[list] = []  # per row: list of (tokens, mask)
-    free: list[int] = []
-    for tokens, mask in examples:
-        tokens, mask = tokens[:seq_len], mask[:seq_len]
-        for r, room in enumerate(free):
-            if room >= len(tokens):
-                rows[r].append((tokens, mask))
-                free[r] -= len(tokens)
-                break
-        else:
-            rows.append([(tokens, mask)])
-            free.append(seq_len - len(tokens))
-    out = {k: np.zeros((len(rows), seq_len), np.int32) for k in ("tokens", "segment_ids")}
-    out |= {k: np.zeros((len(rows), seq_len), np.int32) for k in ("positions", "loss_mask")}
-    for r, row in enumerate(rows):
-        at = 0
-        for s, (tokens, mask) in enumerate(row, start=1):
-            n = len(tokens)
-            out["tokens"][r, at : at + n] = tokens
-            out["segment_ids"][r, at : at + n] = s
-            out["positions"][r, at : at + n] = np.arange(n)
-            out["loss_mask"][r, at : at + n] = mask
-            at += n
-    return out
-
-
 def split_header(response: str) -> tuple[str, str] | None:
     """(header, body) of a response: header = the lines before the first body statement (with
     decorators and a multi-line signature), body = the rest; None when the body starts on the

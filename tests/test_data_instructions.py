@@ -56,8 +56,13 @@ def test_split_is_deterministic_and_disjoint():
 def test_packed_loss_counts_response_tokens_only():
     tok = ByteTokenizer()
     pairs = instructions.extract_pairs(SOURCE, "m.py")
-    examples = [instructions.format_pair(p, tok) for p in pairs]
-    batch = instructions.pack(examples, seq_len=256)
+    import grain
+
+    from data.batching import pack_and_batch
+
+    pieces = grain.MapDataset.source(instructions.fitting_examples(pairs, tok, 256))
+    packed = pack_and_batch(pieces.to_iter_dataset(), 256, 1, extra=("loss_mask",))
+    batch = next(iter(packed))
     assert batch["tokens"].shape == (1, 256)  # both fit one row, as two segments
     np.testing.assert_array_equal(np.unique(batch["segment_ids"]), [0, 1, 2])
     # the loss mask covers exactly each response and its EOS
