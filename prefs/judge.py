@@ -44,9 +44,7 @@ def function_body(text: str, stopped: bool) -> tuple[str, str]:
     return text[: text.rfind("\n") + 1], "truncated"
 
 
-def judge(
-    tokenizer, header: str, completion: Sequence[int], stopped: bool, doc: str = ""
-) -> dict:
+def judge(tokenizer, header: str, completion: Sequence[int], stopped: bool, doc: str = "") -> dict:
     """The verdict on one completion: body text, how it ended, whether header + body parse, and
     the graded judge's `score` (`doc`: the function's docstring, the instruction)."""
     body, how = function_body(tokenizer.decode(completion), stopped)

@@ -16,8 +16,9 @@ from prefs.judge import judge
 
 
 def make_prompts(pairs: Sequence[dict], tokenizer, max_tokens: int) -> list[dict]:
-    """`{'id', 'header', 'doc', 'tokens'}` of every pair whose response has a header and whose prompt
-    (`[BOS] PROMPT + header`) has at most `max_tokens` tokens, in the pairs' order."""
+    """`{'id', 'header', 'doc', 'tokens'}` of every pair whose response has a header and whose
+    prompt (`[BOS] PROMPT + header`) has at most `max_tokens` tokens, in the pairs' order (`doc`:
+    the instruction, the function's docstring)."""
     out = []
     for pair in pairs:
         cut = split_header(pair["response"])
