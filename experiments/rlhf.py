@@ -24,7 +24,8 @@ Seeds s = 0 .. seeds-1; the pre-training, SFT and reward model are shared.
 Arguments: preset (smoke: a 1-layer model and a few steps of each stage, about 4 minutes here),
 size, pre_steps, sft_steps, dpo_steps, rm_steps, rl_steps, lr (DPO), rm_lr, rl_lr, batch,
 rl_batch, seeds, min_gap, algo fields by name (beta, group, epochs), and the sampling fields of
-the `dpo` block (prompts, samples, heldout, heldout_samples, max_new, max_prompt, temperature).
+the `dpo` block (prompts, samples, heldout, heldout_samples, max_new, max_prompt, temperature);
+`--config.dpo.pairs=FILE` rescores the pairs of an earlier pairs.json instead of sampling.
 Any field is overridable (`--config.rl.beta=...`). docs/rlhf.md explains the table.
 """
 
@@ -176,7 +177,8 @@ def get_stages(config, workdir: str) -> list[Stage]:
     seeds = range(config.seeds)
 
     def pairs(here: str, rows: dict) -> dict:
-        return rlhf_study.make_pairs(c["dpo_0"], sft_dir, f"{here}/pairs.json", config.min_gap)
+        path, reuse = f"{here}/pairs.json", config.dpo.pairs
+        return rlhf_study.make_pairs(c["dpo_0"], sft_dir, path, config.min_gap, reuse)
 
     def reward_eval(here: str, rows: dict) -> dict:
         pairs_path = f"{stage_dir(workdir, 'pairs')}/pairs.json"

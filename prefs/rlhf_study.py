@@ -42,20 +42,30 @@ def graded_pairs(prompts: list[dict], verdicts: list[list[dict]], min_gap: float
     return out
 
 
-def make_pairs(config, sft_dir: str, path: str, min_gap: float) -> dict:
+def make_pairs(config, sft_dir: str, path: str, min_gap: float, reuse: str = "") -> dict:
     """The `pairs` stage: `dpo.samples` SFT completions of each of `dpo.prompts` train prompts,
-    graded, paired (`graded_pairs`) and scored by the SFT model (DPO's reference) -> `path`.
-    Returns the stage's row; ConfigError if no pair is found."""
+    graded, paired (`graded_pairs`) and scored by the SFT model (DPO's reference) -> `path`;
+    or the pairs of the pairs.json `reuse` (their texts and `gap`), rescored. Returns the
+    stage's row; ConfigError if no pair is found."""
     d, tok, mcfg = config.dpo, tokenizer_from_config(config.data), config.model
     params = load_params(sft_dir)
     t = time.perf_counter()
-    candidates = sampling.make_prompts(load_pairs(config.data, "train"), tok, d.max_prompt_tokens)
-    keep = np.random.default_rng(d.seed).permutation(len(candidates))[: d.prompts]
-    chosen = [candidates[i] for i in sorted(keep)]
-    verdicts = sampling.sample_and_judge(
-        params, mcfg, tok, d, chosen, d.samples, d.seed + 1, "pairs: sampling"
-    )
-    pool, found = judge.summary(verdicts), graded_pairs(chosen, verdicts, min_gap)
+    if reuse:
+        old = json.loads(atomic.read_text(reuse))
+        keys = ("id", "prompt", "chosen", "rejected", "gap")
+        pool, found = old["pool"], [{k: p[k] for k in keys} for p in old["pairs"]]
+        prompts = len({p["id"] for p in found})
+    else:
+        candidates = sampling.make_prompts(
+            load_pairs(config.data, "train"), tok, d.max_prompt_tokens
+        )
+        keep = np.random.default_rng(d.seed).permutation(len(candidates))[: d.prompts]
+        chosen = [candidates[i] for i in sorted(keep)]
+        verdicts = sampling.sample_and_judge(
+            params, mcfg, tok, d, chosen, d.samples, d.seed + 1, "pairs: sampling"
+        )
+        pool, found = judge.summary(verdicts), graded_pairs(chosen, verdicts, min_gap)
+        prompts = len(chosen)
     if not found:
         raise ConfigError(
             f"dpo.samples={d.samples}: no two samples of one prompt differ by {min_gap} in the "
@@ -70,7 +80,7 @@ def make_pairs(config, sft_dir: str, path: str, min_gap: float) -> dict:
         atomic.write_json(path, {"pool": pool, "pairs": found})
     held = sum(pairs.is_held_out(p["id"], d.eval_percent) for p in found)
     return {
-        "pair_prompts": len(chosen),
+        "pair_prompts": prompts,
         "pairs": len(found),
         "eval_pairs": held,
         "mean_gap": float(np.mean([p["gap"] for p in found])),
