@@ -4,21 +4,15 @@ skipping every finished stage."""
 
 import json
 import os
-import signal
-import sys
 
-import jax
-import numpy as np
 import pytest
 
 from common import atomic
 from data.instructions import _cache_path, extract_pairs
 from experiments import rlhf as study
 from studies.stages import run_study
-from tests.helpers import Proc, make_corpus
+from tests.helpers import make_corpus
 from tests.test_train_dpo import PROMPT, hand_pairs
-from train.checkpoint import SLOW_COMMIT_ENV, load_state
-from train.metrics import read_metrics
 
 
 def tiny_study(tmp_path, seeds: int = 3):
