@@ -4,15 +4,24 @@ skipping every finished stage."""
 
 import json
 import os
+import signal
+import sys
 
+import jax
+import numpy as np
 import pytest
 
 from common import atomic
 from data.instructions import _cache_path, extract_pairs
 from experiments import rlhf as study
 from studies.stages import run_study
-from tests.helpers import make_corpus
+from tests.helpers import Proc, make_corpus
 from tests.test_train_dpo import PROMPT, hand_pairs
+from train.checkpoint import SLOW_COMMIT_ENV, load_state
+from train.metrics import read_metrics
+
+
+NAMES = ("argparse", "inspect", "typing", "pathlib", "ast", "calendar", "tarfile", "zipfile")
 
 
 def tiny_study(tmp_path, seeds: int = 3):
@@ -29,9 +38,8 @@ def tiny_study(tmp_path, seeds: int = 3):
     for train in (*trains, config.reward_model.train, config.rl_policy.train):
         train.update(peak_flops=1e11)
     stdlib = os.path.dirname(os.__file__)
-    names = ("argparse", "inspect", "typing", "pathlib", "ast", "calendar", "tarfile", "zipfile")
     seeded = []
-    for name in names:  # the cache data/instructions.py would extract from the whole stdlib
+    for name in NAMES:  # the cache data/instructions.py would extract from the whole stdlib
         with open(os.path.join(stdlib, f"{name}.py")) as f:
             seeded += extract_pairs(f.read(), f"{name}.py")
     os.makedirs(os.path.dirname(_cache_path(config.data)))
@@ -54,3 +62,121 @@ def test_the_smoke_study_runs_end_to_end_and_a_rerun_skips_finished_stages(tmp_p
     names += [f"{n}_{s}" for s in range(3) for n in ("dpo", "ppo", "grpo")] + ["heldout"]
     assert list(rows) == names
     print(json.dumps(rows["reward_eval"], indent=1), json.dumps(rows["heldout"], indent=1))
+
+
+def fake_run(workdir: str, model_cfg, params) -> str:
+    """A finished run's directory as frozen inputs read it: config.json and a checkpoint."""
+    import orbax.checkpoint as ocp
+
+    if os.path.exists(f"{workdir}/config.json"):  # made by an earlier process of the test
+        return workdir
+    os.makedirs(workdir)
+    atomic.write_json(f"{workdir}/config.json", {"model": model_cfg.to_dict()})
+    with ocp.CheckpointManager(os.path.abspath(f"{workdir}/checkpoints")) as manager:
+        manager.save(0, args=ocp.args.Composite(state=ocp.args.StandardSave({"params": params})))
+    return workdir
+
+
+def frozen_runs(tmp_path, model_cfg) -> tuple[str, str]:
+    """(reference, reward model) workdirs: a random decoder and one with a random score head."""
+    import flax.linen as nn
+
+    from models import decoder
+    from prefs.heads import SCORE_HEAD, WithHead
+
+    sft = nn.unbox(decoder.init(jax.random.key(1), model_cfg))
+    rm = nn.unbox(WithHead(decoder, SCORE_HEAD).init(jax.random.key(2), model_cfg))
+    rm[SCORE_HEAD]["w"] = jax.random.normal(jax.random.key(3), rm[SCORE_HEAD]["w"].shape)
+    return (
+        fake_run(str(tmp_path / "sft"), model_cfg, jax.device_get(sft)),
+        fake_run(str(tmp_path / "rm"), model_cfg, jax.device_get(rm)),
+    )
+
+
+def rl_config(tmp_path, algo: str = "ppo", steps: int = 12):
+    """The study's `ppo_0` (or `grpo_0`) stage on random frozen runs and a dozen modules'
+    instruction prompts."""
+    config = study.get_config("preset=smoke,seeds=1")
+    config.data.data_dir = str(tmp_path / "tfds")
+    stdlib = os.path.dirname(os.__file__)
+    seeded = []
+    for name in NAMES:
+        with open(os.path.join(stdlib, f"{name}.py")) as f:
+            seeded += extract_pairs(f.read(), f"{name}.py")
+    if not os.path.exists(_cache_path(config.data)):
+        os.makedirs(os.path.dirname(_cache_path(config.data)), exist_ok=True)
+        atomic.write_json(_cache_path(config.data), seeded)
+    run = study.stage_configs(config, str(tmp_path / "study"))[f"{algo}_0"]
+    sft, rm = frozen_runs(tmp_path, config.model)
+    run.init_from = sft
+    run.rl.update(reference=sft, reward_model=rm, epochs=3, heldout_prompts=3)
+    run.train.update(steps=steps, lr=3e-3, warmup_steps=0, log_every=1, peak_flops=1e11)
+    return run
+
+
+STEPS, EVERY = 12, 4
+
+# The study's `ppo_0` stage as studies/stages.py runs it: the one loop with the run's recipes.
+_STAGE = """
+import sys
+from pathlib import Path
+from studies.recipes import recipe_for
+from tests.test_studies_rlhf import rl_config
+from train.loop import train_and_evaluate
+config = rl_config(Path(sys.argv[1]), steps={steps})
+config.train.update(ckpt_every={every}, keep_ckpts=5, eval_every=6)
+train_and_evaluate(config, sys.argv[2], desc="ppo", recipe=recipe_for(config))
+print("stage done", flush=True)
+"""
+
+
+def _stage(tmp, workdir, **env) -> Proc:
+    code = _STAGE.format(steps=STEPS, every=EVERY)
+    return Proc([sys.executable, "-c", code, str(tmp), workdir], f"{workdir}.err", **env)
+
+
+def _finish(p: Proc) -> str:
+    assert p.finish(600) == 0, p.stderr()[-3000:]
+    return p.stdout()
+
+
+def _logged(workdir) -> dict[tuple[int, str], float]:
+    """Every logged value by (step, name), timings (perf/*) left out."""
+    out = {}
+    for r in read_metrics(f"{workdir}/metrics.jsonl"):
+        for k, v in r.items():
+            if k != "step" and not k.startswith("perf/"):
+                assert (r["step"], k) not in out, f"{k} written twice at step {r['step']}"
+                out[r["step"], k] = v
+    return out
+
+
+@pytest.mark.slow
+def test_a_ppo_stage_killed_mid_run_resumes_to_the_same_policy(tmp_path):
+    straight = str(tmp_path / "straight")
+    assert "stage done" in _finish(_stage(tmp_path, straight))
+    killed = str(tmp_path / "killed")
+    # Held while the async save of step 8 is written but not committed: steps past 4 are done.
+    p = _stage(tmp_path, killed, **{SLOW_COMMIT_ENV: "8"})
+    p.wait_for(lambda: "checkpoint 8: written, commit delayed" in p.stdout(), "the step-8 save")
+    p.proc.send_signal(signal.SIGKILL)
+    p.proc.wait(60)
+    assert max(r["step"] for r in read_metrics(f"{killed}/metrics.jsonl")) >= 8
+    out = _finish(_stage(tmp_path, killed))
+    # step 4 is inside the second rollout (3 updates each): its rows came from the checkpoint
+    assert f"continuing from step {EVERY} of {killed}" in out
+    a = jax.tree.leaves(load_state(f"{killed}/checkpoints", STEPS))
+    b = jax.tree.leaves(load_state(f"{straight}/checkpoints", STEPS))
+    assert len(a) == len(b) > 5
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    logged = _logged(killed)
+    assert logged == _logged(straight)
+    probe = {"eval/rm_score", "eval/judge_score", "eval/kl_ref", "eval/length"}
+    assert probe | {"eval/approx_kl", "train/clip_fraction", "train/value_loss"} <= {
+        k for _, k in logged
+    }
+    assert sorted(s for s, k in logged if k == "eval/judge_score") == [6, 12]
+    assert 0 <= logged[12, "eval/judge_score"] <= 1 and logged[12, "eval/length"] > 0
+    # the policy moved away from the reference it started at
+    assert logged[12, "eval/kl_ref"] != 0 and logged[STEPS, "train/approx_kl"] != 0
