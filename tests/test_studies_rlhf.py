@@ -20,7 +20,6 @@ from tests.test_train_dpo import PROMPT, hand_pairs
 from train.checkpoint import SLOW_COMMIT_ENV, load_state
 from train.metrics import read_metrics
 
-
 NAMES = ("argparse", "inspect", "typing", "pathlib", "ast", "calendar", "tarfile", "zipfile")
 
 
