@@ -1,4 +1,5 @@
-"""DPO as a recipe of the one training loop (train/recipe.py): pairs in, the DPO loss, no fork.
+"""DPO as a recipe of the one training loop (train/recipe.py): pairs in, the DPO loss, no fork;
+and the dispatch to the reward-model and RL recipes (prefs/reward_recipe.py, prefs/rl_recipe.py).
 
 Set when the run config has a `dpo` block (declared once in `DPO_FIELDS`, checked when the
 recipe is composed): data from prefs/pairs.py, the pair batch keys and prefs/loss.py's DPO loss,

@@ -123,7 +123,7 @@ def test_reward_and_rl_blocks_fail_in_one_line(tmp_path):
     c = study.stage_configs(study.get_config("preset=smoke"), str(tmp_path / "s"))
     ppo = c["ppo_0"]
     ppo.data.seq_len = 100
-    with pytest.raises(ValueError, match=r"data.seq_len=100: .* set data.seq_len=112"):
+    with pytest.raises(ValueError, match=r"data.seq_len=100: .* set data.seq_len=144"):
         recipe_for(ppo)
     grpo = c["grpo_0"]
     grpo.rl.group = 3

@@ -25,7 +25,7 @@ NAMES = ("argparse", "inspect", "typing", "pathlib", "ast", "calendar", "tarfile
 
 def tiny_study(tmp_path, seeds: int = 3):
     """The smoke preset on a corpus of a dozen stdlib modules (seconds a stage)."""
-    config = study.get_config(f"preset=smoke,seeds={seeds}")
+    config = study.get_config(f"preset=smoke,seeds={seeds},max_new=16")
     config.data.update(
         glob=make_corpus(str(tmp_path / "corpus"), 10),
         data_dir=str(tmp_path / "tfds"),
@@ -95,7 +95,7 @@ def frozen_runs(tmp_path, model_cfg) -> tuple[str, str]:
 def rl_config(tmp_path, algo: str = "ppo", steps: int = 12):
     """The study's `ppo_0` (or `grpo_0`) stage on random frozen runs and a dozen modules'
     instruction prompts."""
-    config = study.get_config("preset=smoke,seeds=1")
+    config = study.get_config("preset=smoke,seeds=1,max_new=16")
     config.data.data_dir = str(tmp_path / "tfds")
     stdlib = os.path.dirname(os.__file__)
     seeded = []
