@@ -38,15 +38,15 @@ from studies.stages import Stage, stage_dir
 _PRESETS = {
     "": {},
     "smoke": dict(
-        pre_steps=4,
-        sft_steps=4,
+        pre_steps=80,
+        sft_steps=60,
         dpo_steps=4,
         rm_steps=4,
         rl_steps=4,
         batch=8,
         rl_batch=8,
         prompts=16,
-        samples=6,
+        samples=8,
         heldout=4,
         heldout_samples=2,
         max_new=48,

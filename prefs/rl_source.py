@@ -62,6 +62,15 @@ def local_rows(x: jax.Array) -> np.ndarray:
     return np.concatenate([np.asarray(shards[k]) for k in sorted(shards)])
 
 
+def all_rows(x: jax.Array) -> np.ndarray:
+    """Every row of a batch-sharded global array, on every process."""
+    if jax.process_count() == 1:
+        return np.asarray(x)
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
 class Rollouts:
     """What rollouts and evaluations share: frozen models, prompts, the jitted sampler."""
 
@@ -83,7 +92,7 @@ class Rollouts:
         self.train_prompts = make_prompts(train, self.tok, rl.max_prompt_tokens)
         held = make_prompts(load_pairs(config.data, "validation"), self.tok, rl.max_prompt_tokens)
         self.heldout = held[: rl.heldout_prompts]
-        if len(self.train_prompts) * rl.group < config.data.batch_size or not self.heldout:
+        if len(self.train_prompts) < config.data.batch_size // rl.group or not self.heldout:
             raise ValueError(
                 f"rl.max_prompt_tokens={rl.max_prompt_tokens} leaves {len(self.train_prompts)} "
                 f"train and {len(held)} held-out prompts; raise it or lower data.batch_size"
@@ -143,7 +152,8 @@ class Rollouts:
             tokens_BP, pad_B = self._inputs(full)
             key = jax.random.fold_in(jax.random.key(seed + 2), i)
             out = self.sample(params, self.ref, self.rm, tokens_BP, pad_B, key)
-            out = jax.device_get({k: out[k] for k in ("tokens", "score", "kl", "length")})
+            # every process judges every row (the figures are the same on every host)
+            out = {k: all_rows(out[k]) for k in ("tokens", "score", "kl", "length")}
             P = tokens_BP.shape[1]
             for b, p in enumerate(chunk):
                 row = out["tokens"][b, P:].tolist()

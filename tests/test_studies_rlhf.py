@@ -2,7 +2,6 @@
 resumed ends with the uninterrupted run's policy, and the smoke study runs end to end, a rerun
 skipping every finished stage."""
 
-import json
 import os
 import signal
 import sys
@@ -24,8 +23,11 @@ NAMES = ("argparse", "inspect", "typing", "pathlib", "ast", "calendar", "tarfile
 
 
 def tiny_study(tmp_path, seeds: int = 3):
-    """The smoke preset on a corpus of a dozen stdlib modules (seconds a stage)."""
-    config = study.get_config(f"preset=smoke,seeds={seeds},max_new=16")
+    """The smoke preset shrunk further (2 steps of pre-training and SFT, 16 new tokens) on a
+    corpus of ten stdlib modules and the instruction pairs of eight (seconds a stage)."""
+    config = study.get_config(
+        f"preset=smoke,seeds={seeds},max_new=16,pre_steps=2,sft_steps=2,prompts=8,samples=4"
+    )
     config.data.update(
         glob=make_corpus(str(tmp_path / "corpus"), 10),
         data_dir=str(tmp_path / "tfds"),
@@ -52,15 +54,33 @@ def tiny_study(tmp_path, seeds: int = 3):
 
 @pytest.mark.slow
 def test_the_smoke_study_runs_end_to_end_and_a_rerun_skips_finished_stages(tmp_path, capsys):
-    config = tiny_study(tmp_path, seeds=3)
+    config = tiny_study(tmp_path, seeds=2)
     workdir = str(tmp_path / "study")
-    out = run_study(config, study, workdir)
-    rows = out["rows"]
-    assert all(r["status"] == "ok" for r in rows.values())
+    rows = run_study(config, study, workdir)["rows"]
     names = ["pretrain", "sft", "pairs", "reward", "reward_eval"]
-    names += [f"{n}_{s}" for s in range(3) for n in ("dpo", "ppo", "grpo")] + ["heldout"]
-    assert list(rows) == names
-    print(json.dumps(rows["reward_eval"], indent=1), json.dumps(rows["heldout"], indent=1))
+    names += [f"{n}_{s}" for s in range(2) for n in ("dpo", "ppo", "grpo")] + ["heldout"]
+    assert list(rows) == names and all(r["status"] == "ok" for r in rows.values())
+    ev = rows["reward_eval"]
+    assert ev["eval_pairs"] == rows["pairs"]["eval_pairs"] > 0
+    assert 0.5 <= ev["majority_baseline"] <= 1 and 0 <= ev["accuracy"] <= 1
+    assert sum(b["count"] for b in ev["bins"]) == ev["eval_pairs"]
+    held = rows["heldout"]["per_seed"]
+    assert set(held) == {"0", "1"} and set(held["0"]) == {"sft", "dpo", "ppo", "grpo"}
+    assert held["0"]["sft"]["kl_ref"] == 0.0  # SFT is the reference
+    for r in held["1"].values():
+        assert 0 <= r["judge_score"] <= 1 and 1 <= r["length"] <= 16
+    for n in ("ppo_0", "grpo_1"):
+        last = read_metrics(f"{workdir}/{n}/metrics.jsonl")[-1]
+        assert {"eval/rm_score", "eval/judge_score", "eval/kl_ref", "eval/length"} <= set(last)
+    assert os.path.getsize(f"{workdir}/rlhf_scores.png") > 10_000
+    report = atomic.read_text(f"{workdir}/report.md")
+    assert "| PPO | 2 |" in report and "| GRPO | 2 |" in report and " ± " in report
+    assert f"accuracy {ev['accuracy']:.3f} against the judge" in report
+    capsys.readouterr()
+    again = run_study(config, study, workdir)
+    printed = capsys.readouterr().out
+    assert "stage" not in printed.replace("study: 12 stages", "")  # nothing ran again
+    assert again["rows"] == rows
 
 
 def fake_run(workdir: str, model_cfg, params) -> str:
