@@ -184,8 +184,14 @@ def heldout_stage(configs: dict, workdir: str, seeds, here: str) -> dict:
     for s in seeds:
         dirs = {"sft": f"{workdir}/sft"} | {n: f"{workdir}/{n}_{s}" for n in POLICIES[1:]}
         per_seed[str(s)] = compare(rollouts, dirs, s)
+        sft = per_seed[str(s)]["sft"]  # step 0: the probe's keys are the seed's, so this is it
+        start = {
+            "step": 0,
+            "eval/rm_score": sft["rm_score"],
+            "eval/judge_score": sft["judge_score"],
+        }
         for n in ("ppo", "grpo"):
-            curves[f"{n}_{s}"] = read_metrics(f"{workdir}/{n}_{s}/metrics.jsonl")
+            curves[f"{n}_{s}"] = [start, *read_metrics(f"{workdir}/{n}_{s}/metrics.jsonl")]
     plot = f"{workdir}/rlhf_scores.png"
     if jax.process_index() == 0:
         plot_scores(curves, plot)
@@ -218,20 +224,24 @@ def results_table(per_seed: dict[str, dict[str, dict]], names: tuple[str, ...]) 
 
 
 def plot_scores(curves: dict[str, list[dict]], path: str) -> None:
-    """Critic (reward-model) score and true judge score on held-out prompts over RL steps, one
-    colour per run (`curves`: name -> metrics rows with `eval/rm_score`), written atomically."""
+    """Critic (reward-model) score and true judge score on held-out prompts over RL steps
+    (`curves`: '<algo>_<seed>' -> metrics rows with `eval/rm_score`; one colour per algorithm,
+    one marker per seed), written atomically."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, (critic, truth) = plt.subplots(1, 2, figsize=(10, 4), sharex=True)
-    for i, (name, rows) in enumerate(sorted(curves.items())):
+    colours, markers = {}, "osd^v<>p*h"
+    for name, rows in sorted(curves.items()):
+        algo, seed = name.rsplit("_", 1)
+        colour = colours.setdefault(algo, f"C{len(colours) % 10}")
+        style = dict(color=colour, marker=markers[int(seed) % 10], label=name, alpha=0.8)
         rows = [r for r in rows if "eval/rm_score" in r]
         steps = [r["step"] for r in rows]
-        colour = f"C{i % 10}"
-        critic.plot(steps, [r["eval/rm_score"] for r in rows], "o-", color=colour, label=name)
-        truth.plot(steps, [r["eval/judge_score"] for r in rows], "o-", color=colour, label=name)
+        critic.plot(steps, [r["eval/rm_score"] for r in rows], **style)
+        truth.plot(steps, [r["eval/judge_score"] for r in rows], **style)
     critic.set(xlabel="RL step", ylabel="reward-model score", title="critic (optimised)")
     truth.set(xlabel="RL step", ylabel="graded judge score", title="true judge (held out)")
     critic.legend(fontsize=7)
