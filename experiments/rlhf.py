@@ -141,9 +141,9 @@ def stage_configs(config, workdir: str) -> dict:
     sft_dir, pairs_path = stage_dir(workdir, "sft"), f"{stage_dir(workdir, 'pairs')}/pairs.json"
     c["dpo"].dpo.pairs = pairs_path
     d = config.dpo
-    rm = dpo._run(
+    rm = dpo.stage_run(
         config,
-        dpo._instructions(
+        dpo.instructions_data(
             config, d.max_prompt_tokens + d.max_new_tokens + 1, config.reward_model.batch_size
         ),
         config.reward_model.train,
@@ -158,10 +158,10 @@ def stage_configs(config, workdir: str) -> dict:
         out[f"dpo_{s}"] = policy
         for algo in ("ppo", "grpo"):
             r = config.rl
-            data = dpo._instructions(
+            data = dpo.instructions_data(
                 config, r.max_prompt_tokens + r.max_new_tokens, config.rl_policy.batch_size
             )
-            run = dpo._run(config, data, config.rl_policy.train, init_from=sft_dir)
+            run = dpo.stage_run(config, data, config.rl_policy.train, init_from=sft_dir)
             run.seed = s
             run.rl = r.copy_and_resolve_references()
             run.rl.update(algo=algo, reference=sft_dir, reward_model=stage_dir(workdir, "reward"))
