@@ -105,6 +105,7 @@ class Rollouts:
         tokens_BP, pad_B = pad_prompts(
             [p["tokens"] for p in mine], self.tok.pad_id, length=self.rl.max_prompt_tokens
         )
+        # placed as a batch's rows: [B, P] like `tokens`, [B] like the per-row `score`
         arrays = self.run.global_batch({"tokens": tokens_BP, "score": pad_B})
         return arrays["tokens"], arrays["score"]
 
