@@ -200,6 +200,6 @@ def get_stages(config, workdir: str) -> list[Stage]:
 
 
 def report(config, rows: dict) -> str:
-    from prefs.rlhf_study import report_text
+    from prefs.rlhf_report import report_text
 
     return report_text(config, rows)
