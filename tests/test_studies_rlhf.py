@@ -150,8 +150,15 @@ print("stage done", flush=True)
 
 
 def _stage(tmp, workdir, **env) -> Proc:
+    """The stage in a subprocess that shares this process's compilation cache (conftest.py):
+    the second and third processes load the programs the first compiled."""
     code = _STAGE.format(steps=STEPS, every=EVERY)
-    return Proc([sys.executable, "-c", code, str(tmp), workdir], f"{workdir}.err", **env)
+    cache = {
+        "JAX_COMPILATION_CACHE_DIR": jax.config.jax_compilation_cache_dir,
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+        "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
+    }
+    return Proc([sys.executable, "-c", code, str(tmp), workdir], f"{workdir}.err", **cache, **env)
 
 
 def _finish(p: Proc) -> str:
