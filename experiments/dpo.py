@@ -67,14 +67,17 @@ def get_config(arg: str = ""):
     return config
 
 
-def _run(config, data, train, init_from: str = ""):
+def stage_run(config, data, train, init_from: str = ""):
+    """A stage's run config: the study's model and seed, `data` and `train` (experiments/rlhf.py
+    builds its stages with it too)."""
     run = base_config()
     run.seed, run.init_from, run.model = config.seed, init_from, config.model
     run.data, run.train = data, train
     return run.copy_and_resolve_references()
 
 
-def _instructions(config, seq_len: int, batch_size: int):
+def instructions_data(config, seq_len: int, batch_size: int):
+    """The study's data block on the instruction pairs, rows of `seq_len`."""
     data = config.data.copy_and_resolve_references()
     data.update(source="instructions", dataset="stdlib", glob="", seq_len=seq_len)
     data.batch_size = batch_size
@@ -83,17 +86,19 @@ def _instructions(config, seq_len: int, batch_size: int):
 
 def stage_configs(config, workdir: str) -> dict:
     """The run configs of the `pretrain`, `sft` and `dpo` stages of the study in `workdir`."""
-    pre = _run(config, config.data, config.pretrain)
-    tuned = _run(
+    pre = stage_run(config, config.data, config.pretrain)
+    tuned = stage_run(
         config,
-        _instructions(config, config.sft.seq_len, config.sft.batch_size),
+        instructions_data(config, config.sft.seq_len, config.sft.batch_size),
         config.sft.train,
         init_from=stage_dir(workdir, "pretrain"),
     )
     d = config.dpo
-    policy = _run(
+    policy = stage_run(
         config,
-        _instructions(config, d.max_prompt_tokens + d.max_new_tokens + 1, config.policy.batch_size),
+        instructions_data(
+            config, d.max_prompt_tokens + d.max_new_tokens + 1, config.policy.batch_size
+        ),
         config.policy.train,
         init_from=stage_dir(workdir, "sft"),
     )

@@ -90,6 +90,13 @@ def _decoder_fn(cfg, s: SampleSettings):
     return run
 
 
+def decoder_sampler(cfg, settings: SampleSettings):
+    """The un-jitted decoder sampler `run(params, tokens_BP, pad_B, rng) -> tokens [B, N]`
+    (left-padded prompts, `pad_B` padding slots each), to trace inside a larger jitted program
+    (RL rollouts: prefs/rollout.py)."""
+    return _decoder_fn(cfg, settings)
+
+
 def _encdec_fn(cfg, s: SampleSettings):
     def run(params, inputs_BS, lengths_B, rng):
         B, S = inputs_BS.shape

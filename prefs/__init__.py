@@ -1,1 +1,1 @@
-"""Preference tuning: judged samples, preference pairs, DPO."""
+"""Preference tuning: judged samples, preference pairs, DPO, a reward model, PPO and GRPO."""

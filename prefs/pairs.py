@@ -100,15 +100,16 @@ def make_eval_batches(
     ]
 
 
-def data_source(run, index: int, count: int):
-    """The DPO recipe's `data` hook: (train iterator, eval batches) of `config.dpo.pairs`;
-    ValueError if the file is missing or holds fewer training or held-out pairs than a batch."""
+def pairs_source(run, index: int, count: int, block, field: str, with_ref: bool):
+    """(train iterator, eval batches) of the pairs.json `block.pairs` (`field`: the block's name
+    in messages; `with_ref`: the pairs must carry reference log-probs); ValueError if the file
+    is missing or holds fewer training or held-out pairs than a batch."""
     config = run.config
-    d, B = config.dpo, config.data.batch_size
+    d, B = block, config.data.batch_size
     if not atomic.exists(d.pairs):
         raise ValueError(
-            f"dpo.pairs={d.pairs!r} does not exist; run the study experiments/dpo.py (its pairs "
-            "stage writes one) or pass a pairs.json"
+            f"{field}.pairs={d.pairs!r} does not exist; run the study experiments/dpo.py or "
+            "experiments/rlhf.py (its pairs stage writes one) or pass a pairs.json"
         )
     pairs = json.loads(atomic.read_text(d.pairs))["pairs"]
     split: dict[bool, list] = {False: [], True: []}
@@ -118,17 +119,27 @@ def data_source(run, index: int, count: int):
     for name, part, least in (("training", train, B), ("held-out", evals, 1)):
         if len(part) < least:
             raise ValueError(
-                f"dpo.pairs={d.pairs!r} holds {len(part)} {name} pairs, fewer than {least} "
-                f"(data.batch_size={B}); change dpo.eval_percent={d.eval_percent}, lower the "
-                "batch size or sample more pairs (dpo.prompts, dpo.samples)"
+                f"{field}.pairs={d.pairs!r} holds {len(part)} {name} pairs, fewer than {least} "
+                f"(data.batch_size={B}); change {field}.eval_percent={d.eval_percent}, lower the "
+                "batch size or sample more pairs"
             )
-        if "ref_chosen_logp" not in part[0]:
-            raise ValueError(f"dpo.pairs={d.pairs!r} has no reference log-probs; rescore it")
+        if with_ref and "ref_chosen_logp" not in part[0]:
+            raise ValueError(f"{field}.pairs={d.pairs!r} has no reference log-probs; rescore it")
     seq_len, tok = config.data.seq_len, run.tokenizer
+    strip = lambda a: a if with_ref else {k: v for k, v in a.items() if not k.startswith("ref_")}
     train_iter = make_train_iterator(
-        stack_pairs(tok, train, seq_len), B, seed=config.seed, index=index, count=count
+        strip(stack_pairs(tok, train, seq_len)), B, seed=config.seed, index=index, count=count
     )
     eval_local = make_eval_batches(
-        stack_pairs(tok, evals, seq_len), B, config.train.eval_batches, index=index, count=count
+        strip(stack_pairs(tok, evals, seq_len)),
+        B,
+        config.train.eval_batches,
+        index=index,
+        count=count,
     )
     return train_iter, eval_local
+
+
+def data_source(run, index: int, count: int):
+    """The DPO recipe's `data` hook: `pairs_source` of `config.dpo`."""
+    return pairs_source(run, index, count, run.config.dpo, "dpo", with_ref=True)

@@ -1,4 +1,5 @@
-"""DPO as a recipe of the one training loop (train/recipe.py): pairs in, the DPO loss, no fork.
+"""DPO as a recipe of the one training loop (train/recipe.py): pairs in, the DPO loss, no fork;
+and the dispatch to the reward-model and RL recipes (prefs/reward_recipe.py, prefs/rl_recipe.py).
 
 Set when the run config has a `dpo` block (declared once in `DPO_FIELDS`, checked when the
 recipe is composed): data from prefs/pairs.py, the pair batch keys and prefs/loss.py's DPO loss,
@@ -9,6 +10,7 @@ log-probs come precomputed in the pairs, so no reference is on device during tra
 import ml_collections
 
 from prefs import loss as dpo_loss
+from prefs import reward_recipe, rl_recipe
 from prefs.pairs import data_source
 from train.recipe import Recipe
 from train.validate import check_fields
@@ -39,7 +41,16 @@ def default_dpo_config() -> ml_collections.ConfigDict:
 
 
 def recipe(config) -> Recipe | None:
-    """The DPO recipe when `config` has a `dpo` block, else None; ConfigError on a bad field."""
+    """The preference recipe `config` asks for: DPO (a `dpo` block), the reward model (a `reward`
+    block, prefs/reward_recipe.py) or RL against it (an `rl` block, prefs/rl_recipe.py); None
+    without any; ConfigError on a bad field."""
+    blocks = [b for b in ("dpo", "reward", "rl") if b in config]
+    if len(blocks) > 1:
+        raise ValueError(f"a run config has one of the blocks dpo, reward, rl; found {blocks}")
+    if "reward" in config:
+        return reward_recipe.recipe(config)
+    if "rl" in config:
+        return rl_recipe.recipe(config)
     if "dpo" not in config:
         return None
     check_fields(config.dpo, DPO_FIELDS, "dpo.")

@@ -16,8 +16,9 @@ from prefs.judge import judge
 
 
 def make_prompts(pairs: Sequence[dict], tokenizer, max_tokens: int) -> list[dict]:
-    """`{'id', 'header', 'tokens'}` of every pair whose response has a header and whose prompt
-    (`[BOS] PROMPT + header`) has at most `max_tokens` tokens, in the pairs' order."""
+    """`{'id', 'header', 'doc', 'tokens'}` of every pair whose response has a header and whose
+    prompt (`[BOS] PROMPT + header`) has at most `max_tokens` tokens, in the pairs' order (`doc`:
+    the instruction, the function's docstring)."""
     out = []
     for pair in pairs:
         cut = split_header(pair["response"])
@@ -26,7 +27,9 @@ def make_prompts(pairs: Sequence[dict], tokenizer, max_tokens: int) -> list[dict
         text = PROMPT.format(instruction=pair["instruction"]) + cut[0]
         tokens = [tokenizer.bos_id, *tokenizer.encode(text).tolist()]
         if len(tokens) <= max_tokens:
-            out.append({"id": pair["id"], "header": cut[0], "tokens": tokens})
+            out.append(
+                {"id": pair["id"], "header": cut[0], "doc": pair["instruction"], "tokens": tokens}
+            )
     return out
 
 
@@ -44,19 +47,19 @@ def sample_and_judge(
         stop_ids=(tokenizer.eos_id,),
         pad_id=tokenizer.pad_id,
     )
-    flat = [(p["header"], p["tokens"]) for p in prompts for _ in range(k)]
+    flat = [(p["header"], p["tokens"], p.get("doc", "")) for p in prompts for _ in range(k)]
     B, verdicts, t0 = dpo_cfg.gen_batch, [], time.perf_counter()
     for i, start in enumerate(range(0, len(flat), B)):
         if desc:
             took = time.perf_counter() - t0
             print(f"{desc}: batch {i + 1}/{-(-len(flat) // B)}, {took:.0f} s", flush=True)
         chunk = flat[start : start + B]
-        tokens = [t for _, t in chunk] + [chunk[-1][1]] * (B - len(chunk))
+        tokens = [t for _, t, _ in chunk] + [chunk[-1][1]] * (B - len(chunk))
         key = jax.random.fold_in(jax.random.key(seed), i)
         rows = generate_array(
             params, tokens, model_cfg, settings, key, prompt_len=dpo_cfg.max_prompt_tokens
         )
-        for (header, _), row in zip(chunk, rows[: len(chunk)].tolist(), strict=True):
+        for (header, _, doc), row in zip(chunk, rows[: len(chunk)].tolist(), strict=True):
             cut = next((j for j, t in enumerate(row) if t == tokenizer.eos_id), None)
-            verdicts.append(judge(tokenizer, header, row[:cut], cut is not None))
+            verdicts.append(judge(tokenizer, header, row[:cut], cut is not None, doc))
     return [verdicts[i * k : (i + 1) * k] for i in range(len(prompts))]

@@ -385,6 +385,8 @@ def _train_and_evaluate(
     try:
         with run.activate():
             for step in range(start + 1, last + 1):
+                if hasattr(train_iter, "see"):  # an on-policy source (train/recipe.py)
+                    train_iter.see(state)
                 batch = run.global_batch(next(train_iter))
                 if step == start + 1:
                     # Tracing (Python) and XLA compilation apart: only the second is what the
@@ -410,6 +412,8 @@ def _train_and_evaluate(
                         log(*pending)
                         pending = None
                     ev = run.evaluate(state.params, eval_batches)
+                    if run.recipe.probe:  # held-out figures that are not a loss
+                        ev |= run.recipe.probe(run, state.params)
                     writer.write(step, {f"eval/{k}": v for k, v in ev.items()})
                     progress.write(
                         f"step {step}: eval loss {ev['loss']:.4f} nats/token, "

@@ -14,9 +14,13 @@ other capability is a `Recipe` of hooks, each `None` when the capability does no
 | data       | `data(run, index, count) -> (it, evals)`  | preference pairs                  |
 | batch_keys | `batch_keys(run) -> {key: rank}`          | a data source with other keys     |
 | init       | `init(run, state) -> state`               | `init_from` (pre-trained weights) |
+| probe      | `probe(run, params) -> {name: float}`     | RL: sample and judge held out     |
 
 `data` returns this process's checkpointable train iterator (its block `index` of `count` row
-blocks) and its list of held-out batches.
+blocks) and its list of held-out batches. An iterator with a `see(state)` method is shown the
+current train state before each `next` (an on-policy source: RL rollouts sampled from the current
+parameters); it must not keep the state past that `next` (the step donates it). `probe` adds
+held-out figures that are not a loss (sampled and judged) to every evaluation, as `eval/<name>`.
 
 A `loss` hook's function is `loss_fn(params, batch, rng, frozen) -> (loss, aux)`: `frozen` is the
 `frozen` hook's tree, an argument of the jitted step (sharded, never donated, never
@@ -38,7 +42,7 @@ import os
 from collections.abc import Callable
 
 _CHAINED = ("model", "optimizer", "apply", "init")
-_SINGLE = ("loss", "frozen", "data", "batch_keys")
+_SINGLE = ("loss", "frozen", "data", "batch_keys", "probe")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,6 +59,7 @@ class Recipe:
     data: Callable | None = None
     batch_keys: Callable | None = None
     init: Callable | None = None
+    probe: Callable | None = None
 
 
 def _chain(hooks: list[Callable]) -> Callable | None:
@@ -73,7 +78,8 @@ def compose(*recipes: Recipe | None) -> Recipe:
     """One recipe doing what `recipes` do, in order (None entries are skipped).
 
     Raises:
-      ValueError: two recipes set the same single hook (`loss`, `frozen`, `data`, `batch_keys`).
+      ValueError: two recipes set the same single hook (`loss`, `frozen`, `data`, `batch_keys`,
+        `probe`).
     """
     recipes = tuple(r for r in recipes if r is not None)
     fields = {k: _chain([getattr(r, k) for r in recipes if getattr(r, k)]) for k in _CHAINED}
