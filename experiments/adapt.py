@@ -42,10 +42,16 @@ def _schedule(config, steps: int, method: str) -> None:
 
 def get_config(arg: str = ""):
     args = parse_arg(
-        arg, method="study", base="", size="tiny", steps=150, pre_steps=300, rank=8, prompt_len=16
+        arg,
+        {"method": ("study", *METHODS)},
+        method="study",
+        base="",
+        size="tiny",
+        steps=150,
+        pre_steps=300,
+        rank=8,
+        prompt_len=16,
     )
-    if args.method not in ("study", *METHODS):
-        raise ValueError(f"method={args.method!r} is unknown; choose study or one of {METHODS}")
     config = base_config(args.size)
     config.data.update(seq_len=128, batch_size=8, val_fraction=0.2, glob=stdlib_glob(""))
     config.model.max_len = 256

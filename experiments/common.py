@@ -16,10 +16,11 @@ from parallel.mesh import default_parallel_config
 from train.optim import default_train_config
 
 
-def parse_arg(arg: str, **defaults) -> ml_collections.ConfigDict:
+def parse_arg(arg: str, choices: dict | None = None, **defaults) -> ml_collections.ConfigDict:
     """Parses 'size=small,runlocal' into a ConfigDict over `defaults` (bare words mean True).
 
-    Values take the type of their default; unknown keys fail with the list of known ones.
+    Values take the type of their default; unknown keys fail with the list of known ones, and a
+    key of `choices` ({key: allowed values}) with a value not among them fails with the list.
     """
     out = ml_collections.ConfigDict(defaults)
     for item in filter(None, (s.strip() for s in (arg or "").split(","))):
@@ -36,6 +37,9 @@ def parse_arg(arg: str, **defaults) -> ml_collections.ConfigDict:
                 raise ValueError(
                     f"config argument {key}={value!r} must be a {kind.__name__}"
                 ) from e
+    for key, allowed in (choices or {}).items():
+        if out[key] not in allowed:
+            raise ValueError(f"{key}={out[key]!r} is unknown; choose one of {sorted(allowed)}")
     return out
 
 
@@ -161,8 +165,6 @@ def task_phase(
     with the experiment's arguments in a `study` block); 'pretrain' is the `pretrain` config as it
     is; 'finetune' and 'scratch' are `task_run`'s.
     """
-    if args.phase not in TASK_PHASES:
-        raise ValueError(f"phase={args.phase!r} is unknown; choose one of {TASK_PHASES}")
     if args.phase in ("study", "pretrain") and args.runlocal:
         set_runlocal(pretrain)
     if args.phase == "pretrain":
@@ -200,7 +202,14 @@ def task_experiment(pretrain_config, set_task, **defaults):
 
     def get_config(arg: str = ""):
         args = parse_arg(
-            arg, phase="study", base="", size="tiny", scratch=True, runlocal=False, **defaults
+            arg,
+            {"phase": TASK_PHASES},
+            phase="study",
+            base="",
+            size="tiny",
+            scratch=True,
+            runlocal=False,
+            **defaults,
         )
         pretrain = pretrain_config(f"size={args.size},steps={args.pre_steps}")
         return task_phase(pretrain, args, set_task)

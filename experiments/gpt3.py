@@ -85,9 +85,7 @@ def gpt3_model(model) -> None:
 
 
 def get_config(arg: str = ""):
-    args = parse_arg(arg, size="125m", target="", steps=0, runlocal=False)
-    if args.size not in GPT3:
-        raise ValueError(f"size={args.size!r} is unknown; choose one of {list(GPT3)}")
+    args = parse_arg(arg, {"size": GPT3}, size="125m", target="", steps=0, runlocal=False)
     lr, rows = GPT3[args.size]
     config = base_config(f"gpt3-{args.size}")
     gpt3_model(config.model)

@@ -92,9 +92,7 @@ def plan_for(size: str, target: str = "") -> Plan:
 
 
 def get_config(arg: str = ""):
-    args = parse_arg(arg, size="8b", target="", steps=0, runlocal=False)
-    if args.size not in LLAMA:
-        raise ValueError(f"size={args.size!r} is unknown; choose one of {list(LLAMA)}")
+    args = parse_arg(arg, {"size": LLAMA}, size="8b", target="", steps=0, runlocal=False)
     shape, lr, rows, tokens, tied = LLAMA[args.size]
     config = base_config(shape)
     llama_model(config.model, tied)

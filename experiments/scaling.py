@@ -99,6 +99,7 @@ PRESETS = {
 def get_config(arg: str = ""):
     args = parse_arg(
         arg,
+        {"preset": PRESETS, "schedule": ("wsd", "cosine"), "mode": ("grid", "isoflop", "both")},
         preset="cpu",
         schedule="wsd",
         mode="grid",
@@ -109,14 +110,8 @@ def get_config(arg: str = ""):
         verify=0,
         lrs="",
     )
-    if args.preset not in PRESETS:
-        raise ValueError(f"preset={args.preset!r} is unknown; choose one of {sorted(PRESETS)}")
-    if args.schedule not in ("wsd", "cosine"):
-        raise ValueError(f"schedule={args.schedule!r} is unknown; choose wsd or cosine")
     if args.verify < 0:
         raise ValueError(f"verify={args.verify} must be 0 (off) or a compute factor K >= 1")
-    if args.mode not in ("grid", "isoflop", "both"):
-        raise ValueError(f"mode={args.mode!r} is unknown; choose grid, isoflop or both")
     p = PRESETS[args.preset]
     lrs = tuple(float(x) for x in args.lrs.split("/")) if args.lrs else ()
     if lrs and len(lrs) != len(p["ladder"]):

@@ -15,16 +15,22 @@ from ml_collections import config_flags
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def show(cmd: list[str]) -> str:
-    return shlex.join(cmd)
-
-
 def execute(cmds: list[list[str]], dry_run: bool) -> None:
     """Prints each command; runs it too unless `dry_run` (stopping at the first failure)."""
     for cmd in cmds:
-        print(show(cmd), flush=True)
+        print(shlex.join(cmd), flush=True)
         if not dry_run:
             subprocess.run(cmd, check=True)
+
+
+def parse_with_overrides(parser, argv: list[str]):
+    """`parser`'s arguments, with every unknown one a `--config.*` override (`args.overrides`)."""
+    args, overrides = parser.parse_known_args(argv)
+    args.overrides = [o for o in overrides if o != "--"]
+    bad = [o for o in args.overrides if not o.startswith("--config.")]
+    if bad:
+        parser.error(f"unknown arguments {bad}; config overrides look like --config.train.steps=10")
+    return args
 
 
 def load_config(config_arg: str, overrides: list[str]):

@@ -25,7 +25,7 @@ import shlex
 import sys
 
 from common import atomic
-from launch.cluster import ROOT, execute, run_args, show, sweep_jobs
+from launch.cluster import ROOT, execute, parse_with_overrides, run_args, sweep_jobs
 
 
 def batch_script(args, command: list[str], *, array: list[str] | None = None) -> str:
@@ -51,7 +51,7 @@ def batch_script(args, command: list[str], *, array: list[str] | None = None) ->
     lines += ["set -euo pipefail", f"cd {ROOT}"]
     if args.setup:
         lines.append(args.setup)
-    body = show(command)
+    body = shlex.join(command)
     if array:  # array task i trains job i's points
         lines.append("JOBS=(" + " ".join(shlex.quote(j) for j in array) + ")")
         body += ' "--config.sweep.only=${JOBS[$SLURM_ARRAY_TASK_ID]}"'
@@ -110,11 +110,7 @@ def parse(argv: list[str]):
     p.add_argument("--setup", default="", help="shell line run before srun, e.g. 'source venv'")
     p.add_argument("--sweep", action="store_true", help="job array, one task per sweep job")
     p.add_argument("--dry_run", action="store_true")
-    args, overrides = p.parse_known_args(argv)
-    args.overrides = [o for o in overrides if o != "--"]
-    bad = [o for o in args.overrides if not o.startswith("--config.")]
-    if bad:
-        p.error(f"unknown arguments {bad}; config overrides look like --config.train.steps=10")
+    args = parse_with_overrides(p, argv)
     return args
 
 

@@ -26,11 +26,12 @@ every command instead of running it.
 
 import argparse
 import os
+import shlex
 import sys
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 
-from launch.cluster import ROOT, execute, run_args, show, sweep_jobs
+from launch.cluster import ROOT, execute, parse_with_overrides, run_args, sweep_jobs
 
 REMOTE = "~/scalelab"
 ACTIONS = ("create", "copy", "install", "run", "logs", "fetch", "delete", "up", "sweep")
@@ -73,7 +74,7 @@ def install(args, name: str) -> list[list[str]]:
 
 
 def run(args, name: str, overrides: list[str]) -> list[list[str]]:
-    command = show(run_args(args.config, overrides, args.workdir))
+    command = shlex.join(run_args(args.config, overrides, args.workdir))
     detached = f"cd {REMOTE} && (nohup {command} > run.log 2>&1 & echo $! > run.pid)"
     return [_ssh(args, name, detached)]
 
@@ -148,11 +149,7 @@ def parse(argv: list[str]):
     p.add_argument("--workdir", default="")
     p.add_argument("--delete_after", action="store_true", help="up: fetch and delete at the end")
     p.add_argument("--dry_run", action="store_true")
-    args, overrides = p.parse_known_args(argv)
-    args.overrides = [o for o in overrides if o != "--"]
-    bad = [o for o in args.overrides if not o.startswith("--config.")]
-    if bad:
-        p.error(f"unknown arguments {bad}; config overrides look like --config.train.steps=10")
+    args = parse_with_overrides(p, argv)
     if args.action in ("run", "up", "sweep", "fetch") and not (args.config and args.workdir):
         p.error(f"{args.action} needs --config and --workdir")
     if os.path.isabs(args.workdir):
