@@ -31,6 +31,8 @@ the `dpo` block (prompts, samples, heldout, heldout_samples, max_new, max_prompt
 Any field is overridable (`--config.rl.beta=...`). docs/rlhf.md explains the table.
 """
 
+import functools
+
 from experiments import dpo
 from experiments.common import base_config, parse_arg
 from prefs.reward_recipe import default_reward_config
@@ -172,7 +174,7 @@ def stage_configs(config, workdir: str) -> dict:
 
 
 def get_stages(config, workdir: str) -> list[Stage]:
-    from prefs import rlhf_study
+    from prefs import rlhf_study, study
 
     c = stage_configs(config, workdir)
     sft_dir = stage_dir(workdir, "sft")
@@ -180,7 +182,8 @@ def get_stages(config, workdir: str) -> list[Stage]:
 
     def pairs(here: str, rows: dict) -> dict:
         path, reuse = f"{here}/pairs.json", config.dpo.pairs
-        return rlhf_study.make_pairs(c["dpo_0"], sft_dir, path, config.min_gap, reuse)
+        build = functools.partial(rlhf_study.graded_pairs, min_gap=config.min_gap)
+        return study.make_pairs(c["dpo_0"], sft_dir, path, reuse, build)
 
     def reward_eval(here: str, rows: dict) -> dict:
         pairs_path = f"{stage_dir(workdir, 'pairs')}/pairs.json"

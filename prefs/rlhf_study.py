@@ -4,19 +4,16 @@ Each is deterministic given the checkpoints it reads; process 0 writes the files
 """
 
 import json
-import time
 import zlib
 
 import jax
 import numpy as np
 
 from common import atomic
-from data.instructions import load_pairs
 from data.pipeline import tokenizer_from_config
 from models import get_model
-from prefs import judge, pairs, sampling
+from prefs import pairs
 from prefs.heads import SCORE_HEAD, VALUE_HEAD, WithHead
-from prefs.loss import make_logp_fn
 from prefs.reward_loss import make_score_fn
 from prefs.rlhf_report import POLICIES, plot_scores
 from train.checkpoint import load_params
@@ -41,53 +38,6 @@ def graded_pairs(prompts: list[dict], verdicts: list[list[dict]], min_gap: float
                 | {"gap": gap}
             )
     return out
-
-
-def make_pairs(config, sft_dir: str, path: str, min_gap: float, reuse: str = "") -> dict:
-    """The `pairs` stage: `dpo.samples` SFT completions of each of `dpo.prompts` train prompts,
-    graded, paired (`graded_pairs`) and scored by the SFT model (DPO's reference) -> `path`;
-    or the pairs of the pairs.json `reuse` (their texts and `gap`), rescored. Returns the
-    stage's row; ConfigError if no pair is found."""
-    d, tok, mcfg = config.dpo, tokenizer_from_config(config.data), config.model
-    params = load_params(sft_dir)
-    t = time.perf_counter()
-    if reuse:
-        old = json.loads(atomic.read_text(reuse))
-        keys = ("id", "prompt", "chosen", "rejected", "gap")
-        pool, found = old["pool"], [{k: p[k] for k in keys} for p in old["pairs"]]
-        prompts = len({p["id"] for p in found})
-    else:
-        candidates = sampling.make_prompts(
-            load_pairs(config.data, "train"), tok, d.max_prompt_tokens
-        )
-        keep = np.random.default_rng(d.seed).permutation(len(candidates))[: d.prompts]
-        chosen = [candidates[i] for i in sorted(keep)]
-        verdicts = sampling.sample_and_judge(
-            params, mcfg, tok, d, chosen, d.samples, d.seed + 1, "pairs: sampling"
-        )
-        pool, found = judge.summary(verdicts), graded_pairs(chosen, verdicts, min_gap)
-        prompts = len(chosen)
-    if not found:
-        raise ConfigError(
-            f"dpo.samples={d.samples}: no two samples of one prompt differ by {min_gap} in the "
-            "judge's score; raise dpo.samples or dpo.prompts, or train the SFT stage longer"
-        )
-    arrays = pairs.stack_pairs(tok, found, config.data.seq_len)
-    logp_fn = jax.jit(make_logp_fn(get_model(mcfg.family).apply, mcfg))
-    ref = pairs.reference_logps(params, arrays, logp_fn, config.data.batch_size)
-    for i, p in enumerate(found):
-        p.update({k: float(v[i]) for k, v in ref.items()})
-    if jax.process_index() == 0:
-        atomic.write_json(path, {"pool": pool, "pairs": found})
-    held = sum(pairs.is_held_out(p["id"], d.eval_percent) for p in found)
-    return {
-        "pair_prompts": prompts,
-        "pairs": len(found),
-        "eval_pairs": held,
-        "mean_gap": float(np.mean([p["gap"] for p in found])),
-        "pool": pool,
-        "sample_s": time.perf_counter() - t,
-    }
 
 
 def _first_is_chosen(pair: dict, i: int) -> bool:

@@ -26,17 +26,18 @@ def _sync(name: str) -> None:
         multihost_utils.sync_global_devices(name)
 
 
-def make_pairs(config, sft_dir: str, path: str, reuse: str = "") -> dict:
+def make_pairs(config, sft_dir: str, path: str, reuse: str = "", build=judge.build_pairs) -> dict:
     """The `pairs` stage: `dpo.samples` judged SFT completions of each of `dpo.prompts` train
-    prompts, paired and scored by the SFT model (the reference) -> `path`; or the pairs of the
+    prompts, paired by `build(prompts, verdicts)` (the binary judge's pairs, or the graded ones of
+    prefs/rlhf_study.py) and scored by the SFT model (the reference) -> `path`; or the pairs of the
     pairs.json `reuse`, rescored. Returns the stage's row; ConfigError if no pair is found."""
     d, tok, mcfg = config.dpo, tokenizer_from_config(config.data), config.model
     params = load_params(sft_dir)
     t = time.perf_counter()
     if reuse:  # rescored by this SFT model: the texts of another run's pairs, not its scores
         old = json.loads(atomic.read_text(reuse))
-        pool = old["pool"]
-        found = [{k: p[k] for k in ("id", "prompt", "chosen", "rejected")} for p in old["pairs"]]
+        keys = ("id", "prompt", "chosen", "rejected", "gap")
+        pool, found = old["pool"], [{k: p[k] for k in keys if k in p} for p in old["pairs"]]
         prompts = len({p["id"] for p in found})
     else:
         candidates = sampling.make_prompts(
@@ -47,7 +48,7 @@ def make_pairs(config, sft_dir: str, path: str, reuse: str = "") -> dict:
         verdicts = sampling.sample_and_judge(
             params, mcfg, tok, d, chosen, d.samples, d.seed + 1, "pairs: sampling"
         )
-        pool, found = judge.summary(verdicts), judge.build_pairs(chosen, verdicts)
+        pool, found = judge.summary(verdicts), build(chosen, verdicts)
         prompts = len(chosen)
     sample_s, t = time.perf_counter() - t, time.perf_counter()
     if not found:
@@ -65,14 +66,10 @@ def make_pairs(config, sft_dir: str, path: str, reuse: str = "") -> dict:
         atomic.write_json(path, {"pool": pool, "pairs": found})
     _sync("dpo-pairs")
     held = sum(pairs.is_held_out(p["id"], d.eval_percent) for p in found)
-    return {
-        "pair_prompts": prompts,
-        "pairs": len(found),
-        "eval_pairs": held,
-        "pool": pool,
-        "sample_s": sample_s,
-        "reference_s": time.perf_counter() - t,
-    }
+    row = {"pair_prompts": prompts, "pairs": len(found), "eval_pairs": held, "pool": pool}
+    if "gap" in found[0]:
+        row["mean_gap"] = float(np.mean([p["gap"] for p in found]))
+    return row | {"sample_s": sample_s, "reference_s": time.perf_counter() - t}
 
 
 def compare(config, dirs: dict[str, str]) -> dict:

@@ -167,3 +167,17 @@ class Proc:
         code = self.proc.wait(timeout)
         self._reader.join(10)
         return code
+
+
+def logged_values(workdir: str) -> dict[tuple[int, str], float]:
+    """Every value a run logged, by (step, name); timings (perf/*) left out, as they differ between
+    processes and a resumed run logs its compile time at its first step."""
+    from train.metrics import read_metrics
+
+    out = {}
+    for r in read_metrics(f"{workdir}/metrics.jsonl"):
+        for k, v in r.items():
+            if k != "step" and not k.startswith("perf/"):
+                assert (r["step"], k) not in out, f"{k} written twice at step {r['step']}"
+                out[r["step"], k] = v
+    return out

@@ -14,7 +14,7 @@ from common import atomic
 from data.instructions import _cache_path, extract_pairs
 from experiments import dpo as study
 from studies.stages import run_study
-from tests.helpers import Proc, make_corpus
+from tests.helpers import Proc, logged_values, make_corpus
 from tests.test_train_dpo import PROMPT, hand_pairs
 from train.checkpoint import SLOW_COMMIT_ENV, load_state
 from train.metrics import read_metrics
@@ -46,19 +46,6 @@ def _finish(p: Proc) -> str:
     return p.stdout()
 
 
-def _learned(workdir) -> dict[tuple[int, str], float]:
-    """Every logged value by (step, name), timings (perf/*) left out: they differ between
-    processes, and a resumed run logs its compile time at its first step."""
-    rows = read_metrics(f"{workdir}/metrics.jsonl")
-    out = {}
-    for r in rows:
-        for k, v in r.items():
-            if k != "step" and not k.startswith("perf/"):
-                assert (r["step"], k) not in out, f"{k} written twice at step {r['step']}"
-                out[r["step"], k] = v
-    return out
-
-
 @pytest.mark.slow
 def test_dpo_stage_killed_mid_run_resumes_bitwise(tmp_path):
     straight = str(tmp_path / "straight")
@@ -77,8 +64,8 @@ def test_dpo_stage_killed_mid_run_resumes_bitwise(tmp_path):
     assert len(a) == len(b) > 5
     for x, y in zip(a, b, strict=True):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
-    logged = _learned(killed)
-    assert logged == _learned(straight)
+    logged = logged_values(killed)
+    assert logged == logged_values(straight)
     assert sorted(s for s, k in logged if k == "train/loss") == list(range(1, STEPS + 1))
     assert sorted(s for s, k in logged if k == "eval/loss") == [8, 16]
     assert {"train/accuracy", "train/margin", "train/reward_margin"} <= {k for _, k in logged}

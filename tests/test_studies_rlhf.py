@@ -14,7 +14,7 @@ from common import atomic
 from data.instructions import _cache_path, extract_pairs
 from experiments import rlhf as study
 from studies.stages import run_study
-from tests.helpers import Proc, make_corpus
+from tests.helpers import Proc, logged_values, make_corpus
 from tests.test_train_dpo import PROMPT, hand_pairs
 from train.checkpoint import SLOW_COMMIT_ENV, load_state
 from train.metrics import read_metrics
@@ -166,17 +166,6 @@ def _finish(p: Proc) -> str:
     return p.stdout()
 
 
-def _logged(workdir) -> dict[tuple[int, str], float]:
-    """Every logged value by (step, name), timings (perf/*) left out."""
-    out = {}
-    for r in read_metrics(f"{workdir}/metrics.jsonl"):
-        for k, v in r.items():
-            if k != "step" and not k.startswith("perf/"):
-                assert (r["step"], k) not in out, f"{k} written twice at step {r['step']}"
-                out[r["step"], k] = v
-    return out
-
-
 @pytest.mark.slow
 def test_a_ppo_stage_killed_mid_run_resumes_to_the_same_policy(tmp_path):
     straight = str(tmp_path / "straight")
@@ -196,8 +185,8 @@ def test_a_ppo_stage_killed_mid_run_resumes_to_the_same_policy(tmp_path):
     assert len(a) == len(b) > 5
     for x, y in zip(a, b, strict=True):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
-    logged = _logged(killed)
-    assert logged == _logged(straight)
+    logged = logged_values(killed)
+    assert logged == logged_values(straight)
     probe = {"eval/rm_score", "eval/judge_score", "eval/kl_ref", "eval/length"}
     assert probe | {"eval/approx_kl", "train/clip_fraction", "train/value_loss"} <= {
         k for _, k in logged
