@@ -231,7 +231,10 @@ def prepare_builder(data_cfg: ml_collections.ConfigDict) -> ScalelabTextFiles:
                     f"data.glob={data_cfg.glob!r} matches no files; fix the pattern "
                     "(use '**' with a recursive glob, e.g. '/path/**/*.txt')."
                 )
-            builder.download_and_prepare(download_dir=os.path.join(data_dir, "downloads"))
+            # TFDS prints its own progress line on stdout; a library keeps stdout for results
+            # (`launch/plan.py --json` on a machine that has not built the corpus yet).
+            with contextlib.redirect_stdout(sys.stderr):
+                builder.download_and_prepare(download_dir=os.path.join(data_dir, "downloads"))
     return make()
 
 

@@ -38,9 +38,14 @@ def read_split(cfg, split):
     return {ex["path"].decode(): ex["text"].decode() for ex in source}
 
 
-def test_builds_all_valid_files_and_counts_skipped(tmp_path):
+def test_builds_all_valid_files_and_counts_skipped(tmp_path, capfd):
     files = write_corpus(tmp_path / "src")
     cfg = make_cfg(tmp_path, tmp_path / "src" / "**" / "*.txt", val_fraction=0.3)
+    corpus.prepare_builder(cfg)
+    # The build reports on stderr only (TFDS's own progress lines included): stdout is for
+    # results, e.g. `launch/plan.py --json` on a machine that has not built the corpus yet.
+    built = capfd.readouterr()
+    assert built.out == "" and "Building scalelab_text_files" in built.err
     train, val = read_split(cfg, "train"), read_split(cfg, "validation")
     assert not set(train) & set(val)
     assert {**train, **val} == files
