@@ -1,5 +1,6 @@
 """Compiled memory against the slice for real TPU targets: batch and remat move it, the CLI's
-fits / does-not-fit exit codes, and a production preset that fits its planned slice.
+fits / does-not-fit exit codes. (Whole presets on their slices are compiled by
+docs/presets.py, a benchmark script: docs/presets.md.)
 
 The slowest compiles of the AOT tests, in their own file so that `pytest --dist loadfile`
 can run them beside tests/test_aot.py.
@@ -65,16 +66,3 @@ def test_cli_fits_json_and_does_not_fit_exit_3(capsys):
     )  # fmt: skip
     assert code == 3, err[-2000:]
     assert "DOES NOT FIT" in out and "RESOURCE_EXHAUSTED" in out
-
-
-@pytest.mark.slow
-def test_a_1b_preset_fits_on_its_slice():
-    """Llama 3.2 1B as planned (v5p-32: FSDP 16, 8 microbatches of 16 x 8192, splash attention)."""
-    from aot.compile import compile_for
-    from experiments import llama
-
-    config = llama.get_config("size=1b")
-    r = compile_for(config, parse_slice(llama.plan_for("1b").target), eval_step=False)
-    assert r["fits"] and r["chips"] == 16 and r["attention_impl"] == "splash"
-    assert 1.2e9 < r["params"] < 1.3e9
-    assert r["hbm_bytes_per_chip"] < 0.5 * r["hbm_capacity_bytes"]

@@ -52,6 +52,10 @@ def test_preset_fits_its_slice_on_paper(path, arg, slice_name):
     assert config.train.peak_flops == slice_.chip.peak_flops
     m = config.model
     assert (m.layer_loop, m.dtype, m.loss_dtype) == ("scan", "bfloat16", "float32")
+    # The platform's fused attention kernel, except where the model cannot use it (T5's
+    # relative position bias is added to the logits, which splash does not take).
+    kernel = "splash" if slice_.chip.platform == "tpu" else "cudnn"
+    assert m.attention_impl == (kernel if m.positions != "relative" else "xla")
     published = PUBLISHED.get(f"{path}:{arg}")
     if published is not None:
         total = count_params(m)["total"]

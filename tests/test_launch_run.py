@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from tests.helpers import FAST_COMPILE, make_corpus
+from tests.helpers import FAST_COMPILE, TINY_RUN, make_corpus
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -33,6 +33,7 @@ def _common(tmp_path):
         f"--config.data.data_dir={tmp_path}/tfds",
         "--config.data.val_fraction=0.1",
         f"--compile_cache={tmp_path}/cache",
+        *(f"--config.{k}={v}" for k, v in TINY_RUN.items()),
     ]
 
 
@@ -67,7 +68,7 @@ def test_bad_input_fails_fast_with_one_line(tmp_path):
     assert (
         proc.stderr.strip()
         .splitlines()[-1]
-        .startswith("error: model.d_model=128 is not divisible by model.n_heads=3")
+        .startswith("error: model.d_model=64 is not divisible by model.n_heads=3")
     )
     assert not workdir.exists()  # nothing half-written
     typo = _run([*_common(tmp_path), f"--workdir={workdir}", "--config.train.stepz=5"], tmp_path)
