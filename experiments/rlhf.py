@@ -73,11 +73,16 @@ def _args(arg: str):
         rl_steps=60,
         lr=1e-4,
         rm_lr=3e-4,
+        rm_wd=0.0,
+        rm_evals=10,
         rl_lr=2e-5,
+        rl_evals=2,
         batch=16,
         rl_batch=16,
         seeds=3,
         min_gap=0.1,
+        eval_percent=10,
+        val_percent=15,
         beta=0.05,
         group=4,
         epochs=2,
@@ -96,12 +101,21 @@ def _args(arg: str):
     return parse_arg(arg, **(defaults | _PRESETS[preset])), preset
 
 
-def _train(size: str, steps: int, lr: float):
+def _train(size: str, steps: int, lr: float, evals: int = 2):
     t = base_config(size).train
     t.steps, t.lr, t.warmup_steps = steps, lr, max(steps // 10, 1)
     t.schedule, t.weight_decay, t.log_every = "constant", 0.0, max(min(10, steps // 2), 1)
-    t.eval_every, t.ckpt_every = max(steps // 2, 1), max(steps // 4, 1)
+    t.eval_every, t.ckpt_every = max(steps // evals, 1), max(steps // 4, 1)
     t.grad_accum, t.eval_batches = 1, 1
+    return t
+
+
+def _reward_train(a):
+    """The reward model's: a checkpoint at each of `rm_evals` evaluations on the whole validation
+    split, every one kept, so later stages can read the best (prefs/critic.py)."""
+    t = _train(a.size, a.rm_steps, a.rm_lr, a.rm_evals)
+    t.weight_decay, t.ckpt_every, t.eval_batches = a.rm_wd, t.eval_every, 1000
+    t.keep_ckpts = a.rm_steps // t.eval_every + 1
     return t
 
 
@@ -111,7 +125,8 @@ def get_config(arg: str = ""):
         f"size={a.size},pre_steps={a.pre_steps},sft_steps={a.sft_steps},steps={a.dpo_steps},"
         f"lr={a.lr},batch={a.batch},prompts={a.prompts},samples={a.samples},"
         f"heldout={a.heldout},heldout_samples={a.heldout_samples},max_new={a.max_new},"
-        f"max_prompt={a.max_prompt},temperature={a.temperature},seed={a.seed}"
+        f"max_prompt={a.max_prompt},temperature={a.temperature},seed={a.seed},"
+        f"eval_percent={a.eval_percent}"
     )
     if preset == "smoke":
         config.model.update(_SMOKE_MODEL)
@@ -119,10 +134,11 @@ def get_config(arg: str = ""):
             t.update(grad_accum=1, eval_batches=1, warmup_steps=1)
         config.sft.batch_size = 8
     config.dpo.gen_batch = max(a.rl_batch, 8)
-    config.reward_model = {"train": _train(a.size, a.rm_steps, a.rm_lr), "batch_size": a.batch}
+    config.reward_model = {"train": _reward_train(a), "batch_size": a.batch}
     config.reward = default_reward_config()
-    config.reward.eval_percent = config.dpo.eval_percent
-    config.rl_policy = {"train": _train(a.size, a.rl_steps, a.rl_lr), "batch_size": a.rl_batch}
+    config.reward.update(eval_percent=config.dpo.eval_percent, val_percent=a.val_percent)
+    rl_train = _train(a.size, a.rl_steps, a.rl_lr, a.rl_evals)
+    config.rl_policy = {"train": rl_train, "batch_size": a.rl_batch}
     rl = default_rl_config()
     rl.update(
         beta=a.beta,

@@ -13,7 +13,8 @@ from data.tokenizer import ByteTokenizer
 from experiments import rlhf as study
 from models import decoder
 from prefs import heads, reward_loss
-from prefs.rlhf_study import calibration, graded_pairs
+from prefs.reward_eval import calibration
+from prefs.rlhf_study import graded_pairs
 from studies.recipes import recipe_for
 from train.loop import train_and_evaluate
 from train.validate import ConfigError
