@@ -190,6 +190,7 @@ def stage_configs(config, workdir: str) -> dict:
 
 
 def get_stages(config, workdir: str) -> list[Stage]:
+    from prefs import reward_eval as critic_eval
     from prefs import rlhf_study, study
 
     c = stage_configs(config, workdir)
@@ -203,7 +204,7 @@ def get_stages(config, workdir: str) -> list[Stage]:
 
     def reward_eval(here: str, rows: dict) -> dict:
         pairs_path = f"{stage_dir(workdir, 'pairs')}/pairs.json"
-        return rlhf_study.reward_eval(c["reward"], stage_dir(workdir, "reward"), pairs_path)
+        return critic_eval.reward_eval(c["reward"], stage_dir(workdir, "reward"), pairs_path)
 
     def heldout(here: str, rows: dict) -> dict:
         return rlhf_study.heldout_stage(c, workdir, seeds, here)
