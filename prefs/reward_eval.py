@@ -26,12 +26,13 @@ from prefs.reward_loss import make_score_fn
 from train.validate import ConfigError
 
 
-def wilson(k: float, n: int, z: float = 1.959964) -> tuple[float, float]:
-    """The Wilson score interval (95% at z = 1.959964) of a binomial proportion k / n."""
+def wilson(k: float, n: int, z: float = 1.959964) -> list[float]:
+    """The Wilson score interval [low, high] (95% at z = 1.959964) of a binomial proportion
+    k / n (a list: the stage row round-trips through JSON unchanged)."""
     p, zz = k / n, z * z
     centre = (p + zz / (2 * n)) / (1 + zz / n)
     half = z * math.sqrt(p * (1 - p) / n + zz / (4 * n * n)) / (1 + zz / n)
-    return centre - half, centre + half
+    return [centre - half, centre + half]
 
 
 def first_is_chosen(pair: dict, i: int) -> bool:

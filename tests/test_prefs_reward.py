@@ -81,7 +81,7 @@ def test_wilson_interval_against_scipy():
 
     for k, n in ((0, 13), (6, 13), (13, 13), (48, 60), (1, 1)):
         want = binomtest(k, n).proportion_ci(0.95, "wilson")
-        assert wilson(k, n) == pytest.approx((want.low, want.high), abs=1e-6)
+        assert wilson(k, n) == pytest.approx([want.low, want.high], abs=1e-6)
 
 
 def test_baselines_are_fitted_on_the_training_pairs():
