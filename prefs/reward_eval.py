@@ -55,13 +55,17 @@ def calibration(p_first: np.ndarray, y_first: np.ndarray, bins: int = 10) -> dic
     return {"ece": float(ece), "bins": rows}
 
 
+def lengths(part: list[tuple[int, dict]], side: str) -> np.ndarray:
+    return np.array([len(p[side]) for _, p in part])
+
+
 def baselines(train: list[tuple[int, dict]], held: list[tuple[int, dict]]) -> dict:
     """Held-out accuracy of the majority and length baselines fitted on `train` ((index in
     pairs.json, pair) of the pairs not held out), and what they learnt."""
 
     def features(part):
         first = np.array([first_is_chosen(p, i) for i, p in part], bool)
-        shorter = np.array([np.sign(len(p["rejected"]) - len(p["chosen"])) for _, p in part])
+        shorter = np.sign(lengths(part, "rejected") - lengths(part, "chosen"))
         return first, shorter  # shorter: +1 the chosen body is shorter, -1 longer, 0 a tie
 
     first, shorter = features(train)
@@ -103,7 +107,8 @@ def reward_eval(config, rm_dir: str, pairs_path: str) -> dict:
     first = np.array([first_is_chosen(p, i) for i, p in held])
     margin = np.where(first, r["chosen"] - r["rejected"], r["rejected"] - r["chosen"])
     p_first = 1.0 / (1.0 + np.exp(-margin))
-    right = float((r["chosen"] > r["rejected"]).sum())
+    right_B = r["chosen"] > r["rejected"]
+    right, longer = float(right_B.sum()), lengths(held, "chosen") > lengths(held, "rejected")
     base = baselines(train, held)
     intervals = {
         f"{k}_interval": wilson(base[k] * n, n) for k in ("majority_baseline", "length_baseline")
@@ -114,6 +119,9 @@ def reward_eval(config, rm_dir: str, pairs_path: str) -> dict:
         "rm_step": critic_step(rm_dir),
         "accuracy": right / n,
         "accuracy_interval": wilson(right, n),
+        # where the judge prefers the longer body, which the length baseline gets wrong
+        "accuracy_chosen_longer": float(right_B[longer].mean()) if longer.any() else None,
+        "chosen_longer": int(longer.sum()),
         **base,
         **intervals,
         **calibration(p_first, first.astype(np.float64)),

@@ -72,8 +72,9 @@ def reward_line(ev: dict) -> str:
         f"'{ev['majority_answer']}' {ev['majority_baseline']:.3f} "
         f"{_ci(ev['majority_baseline_interval'])}, always the {ev['length_answer']} body "
         f"{ev['length_baseline']:.3f} {_ci(ev['length_baseline_interval'])} (the judge prefers "
-        f"the shorter body in {ev['held_chosen_shorter']:.3f} of the held-out pairs); expected "
-        f"calibration error {ev['ece']:.3f}."
+        f"the shorter body in {ev['held_chosen_shorter']:.3f} of the held-out pairs; on the "
+        f"{ev['chosen_longer']} where it prefers the longer one the reward model's accuracy is "
+        f"{ev['accuracy_chosen_longer'] or 0:.3f}); expected calibration error {ev['ece']:.3f}."
     )
 
 
