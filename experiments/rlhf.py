@@ -24,9 +24,13 @@ Seeds s = 0 .. seeds-1; the pre-training, SFT and reward model are shared.
 Arguments: preset (smoke: a 1-layer model, 80 pre-training and 60 SFT steps, 4 of every other
 stage; 4.7 min of stage wall time on the loaded 2-core CPU of docs/rlhf.md, whose 3-seed study
 of a tiny model took 21 min),
-size, pre_steps, sft_steps, dpo_steps, rm_steps, rl_steps, lr (DPO), rm_lr, rl_lr, batch,
-rl_batch, seeds, min_gap, algo fields by name (beta, group, epochs), and the sampling fields of
-the `dpo` block (prompts, samples, heldout, heldout_samples, max_new, max_prompt, temperature);
+size, pre_steps, sft_steps, dpo_steps, rm_steps, rl_steps, lr (DPO), rm_lr, rl_lr, rm_wd (the
+reward model's weight decay), rm_evals and rl_evals (evaluations per run: the reward model keeps a
+checkpoint at each and later stages read the one of best validation accuracy), batch, rl_batch,
+seeds, min_gap, eval_percent (held-out share of the pair prompts, for DPO and the reward model),
+val_percent (the reward model's validation share of the others), algo fields by name (beta,
+group, epochs), and the sampling fields of the `dpo` block (prompts, samples, heldout,
+heldout_samples, max_new, max_prompt, temperature);
 `--config.dpo.pairs=FILE` rescores the pairs of an earlier pairs.json instead of sampling.
 Any field is overridable (`--config.rl.beta=...`). docs/rlhf.md explains the table.
 """

@@ -183,6 +183,7 @@ def test_a_tiny_reward_model_learns_a_separable_preference(tmp_path):
     held = [p for p in _separable_pairs(64) if is_held_out(p["id"], 30)]
     assert ev["eval_pairs"] == len(held) and ev["rm_step"] == best["step"]
     assert ev["accuracy"] >= 0.9 and ev["length_answer"] == "longer"  # the hand-made pairs
+    assert ev["chosen_longer"] == len(held) and ev["accuracy_chosen_longer"] == ev["accuracy"]
     lo, hi = ev["accuracy_interval"]
     assert lo < ev["accuracy"] <= hi + 1e-9
 
