@@ -6,6 +6,7 @@ pairs is read from before it did. Its run keeps a checkpoint at every evaluation
 from common import atomic
 from train.checkpoint import load_params
 from train.metrics import read_metrics
+from train.validate import ConfigError
 
 
 def best_step(rows: list[dict]) -> int | None:
@@ -19,9 +20,15 @@ def best_step(rows: list[dict]) -> int | None:
 
 def critic_step(workdir: str) -> int | None:
     """`best_step` of the run in `workdir` (None, the newest checkpoint, if it logged no
-    evaluation: a run made outside the loop)."""
+    evaluation: a run made outside the loop); ConfigError if that step's checkpoint is gone."""
     path = f"{workdir}/metrics.jsonl"
-    return best_step(read_metrics(path)) if atomic.exists(path) else None
+    step = best_step(read_metrics(path)) if atomic.exists(path) else None
+    if step is not None and not atomic.isdir(f"{workdir}/checkpoints/{step}"):
+        raise ConfigError(
+            f"{workdir} kept no checkpoint of its best validation step {step}; train it with "
+            "train.ckpt_every equal to train.eval_every and train.keep_ckpts above the evaluations"
+        )
+    return step
 
 
 def critic_params(workdir: str):

@@ -4,6 +4,8 @@ last token, calibration by hand, the Wilson interval against scipy, baselines fi
 training pairs, the train / validation / held-out split, the checkpoint of best validation
 accuracy, and a tiny run of the one loop that learns a separable preference on held-out pairs."""
 
+import shutil
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -186,6 +188,9 @@ def test_a_tiny_reward_model_learns_a_separable_preference(tmp_path):
     assert ev["chosen_longer"] == len(held) and ev["accuracy_chosen_longer"] == ev["accuracy"]
     lo, hi = ev["accuracy_interval"]
     assert lo < ev["accuracy"] <= hi + 1e-9
+    shutil.rmtree(f"{rm_dir}/checkpoints/{best['step']}")  # a run that kept too few
+    with pytest.raises(ConfigError, match=f"best validation step {best['step']}; train it"):
+        critic_step(rm_dir)
 
 
 def test_reward_and_rl_blocks_fail_in_one_line(tmp_path):
