@@ -24,9 +24,13 @@ Seeds s = 0 .. seeds-1; the pre-training, SFT and reward model are shared.
 Arguments: preset (smoke: a 1-layer model, 80 pre-training and 60 SFT steps, 4 of every other
 stage; 4.7 min of stage wall time on the loaded 2-core CPU of docs/rlhf.md, whose 3-seed study
 of a tiny model took 21 min),
-size, pre_steps, sft_steps, dpo_steps, rm_steps, rl_steps, lr (DPO), rm_lr, rl_lr, batch,
-rl_batch, seeds, min_gap, algo fields by name (beta, group, epochs), and the sampling fields of
-the `dpo` block (prompts, samples, heldout, heldout_samples, max_new, max_prompt, temperature);
+size, pre_steps, sft_steps, dpo_steps, rm_steps, rl_steps, lr (DPO), rm_lr, rl_lr, rm_wd (the
+reward model's weight decay), rm_evals and rl_evals (evaluations per run: the reward model keeps a
+checkpoint at each and later stages read the one of best validation accuracy), batch, rl_batch,
+seeds, min_gap, eval_percent (held-out share of the pair prompts, for DPO and the reward model),
+val_percent (the reward model's validation share of the others), algo fields by name (beta,
+group, epochs), and the sampling fields of the `dpo` block (prompts, samples, heldout,
+heldout_samples, max_new, max_prompt, temperature);
 `--config.dpo.pairs=FILE` rescores the pairs of an earlier pairs.json instead of sampling.
 Any field is overridable (`--config.rl.beta=...`). docs/rlhf.md explains the table.
 """
@@ -57,6 +61,8 @@ _PRESETS = {
         max_prompt=96,
         group=2,
         min_gap=0.01,
+        val_percent=40,  # a few prompts: a validation split of at least one of them
+        rl_evals=2,
     ),
 }
 _SMOKE_MODEL = dict(n_layers=1, d_model=32, n_heads=2, d_ff=64)
@@ -69,19 +75,24 @@ def _args(arg: str):
         pre_steps=600,
         sft_steps=300,
         dpo_steps=60,
-        rm_steps=120,
+        rm_steps=150,
         rl_steps=60,
         lr=1e-4,
         rm_lr=3e-4,
+        rm_wd=0.1,
+        rm_evals=10,
         rl_lr=2e-5,
+        rl_evals=4,
         batch=16,
         rl_batch=16,
         seeds=3,
         min_gap=0.1,
+        eval_percent=25,
+        val_percent=15,
         beta=0.05,
         group=4,
         epochs=2,
-        prompts=128,
+        prompts=256,
         samples=8,
         heldout=32,
         heldout_samples=2,
@@ -96,12 +107,21 @@ def _args(arg: str):
     return parse_arg(arg, **(defaults | _PRESETS[preset])), preset
 
 
-def _train(size: str, steps: int, lr: float):
+def _train(size: str, steps: int, lr: float, evals: int = 2):
     t = base_config(size).train
     t.steps, t.lr, t.warmup_steps = steps, lr, max(steps // 10, 1)
     t.schedule, t.weight_decay, t.log_every = "constant", 0.0, max(min(10, steps // 2), 1)
-    t.eval_every, t.ckpt_every = max(steps // 2, 1), max(steps // 4, 1)
+    t.eval_every, t.ckpt_every = max(steps // evals, 1), max(steps // 4, 1)
     t.grad_accum, t.eval_batches = 1, 1
+    return t
+
+
+def _reward_train(a):
+    """The reward model's: a checkpoint at each of `rm_evals` evaluations on the whole validation
+    split, every one kept, so later stages can read the best (prefs/critic.py)."""
+    t = _train(a.size, a.rm_steps, a.rm_lr, a.rm_evals)
+    t.weight_decay, t.ckpt_every, t.eval_batches = a.rm_wd, t.eval_every, 1000
+    t.keep_ckpts = a.rm_steps // t.eval_every + 1
     return t
 
 
@@ -111,7 +131,8 @@ def get_config(arg: str = ""):
         f"size={a.size},pre_steps={a.pre_steps},sft_steps={a.sft_steps},steps={a.dpo_steps},"
         f"lr={a.lr},batch={a.batch},prompts={a.prompts},samples={a.samples},"
         f"heldout={a.heldout},heldout_samples={a.heldout_samples},max_new={a.max_new},"
-        f"max_prompt={a.max_prompt},temperature={a.temperature},seed={a.seed}"
+        f"max_prompt={a.max_prompt},temperature={a.temperature},seed={a.seed},"
+        f"eval_percent={a.eval_percent}"
     )
     if preset == "smoke":
         config.model.update(_SMOKE_MODEL)
@@ -119,10 +140,11 @@ def get_config(arg: str = ""):
             t.update(grad_accum=1, eval_batches=1, warmup_steps=1)
         config.sft.batch_size = 8
     config.dpo.gen_batch = max(a.rl_batch, 8)
-    config.reward_model = {"train": _train(a.size, a.rm_steps, a.rm_lr), "batch_size": a.batch}
+    config.reward_model = {"train": _reward_train(a), "batch_size": a.batch}
     config.reward = default_reward_config()
-    config.reward.eval_percent = config.dpo.eval_percent
-    config.rl_policy = {"train": _train(a.size, a.rl_steps, a.rl_lr), "batch_size": a.rl_batch}
+    config.reward.update(eval_percent=config.dpo.eval_percent, val_percent=a.val_percent)
+    rl_train = _train(a.size, a.rl_steps, a.rl_lr, a.rl_evals)
+    config.rl_policy = {"train": rl_train, "batch_size": a.rl_batch}
     rl = default_rl_config()
     rl.update(
         beta=a.beta,
@@ -174,6 +196,7 @@ def stage_configs(config, workdir: str) -> dict:
 
 
 def get_stages(config, workdir: str) -> list[Stage]:
+    from prefs import reward_eval as critic_eval
     from prefs import rlhf_study, study
 
     c = stage_configs(config, workdir)
@@ -187,7 +210,7 @@ def get_stages(config, workdir: str) -> list[Stage]:
 
     def reward_eval(here: str, rows: dict) -> dict:
         pairs_path = f"{stage_dir(workdir, 'pairs')}/pairs.json"
-        return rlhf_study.reward_eval(c["reward"], stage_dir(workdir, "reward"), pairs_path)
+        return critic_eval.reward_eval(c["reward"], stage_dir(workdir, "reward"), pairs_path)
 
     def heldout(here: str, rows: dict) -> dict:
         return rlhf_study.heldout_stage(c, workdir, seeds, here)

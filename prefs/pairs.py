@@ -4,8 +4,10 @@
 'chosen', 'rejected' (body texts), 'ref_chosen_logp', 'ref_rejected_logp'}` (the frozen
 reference's log-probs, computed once). A side is a row `prompt + body + [EOS]` with `loss_mask`
 on the body and EOS; a row's `weight` is 0 where it pads the last held-out batch. Whole prompts
-are held out (`is_held_out`). Training batches are a checkpointable grain dataset whose global
-batches do not depend on the process count (each process keeps its block of rows).
+are held out (`is_held_out`), and a run that selects among its checkpoints (the reward model)
+evaluates on a validation split carved from the training prompts (`split_pairs`), never on them.
+Training batches are a checkpointable grain dataset whose global batches do not depend on the
+process count (each process keeps its block of rows).
 """
 
 import json
@@ -23,6 +25,20 @@ from prefs.loss import SIDES
 def is_held_out(pair_id: str, eval_percent: int) -> bool:
     """Whether the pairs of prompt `pair_id` are held out: crc32 % 100 below `eval_percent`."""
     return zlib.crc32(f"dpo-eval:{pair_id}".encode()) % 100 < eval_percent
+
+
+def split_pairs(
+    pairs: Sequence[dict], eval_percent: int, val_percent: int = 0
+) -> tuple[list, list, list]:
+    """(train, validation, held-out) pairs, split by prompt: held out as `is_held_out`, and of the
+    rest the prompts whose second crc32 % 100 is below `val_percent` are the validation split."""
+    out: tuple[list, list, list] = ([], [], [])
+    for p in pairs:
+        if is_held_out(p["id"], eval_percent):
+            out[2].append(p)
+        else:
+            out[zlib.crc32(f"val:{p['id']}".encode()) % 100 < val_percent].append(p)
+    return out
 
 
 def pair_row(tokenizer, prompt: Sequence[int], body: str, seq_len: int) -> dict[str, np.ndarray]:
@@ -100,10 +116,12 @@ def make_eval_batches(
     ]
 
 
-def pairs_source(run, index: int, count: int, block, field: str, with_ref: bool):
+def pairs_source(run, index: int, count: int, block, field: str, with_ref: bool, val_percent=0):
     """(train iterator, eval batches) of the pairs.json `block.pairs` (`field`: the block's name
-    in messages; `with_ref`: the pairs must carry reference log-probs); ValueError if the file
-    is missing or holds fewer training or held-out pairs than a batch."""
+    in messages; `with_ref`: the pairs must carry reference log-probs); the eval batches are the
+    held-out pairs, or with `val_percent` > 0 the validation pairs (`split_pairs`: the held-out
+    ones are then neither trained nor evaluated on). ValueError if the file is missing or holds
+    fewer training or evaluation pairs than a batch."""
     config = run.config
     d, B = block, config.data.batch_size
     if not atomic.exists(d.pairs):
@@ -111,16 +129,17 @@ def pairs_source(run, index: int, count: int, block, field: str, with_ref: bool)
             f"{field}.pairs={d.pairs!r} does not exist; run the study experiments/dpo.py or "
             "experiments/rlhf.py (its pairs stage writes one) or pass a pairs.json"
         )
-    pairs = json.loads(atomic.read_text(d.pairs))["pairs"]
-    split: dict[bool, list] = {False: [], True: []}
-    for p in pairs:
-        split[is_held_out(p["id"], d.eval_percent)].append(p)
-    train, evals = split[False], split[True]
-    for name, part, least in (("training", train, B), ("held-out", evals, 1)):
+    train, val, held = split_pairs(
+        json.loads(atomic.read_text(d.pairs))["pairs"], d.eval_percent, val_percent
+    )
+    evals, what, knob = (val, "validation", f"val_percent={val_percent}")
+    if not val_percent:
+        evals, what, knob = held, "held-out", f"eval_percent={d.eval_percent}"
+    for name, part, least in (("training", train, B), (what, evals, 1)):
         if len(part) < least:
             raise ValueError(
                 f"{field}.pairs={d.pairs!r} holds {len(part)} {name} pairs, fewer than {least} "
-                f"(data.batch_size={B}); change {field}.eval_percent={d.eval_percent}, lower the "
+                f"(data.batch_size={B}); change {field}.{knob}, lower the "
                 "batch size or sample more pairs"
             )
         if with_ref and "ref_chosen_logp" not in part[0]:

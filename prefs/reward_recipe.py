@@ -4,8 +4,10 @@ Bradley-Terry loss, no fork.
 Set when the run config has a `reward` block (`REWARD_FIELDS`): the model gets a zero-initialised
 scalar head (`score_head`, prefs/heads.py) read at each row's last non-pad token; `init_from`
 loads the trunk from a language model (the SFT run in experiments/rlhf.py). Data: the pairs.json
-of `reward.pairs` (prefs/pairs.py; the same held-out split by prompt as DPO's), loss and held-out
-evaluation: prefs/reward_loss.py (`eval/accuracy` is the held-out pairwise accuracy).
+of `reward.pairs` (prefs/pairs.py; the same held-out split by prompt as DPO's, never trained or
+evaluated on here), loss and evaluation: prefs/reward_loss.py. `eval/accuracy` is the pairwise
+accuracy on `val_percent` of the training prompts, held back from training; later stages read
+the checkpoint where it is highest (prefs/critic.py).
 """
 
 import ml_collections
@@ -19,6 +21,7 @@ from train.validate import check_fields
 _REWARD = {
     "pairs": ("", {"type": str}),  # the judged pairs.json ('' in a study: its pairs stage)
     "eval_percent": (10, {"type": int, "min": 0, "max": 100}),  # held-out share of pair prompts
+    "val_percent": (15, {"type": int, "min": 1, "max": 99}),  # validation share of the others
 }
 REWARD_FIELDS = {k: spec for k, (_, spec) in _REWARD.items()}
 
@@ -52,6 +55,8 @@ def recipe(config) -> Recipe | None:
         model=lambda run, model: WithHead(model, SCORE_HEAD),
         loss=loss,
         eval_loss=True,
-        data=lambda run, i, n: pairs_source(run, i, n, run.config.reward, "reward", False),
+        data=lambda run, i, n: pairs_source(
+            run, i, n, run.config.reward, "reward", False, run.config.reward.val_percent
+        ),
         batch_keys=lambda run: dict(reward_loss.REWARD_PAIR_KEYS),
     )

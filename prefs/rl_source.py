@@ -11,9 +11,10 @@ samples what the uninterrupted run sampled. The iterator's checkpointed state is
 batches yielded and, between two rollouts, the current rollout's rows (this process's block).
 
 The frozen models (reference = `rl.reference`, reward model = `rl.reward_model`, finished runs'
-workdirs) are loaded once and placed by their logical axes under the run's rules and mesh. The
-held-out batches (`train.eval_batches`) are rollouts of the reference on validation prompts, so
-`eval/approx_kl` estimates KL(reference || policy). `probe(run, params)` adds, on the first
+workdirs; the reward model at its best validation step, prefs/critic.py) are loaded once and
+placed by their logical axes under the run's rules and mesh. The held-out batches
+(`train.eval_batches`) are rollouts of the reference on validation prompts, so `eval/approx_kl`
+estimates KL(reference || policy). `probe(run, params)` adds, on the first
 `rl.heldout_prompts` validation prompts x `rl.heldout_samples` with fixed keys: the reward
 model's mean score, the graded judge's mean score (the held-out truth, never trained on), the
 mean sequence KL to the reference and the mean response length.
@@ -31,6 +32,7 @@ from data.instructions import load_pairs
 from models import get_model
 from models.generate import pad_prompts
 from prefs import judge, rollout
+from prefs.critic import critic_step
 from prefs.heads import SCORE_HEAD, WithHead, lm_outputs
 from prefs.sampling import make_prompts
 
@@ -44,14 +46,15 @@ def place(run, model, model_cfg, params):
     return jax.device_put(params, named_shardings(specs, run.mesh))
 
 
-def frozen_model(workdir: str, head: str = ""):
-    """(model, model config, host params) of a finished run (`head`: its scalar head's name)."""
+def frozen_model(workdir: str, head: str = "", step: int | None = None):
+    """(model, model config, host params) of a finished run (`head`: its scalar head's name) at
+    checkpoint `step` (None: the newest)."""
     from train.checkpoint import load_params
     from train.loop import read_run_config
 
     cfg = read_run_config(workdir).model
     model = get_model(cfg.family)
-    return (WithHead(model, head) if head else model), cfg, load_params(workdir)
+    return (WithHead(model, head) if head else model), cfg, load_params(workdir, step)
 
 
 def local_rows(x: jax.Array) -> np.ndarray:
@@ -79,7 +82,8 @@ class Rollouts:
         self.run, self.rl, self.tok = run, rl, run.tokenizer
         self.index, self.count = index, count
         ref_model, ref_cfg, ref = frozen_model(rl.reference)
-        rm_model, rm_cfg, rm = frozen_model(rl.reward_model, SCORE_HEAD)
+        rm_step = critic_step(rl.reward_model)
+        rm_model, rm_cfg, rm = frozen_model(rl.reward_model, SCORE_HEAD, rm_step)
         self.ref = place(run, ref_model, ref_cfg, ref)
         self.rm = place(run, rm_model, rm_cfg, rm)
         policy_outputs = run.model.outputs if rl.algo == "ppo" else lm_outputs(run.apply_fn)

@@ -58,6 +58,26 @@ def plot_scores(curves: dict[str, list[dict]], path: str) -> None:
     plt.close(fig)
 
 
+def _ci(lo_hi) -> str:
+    return f"[{lo_hi[0]:.3f}, {lo_hi[1]:.3f}]"
+
+
+def reward_line(ev: dict) -> str:
+    """The reward model against the judge and the baselines (prefs/reward_eval.py), 95% Wilson
+    intervals in brackets."""
+    return (
+        f"Reward model (step {ev['rm_step']}, best validation accuracy) on {ev['eval_pairs']} "
+        f"held-out pairs: accuracy {ev['accuracy']:.3f} {_ci(ev['accuracy_interval'])} against "
+        f"the judge; baselines fitted on the {ev['train_pairs']} other pairs: always "
+        f"'{ev['majority_answer']}' {ev['majority_baseline']:.3f} "
+        f"{_ci(ev['majority_baseline_interval'])}, always the {ev['length_answer']} body "
+        f"{ev['length_baseline']:.3f} {_ci(ev['length_baseline_interval'])} (the judge prefers "
+        f"the shorter body in {ev['held_chosen_shorter']:.3f} of the held-out pairs; on the "
+        f"{ev['chosen_longer']} where it prefers the longer one the reward model's accuracy is "
+        f"{ev['accuracy_chosen_longer'] or 0:.3f}); expected calibration error {ev['ece']:.3f}."
+    )
+
+
 def report_text(config, rows: dict) -> str:
     """The study's report: the held-out table, the reward model against the judge, the pairs."""
     held, ev, p = rows["heldout"], rows["reward_eval"], rows["pairs"]
@@ -75,10 +95,7 @@ def report_text(config, rows: dict) -> str:
             "",
             results_table(held["per_seed"], POLICIES),
             "",
-            f"Reward model on {ev['eval_pairs']} held-out pairs: accuracy {ev['accuracy']:.3f} "
-            f"against the judge (majority baseline {ev['majority_baseline']:.3f}, longer-body "
-            f"baseline {ev['length_baseline']:.3f}); expected calibration error "
-            f"{ev['ece']:.3f}.",
+            reward_line(ev),
             "",
             "| predicted P(first preferred) | pairs | mean predicted | observed |",
             "| --- | --- | --- | --- |",

@@ -1,23 +1,15 @@
-"""The RLHF study's stages that are not training (experiments/rlhf.py): graded pairs, the reward
-model's held-out check, the held-out comparison of every policy (the report: rlhf_report.py).
+"""The RLHF study's stages that are not training (experiments/rlhf.py): graded pairs and the
+held-out comparison of every policy (the reward model's check: reward_eval.py; the report:
+rlhf_report.py).
 Each is deterministic given the checkpoints it reads; process 0 writes the files.
 """
 
-import json
-import zlib
-
 import jax
-import numpy as np
 
-from common import atomic
-from data.pipeline import tokenizer_from_config
 from models import get_model
-from prefs import pairs
-from prefs.heads import SCORE_HEAD, VALUE_HEAD, WithHead
-from prefs.reward_loss import make_score_fn
+from prefs.heads import VALUE_HEAD
 from prefs.rlhf_report import POLICIES, plot_scores
 from train.checkpoint import load_params
-from train.validate import ConfigError
 
 
 def graded_pairs(prompts: list[dict], verdicts: list[list[dict]], min_gap: float) -> list[dict]:
@@ -38,67 +30,6 @@ def graded_pairs(prompts: list[dict], verdicts: list[list[dict]], min_gap: float
                 | {"gap": gap}
             )
     return out
-
-
-def _first_is_chosen(pair: dict, i: int) -> bool:
-    """The order a held-out pair is shown in (a fixed coin per pair)."""
-    return zlib.crc32(f"{pair['id']}:{i}".encode()) % 2 == 0
-
-
-def calibration(p_first: np.ndarray, y_first: np.ndarray, bins: int = 10) -> dict:
-    """Expected calibration error and the bins (count, mean predicted, observed frequency) of
-    predicted P(first preferred) against the judge's labels."""
-    edges = np.linspace(0.0, 1.0, bins + 1)
-    which = np.clip(np.digitize(p_first, edges[1:-1]), 0, bins - 1)
-    rows, ece = [], 0.0
-    for b in range(bins):
-        sel = which == b
-        if sel.any():
-            mean_p, freq = float(p_first[sel].mean()), float(y_first[sel].mean())
-            ece += sel.mean() * abs(mean_p - freq)
-            rows.append({"bin": b, "count": int(sel.sum()), "predicted": mean_p, "observed": freq})
-    return {"ece": float(ece), "bins": rows}
-
-
-def reward_eval(config, rm_dir: str, pairs_path: str) -> dict:
-    """The `reward_eval` stage: the reward model on the held-out pairs against the judge:
-    pairwise accuracy, the majority baseline (the better constant answer 'first' or 'second'
-    with each pair shown in a fixed random order), a length baseline (the longer body wins,
-    ties half) and calibration of sigmoid(r_first - r_second)."""
-    tok, mcfg, B = tokenizer_from_config(config.data), config.model, config.data.batch_size
-    held = [
-        p
-        for p in json.loads(atomic.read_text(pairs_path))["pairs"]
-        if pairs.is_held_out(p["id"], config.reward.eval_percent)
-    ]
-    if not held:
-        raise ConfigError("reward.eval_percent leaves no held-out pair; raise it")
-    arrays = pairs.stack_pairs(tok, held, config.data.seq_len)
-    model = WithHead(get_model(mcfg.family), SCORE_HEAD)
-    score = jax.jit(make_score_fn(model.outputs, mcfg))
-    params, n = load_params(rm_dir), len(held)
-    r = {}
-    for s in ("chosen", "rejected"):
-        got = []
-        for start in range(0, n, B):
-            idx = np.minimum(np.arange(start, start + B), n - 1)
-            rows = {k: arrays[f"{s}_{k}"][idx] for k in ("tokens", "segment_ids", "positions")}
-            got.append(np.asarray(score(params, rows))[: n - start])
-        r[s] = np.concatenate(got)
-    first = np.array([_first_is_chosen(p, i) for i, p in enumerate(held)])
-    margin = np.where(first, r["chosen"] - r["rejected"], r["rejected"] - r["chosen"])
-    p_first = 1.0 / (1.0 + np.exp(-margin))
-    lengths = {s: np.array([len(p[s]) for p in held]) for s in ("chosen", "rejected")}
-    longer = np.where(
-        lengths["chosen"] == lengths["rejected"], 0.5, lengths["chosen"] > lengths["rejected"]
-    )
-    return {
-        "eval_pairs": n,
-        "accuracy": float((r["chosen"] > r["rejected"]).mean()),
-        "majority_baseline": float(max(first.mean(), 1 - first.mean())),
-        "length_baseline": float(longer.mean()),
-        **calibration(p_first, first.astype(np.float64)),
-    }
 
 
 def compare(rollouts, dirs: dict[str, str], seed: int) -> dict[str, dict]:

@@ -181,3 +181,48 @@ def logged_values(workdir: str) -> dict[tuple[int, str], float]:
                 assert (r["step"], k) not in out, f"{k} written twice at step {r['step']}"
                 out[r["step"], k] = v
     return out
+
+
+def kill_during_save_and_resume(start, tmp_path, steps: int, every: int, timeout: float = 600):
+    """Runs a training stage straight through and again SIGKILLed while the async save of step
+    2 * `every` is written but not committed, then rerun; asserts the rerun continued from step
+    `every`, and that both runs end with array-equal train states and log the same values.
+
+    Args:
+      start: `start(workdir, **env) -> Proc`, the stage in a subprocess.
+      tmp_path: where the two workdirs go.
+      steps, every: the stage's train steps and checkpoint period.
+      timeout: seconds each run may take.
+
+    Returns:
+      The values the killed-and-resumed run logged (`logged_values`).
+    """
+    import signal
+
+    import jax
+    import numpy as np
+
+    from train.checkpoint import SLOW_COMMIT_ENV, load_state
+    from train.metrics import read_metrics
+
+    def finish(p: Proc) -> str:
+        assert p.finish(timeout) == 0, p.stderr()[-3000:]
+        return p.stdout()
+
+    straight, killed = str(tmp_path / "straight"), str(tmp_path / "killed")
+    assert "stage done" in finish(start(straight))
+    held = 2 * every  # its save is held after writing: the steps after `every` are done
+    p = start(killed, **{SLOW_COMMIT_ENV: str(held)})
+    p.wait_for(lambda: f"checkpoint {held}: written, commit delayed" in p.stdout(), "the save")
+    p.proc.send_signal(signal.SIGKILL)
+    p.proc.wait(60)
+    assert max(r["step"] for r in read_metrics(f"{killed}/metrics.jsonl")) >= held
+    assert f"continuing from step {every} of {killed}" in finish(start(killed))
+    a = jax.tree.leaves(load_state(f"{killed}/checkpoints", steps))
+    b = jax.tree.leaves(load_state(f"{straight}/checkpoints", steps))
+    assert len(a) == len(b) > 5
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    logged = logged_values(killed)
+    assert logged == logged_values(straight)
+    return logged

@@ -3,20 +3,16 @@ and the whole study runs end to end on a tiny setting, a rerun skipping every fi
 
 import json
 import os
-import signal
 import sys
 
-import jax
-import numpy as np
 import pytest
 
 from common import atomic
 from data.instructions import _cache_path, extract_pairs
 from experiments import dpo as study
 from studies.stages import run_study
-from tests.helpers import Proc, logged_values, make_corpus
+from tests.helpers import Proc, kill_during_save_and_resume, make_corpus
 from tests.test_train_dpo import PROMPT, hand_pairs
-from train.checkpoint import SLOW_COMMIT_ENV, load_state
 from train.metrics import read_metrics
 
 STEPS, EVERY = 16, 4
@@ -41,31 +37,10 @@ def _stage(tmp, workdir, **env) -> Proc:
     return Proc([sys.executable, "-c", code, str(tmp), workdir], f"{workdir}.err", **env)
 
 
-def _finish(p: Proc) -> str:
-    assert p.finish(300) == 0, p.stderr()[-3000:]
-    return p.stdout()
-
-
 @pytest.mark.slow
 def test_dpo_stage_killed_mid_run_resumes_bitwise(tmp_path):
-    straight = str(tmp_path / "straight")
-    assert "stage done" in _finish(_stage(tmp_path, straight))
-    killed = str(tmp_path / "killed")
-    # Held while the async save of step 8 is written but not committed: steps past 4 are done.
-    p = _stage(tmp_path, killed, **{SLOW_COMMIT_ENV: "8"})
-    p.wait_for(lambda: "checkpoint 8: written, commit delayed" in p.stdout(), "the step-8 save")
-    p.proc.send_signal(signal.SIGKILL)
-    p.proc.wait(60)
-    assert max(r["step"] for r in read_metrics(f"{killed}/metrics.jsonl")) >= 8
-    out = _finish(_stage(tmp_path, killed))
-    assert f"continuing from step {EVERY} of {killed}" in out
-    a = jax.tree.leaves(load_state(f"{killed}/checkpoints", STEPS))
-    b = jax.tree.leaves(load_state(f"{straight}/checkpoints", STEPS))
-    assert len(a) == len(b) > 5
-    for x, y in zip(a, b, strict=True):
-        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
-    logged = logged_values(killed)
-    assert logged == logged_values(straight)
+    start = lambda workdir, **env: _stage(tmp_path, workdir, **env)
+    logged = kill_during_save_and_resume(start, tmp_path, STEPS, EVERY, timeout=300)
     assert sorted(s for s, k in logged if k == "train/loss") == list(range(1, STEPS + 1))
     assert sorted(s for s, k in logged if k == "eval/loss") == [8, 16]
     assert {"train/accuracy", "train/margin", "train/reward_margin"} <= {k for _, k in logged}
