@@ -117,16 +117,21 @@ def test_concurrent_builds_are_safe(tmp_path):
     args = [str(tmp_path / "src" / "**" / "*.txt"), str(tmp_path / "tfds")]
     procs = [
         subprocess.Popen(
-            [sys.executable, "-c", script, *args], cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True
+            [sys.executable, "-c", script, *args],
+            cwd=REPO_ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         for _ in range(2)
     ]
-    outs = [p.communicate(timeout=120)[0] for p in procs]
+    outs, errs = zip(*(p.communicate(timeout=120) for p in procs), strict=True)
     assert [p.returncode for p in procs] == [0, 0]
     counts = [out.strip().splitlines()[-1] for out in outs]
     assert counts[0] == counts[1] and int(counts[0]) > 0
-    # TFDS announces a build on stdout: exactly one process built, the other waited and reused it.
-    assert sum("Downloading and preparing" in out for out in outs) == 1
+    # TFDS announces a build (sent to stderr, stdout stays for results): exactly one process
+    # built, the other waited and reused it.
+    assert sum("Downloading and preparing" in err for err in errs) == 1
 
 
 def test_errors_name_the_config_field(tmp_path):
