@@ -6,7 +6,9 @@ r"""Decoder-only LM (GPT) on the embedded stdlib corpus: CPU presets and acceler
 Arguments (comma-separated): size=tiny|mini|small|medium|large|base|xl, runlocal (a few steps,
 for a smoke test), steps=N (override the preset's step count), tokenizer=byte|bpe|unigram|PATH.model
 and vocab=N (SentencePiece vocabulary size, trained on the corpus's train split on first use),
-target=SLICE (accelerator sizes: the slice to plan for, default the size's own in `ACCELERATOR`).
+target=SLICE (accelerator sizes: the slice to plan for, default the size's own in `ACCELERATOR`),
+arch=nanogpt|nanogpt_nobias (the architecture of nanoGPT's GPT instead of the default pre-LN
+rotary one: `set_nanogpt`; launch/bench.py times it against nanoGPT itself).
 
 Presets and measured cost on a 2-core CPU (docs/training.md):
   size=tiny:  2 x 128,  600 steps of 16 x 256 tokens (2.5M tokens), about 2 minutes.
@@ -51,8 +53,26 @@ def presets() -> list[tuple[str, str]]:
     return [(f"size={size}", plan.target) for size, plan in ACCELERATOR.items()]
 
 
+def set_nanogpt(config, bias: bool = True) -> None:
+    """The architecture of nanoGPT's `GPT` (github.com/karpathy/nanoGPT, model.py): GPT-2's
+    learned positions over `seq_len` rows, exact (erf) GELU, LayerNorm eps 1e-5, tied
+    embeddings, and with `bias` (nanoGPT's default) biases in every linear layer and norm."""
+    m = config.model
+    m.positions, m.max_len, m.activation = "learned", config.data.seq_len, "gelu_exact"
+    m.norm_type, m.norm_position, m.norm_eps = "layernorm", "pre", 1e-5
+    m.tie_embeddings, m.d_ff = True, 4 * m.d_model
+    m.norm_bias = m.attn_bias = m.mlp_bias = bias
+
+
+ARCHS = {"": None, "nanogpt": True, "nanogpt_nobias": False}
+
+
 def get_config(arg: str = ""):
-    args = parse_arg(arg, size="small", runlocal=False, steps=0, tokenizer="", vocab=0, target="")
+    args = parse_arg(
+        arg, size="small", runlocal=False, steps=0, tokenizer="", vocab=0, target="", arch=""
+    )
+    if args.arch not in ARCHS:
+        raise ValueError(f"arch={args.arch}: choose one of {[a for a in ARCHS if a]} or leave out")
     config = base_config(args.size)
     accelerator = args.size not in PRESETS
     if args.target and not accelerator:
@@ -70,4 +90,6 @@ def get_config(arg: str = ""):
     if args.runlocal:
         set_runlocal(config)
         config.data.seq_len = 128
+    if args.arch:
+        set_nanogpt(config, ARCHS[args.arch])
     return config

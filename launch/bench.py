@@ -1,17 +1,18 @@
 r"""Times the train step of a config: tokens/s, step time, compile time and MFU.
 
-  python launch/bench.py                      # the reference config, JAX vs PyTorch, 3 rounds
-  python launch/bench.py --config experiments/gpt.py:size=tiny --torch=false --steps 20
+  python launch/bench.py --nanogpt ~/nanoGPT  # the reference config against nanoGPT, 3 rounds
+  python launch/bench.py --config experiments/gpt.py:size=tiny --steps 20
 
 The reference config of docs/performance.md (4 layers, d_model 256, 4 heads, seq 256, batch 16,
 vocab 256, f32) is `size=small` with `--vocab 256` (the default). MFU is against the peak
 measured in the same run (best of an f32 2048^3 matmul) unless `train.peak_flops` is set.
 Batches are random tokens of the config's shape (the data pipeline is not timed).
 
-With `--torch` (the default) the same model's PyTorch eager train step (`launch/bench_torch.py`,
-in a subprocess) is timed too, alternating with JAX for `--rounds` rounds so that both see the
-same machine load; it prints both medians, the ratio and the load average. The JAX step is
-compiled once and timed `--steps` steps per round.
+With `--nanogpt DIR` (a checkout of github.com/karpathy/nanoGPT) the config's model takes
+nanoGPT's architecture (experiments/gpt.py:set_nanogpt; `--bias` as nanoGPT's) and nanoGPT's own
+train step (`launch/bench_nanogpt.py`, PyTorch eager, in a subprocess) is timed too, alternating
+with JAX for `--rounds` rounds so that both see the same machine load; it prints both medians,
+the ratio and the load average. The JAX step is compiled once and timed `--steps` steps per round.
 """
 
 import json
@@ -29,8 +30,14 @@ _CONFIG = config_flags.DEFINE_config_file(
 _STEPS = flags.DEFINE_integer("steps", 20, "Timed steps (after 2 untimed warm-up steps).")
 _VOCAB = flags.DEFINE_integer("vocab", 256, "Model vocabulary (256 = the reference config).")
 _JSON = flags.DEFINE_bool("json", False, "Print one JSON line instead of a table.")
-_TORCH = flags.DEFINE_bool("torch", True, "Also time the PyTorch eager reference, alternating.")
-_ROUNDS = flags.DEFINE_integer("rounds", 3, "Alternating JAX / PyTorch rounds with --torch.")
+_NANOGPT = flags.DEFINE_string(
+    "nanogpt", "", "A nanoGPT checkout: time its train step too, alternating (empty: JAX only)."
+)
+_BIAS = flags.DEFINE_bool("bias", True, "With --nanogpt: nanoGPT's `bias` (and ours to match).")
+_PEER_ACCUM = flags.DEFINE_integer(
+    "peer_grad_accum", 1, "With --nanogpt: nanoGPT's micro-steps per batch (1: the whole batch)."
+)
+_ROUNDS = flags.DEFINE_integer("rounds", 3, "Alternating JAX / nanoGPT rounds with --nanogpt.")
 _REMAT = flags.DEFINE_list(
     "remat",
     [],
@@ -128,45 +135,49 @@ def bench(config, steps: int) -> dict:
     return b.result()
 
 
-def torch_bench(config, steps: int) -> dict:
-    """Runs launch/bench_torch.py on the shape of `config` in a subprocess; its JSON line."""
+def nanogpt_bench(config, folder: str, steps: int) -> dict:
+    """Runs launch/bench_nanogpt.py on the shape of `config` in a subprocess; its JSON line."""
     import subprocess
 
     m, d = config.model, config.data
-    if m.positions != "rotary" or not m.tie_embeddings or m.d_ff != 4 * m.d_model:
-        raise app.UsageError("--torch mirrors rotary, tied, d_ff = 4 d_model models only")
-    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bench_torch.py")
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bench_nanogpt.py")
     args = dict(
         layers=m.n_layers, d_model=m.d_model, heads=m.n_heads, seq=d.seq_len, batch=d.batch_size
     )
-    args.update(vocab=m.vocab_size, steps=steps, warmup=3)
+    args.update(vocab=m.vocab_size, grad_accum=_PEER_ACCUM.value, bias=int(m.mlp_bias))
+    args.update(steps=steps, warmup=3, nanogpt=folder)
     cmd = [sys.executable, script, "--json", *(f"--{k}={v}" for k, v in args.items())]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-    return json.loads(out.strip().splitlines()[-1])
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode:  # its one-line error, and its exit code (2 for bad input)
+        print(out.stderr.strip().splitlines()[-1], file=sys.stderr)
+        sys.exit(out.returncode)
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def compare_with_torch(config, steps: int, rounds: int) -> dict:
-    """JAX and PyTorch eager alternating for `rounds` rounds; both medians and their ratio."""
+def compare_with_nanogpt(config, folder: str, steps: int, rounds: int) -> dict:
+    """JAX and nanoGPT alternating for `rounds` rounds; both medians and their ratio."""
+    nanogpt_bench(config, folder, 1)  # a bad checkout fails before the JAX compile
     jax_bench = JaxBench(config)
-    jax_ms, torch_ms = [], []
+    jax_ms, peer_ms = [], []
     tokens = config.data.batch_size * config.data.seq_len
     for r in range(rounds):
         jax_ms.append(1e3 * jax_bench.time(steps))
-        torch_ms.append(torch_bench(config, steps)["step_ms_median"])
+        peer_ms.append(nanogpt_bench(config, folder, steps)["step_ms_median"])
         print(
             f"round {r + 1}/{rounds}: jax {tokens / jax_ms[-1] * 1e3:8.0f} tokens/s   "
-            f"torch {tokens / torch_ms[-1] * 1e3:8.0f} tokens/s   load {os.getloadavg()[0]:.1f}",
+            f"nanoGPT {tokens / peer_ms[-1] * 1e3:8.0f} tokens/s   "
+            f"load {os.getloadavg()[0]:.1f}",
             flush=True,
         )
     out = jax_bench.result()
     jax_tok = 1e3 * tokens / float(statistics.median(jax_ms))  # even count: mean of the middle two
-    torch_tok = 1e3 * tokens / float(statistics.median(torch_ms))
+    peer_tok = 1e3 * tokens / float(statistics.median(peer_ms))
     out.update(
         jax_round_ms=jax_ms,
-        torch_round_ms=torch_ms,
+        nanogpt_round_ms=peer_ms,
         jax_tokens_per_s=jax_tok,
-        torch_tokens_per_s=torch_tok,
-        ratio=jax_tok / torch_tok,
+        nanogpt_tokens_per_s=peer_tok,
+        ratio=jax_tok / peer_tok,
         loadavg=os.getloadavg(),
     )
     return out
@@ -209,8 +220,12 @@ def main(argv):
         if _JSON.value:
             print(json.dumps(rows))
         return
-    if _TORCH.value:
-        r = compare_with_torch(config, _STEPS.value, _ROUNDS.value)
+    if _NANOGPT.value:
+        from experiments.gpt import set_nanogpt
+
+        with config.unlocked():
+            set_nanogpt(config, _BIAS.value)
+        r = compare_with_nanogpt(config, _NANOGPT.value, _STEPS.value, _ROUNDS.value)
     else:
         r = bench(config, _STEPS.value)
     if _JSON.value:
@@ -227,12 +242,12 @@ def main(argv):
     print(f"step         {r['step_ms_median']:8.1f} ms (median), {r['step_ms_mean']:.1f} ms (mean)")
     print(f"throughput   {r['tokens_per_s']:8.0f} tokens/s")
     print(f"MFU          {100 * r['mfu']:8.1f} % of {r['peak_gflops']:.0f} GFLOP/s measured peak")
-    if _TORCH.value:
+    if _NANOGPT.value:
         load = " ".join(f"{x:.1f}" for x in r["loadavg"])
         print(
-            f"vs PyTorch   jax {r['jax_tokens_per_s']:.0f} tokens/s, torch eager "
-            f"{r['torch_tokens_per_s']:.0f} tokens/s (medians of {len(r['jax_round_ms'])} "
-            f"alternating rounds): ratio jax/torch {r['ratio']:.3f}; load average {load}"
+            f"vs nanoGPT   jax {r['jax_tokens_per_s']:.0f} tokens/s, nanoGPT (PyTorch eager) "
+            f"{r['nanogpt_tokens_per_s']:.0f} tokens/s (medians of {len(r['jax_round_ms'])} "
+            f"alternating rounds): ratio jax/nanoGPT {r['ratio']:.3f}; load average {load}"
         )
 
 
