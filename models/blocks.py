@@ -245,11 +245,13 @@ def dropout(x: Array, rate: float, rng: Array | None) -> Array:
     return jnp.where(keep, x / (1.0 - rate), 0.0).astype(x.dtype)
 
 
-def attend(q_BTNH, k_BSKH, v_BSKH, bias, cfg, rng=None) -> Array:
+def attend(q_BTNH, k_BSKH, v_BSKH, bias, cfg, rng=None, causal: bool = False) -> Array:
     """Softmax attention with an additive bias [B, 1 or N, T, S] and grouped kv heads.
 
     Takes the fast kernel of `models/layers.py` when it applies; otherwise a plain autodiff
     version (per-head bias such as T5's, no 1/sqrt(H) scaling, or attention-prob dropout).
+    `causal`: the bias masks every key after its query, so the kernel may skip those keys
+    (`model.causal_blocks`).
     """
     B, T, N, H = q_BTNH.shape
     K = k_BSKH.shape[2]
@@ -258,7 +260,15 @@ def attend(q_BTNH, k_BSKH, v_BSKH, bias, cfg, rng=None) -> Array:
     scale = mup.attention_scale(cfg, H)  # None: 1/sqrt(H); muP: 1/H (models/mup.py)
     logits_dtype = jnp.dtype(cfg.attn_logits_dtype)
     if bias.shape[1] == 1 and cfg.attn_scale and not drop:
-        return dot_attention(q_BTNH, k_BSKH, v_BSKH, bias, scale=scale, logits_dtype=logits_dtype)
+        return dot_attention(
+            q_BTNH,
+            k_BSKH,
+            v_BSKH,
+            bias,
+            scale=scale,
+            logits_dtype=logits_dtype,
+            causal_blocks=cfg.get("causal_blocks", 1) if causal else 1,  # older configs: 1
+        )
     if cfg.attn_scale:
         q_BTNH = q_BTNH * jnp.asarray(H**-0.5 if scale is None else scale, q_BTNH.dtype)
     q_BTKGH = q_BTNH.reshape(B, T, K, G, H)  # query head n = k * G + g
@@ -440,7 +450,7 @@ def attention(
         attn_fn = sparse_attention.attention_fn(cfg, layer_index)
         attn_BTNH = attn_fn(q_BTNH, k_BSKH, v_BSKH, None, segment_ids_BT)
     else:
-        attn_BTNH = attend(q_BTNH, k_BSKH, v_BSKH, bias, cfg, rng)
+        attn_BTNH = attend(q_BTNH, k_BSKH, v_BSKH, bias, cfg, rng, causal and self_attention)
     attn_BTNH = checkpoint_name(attn_BTNH, "attn_out")
     return _biased(dense(attn_BTNH, p[prefix + "o"], n_in=2), p, prefix + "o")
 

@@ -49,6 +49,7 @@ def hidden(params: dict, batch: dict, cfg, *, rngs=None, layer_stack=None) -> ja
         )
     # A model whose layers are all sparse never builds the T x T bias (its cost stays below T^2),
     # nor does a fused kernel, which takes causality and the segment ids instead.
+    causal = "prefix_mask" not in batch
     bias = None
     if uses_dense(cfg) and not kernel:
         bias = blocks.mask_bias(
@@ -71,6 +72,7 @@ def hidden(params: dict, batch: dict, cfg, *, rngs=None, layer_stack=None) -> ja
             layer_index=i,
             segment_ids_BT=side.get("segment_ids"),
             rope=side.get("rope"),
+            causal=causal,  # a bidirectional prefix is not (fused kernels reject it above)
         )
 
     # Per-row inputs of every layer, each [B, ...], so a pipeline can split them by microbatch.

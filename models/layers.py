@@ -187,6 +187,7 @@ def dot_attention(
     *,
     scale: float | None = None,
     logits_dtype=jnp.float32,
+    causal_blocks: int = 1,
 ) -> Array:
     """Softmax attention with grouped key/value heads (MHA when K == N, MQA when K == 1).
 
@@ -203,7 +204,29 @@ def dot_attention(
       scale: multiplies the logits; None is 1/sqrt(H) (muP passes ~1/H, see models/mup.py).
       logits_dtype: dtype of the logits q.k, the softmax and its backward (f32 by default,
         whatever the activation dtype).
+      causal_blocks: > 1 splits the queries into that many blocks, each attending only to the
+        keys up to its last query: exact when `bias_B1TS` masks every key after its query (a
+        causal mask, with or without packed segments), and it skips the masked blocks'
+        work (here at T = 256, 4 blocks: fwd+bwd 6.2 -> 3.9 ms per layer at batch 4).
     """
+    T, S = q_BTNH.shape[1], k_BSKH.shape[1]
+    if causal_blocks > 1 and T == S and T >= 2 * causal_blocks:
+        ends = [T * (i + 1) // causal_blocks for i in range(causal_blocks)]
+        starts = [0, *ends[:-1]]
+        return jnp.concatenate(
+            [
+                dot_attention(
+                    q_BTNH[:, t0:t1],
+                    k_BSKH[:, :t1],
+                    v_BSKH[:, :t1],
+                    bias_B1TS[:, :, t0:t1, :t1],
+                    scale=scale,
+                    logits_dtype=logits_dtype,
+                )
+                for t0, t1 in zip(starts, ends, strict=True)
+            ],
+            axis=1,
+        )
     B, T, N, H = q_BTNH.shape
     K = k_BSKH.shape[2]
     G = N // K

@@ -10,6 +10,7 @@ import pytest
 
 from models import blocks, decoder, encoder
 from models.counting import count_params
+from models.layers import dot_attention
 from models.sizes import default_model_config
 
 
@@ -260,6 +261,42 @@ def test_prefix_mask_is_bidirectional_only_inside_the_prefix():
     expected = np.tril(np.ones((5, 5), bool))
     expected[:3, :3] = True
     np.testing.assert_array_equal(allowed, expected)
+
+
+@pytest.mark.parametrize("kv_heads", [4, 2])
+def test_causal_blocks_are_exact_under_a_packed_causal_mask(kv_heads):
+    """Skipping the keys after each query block changes nothing, values or gradients, with
+    uneven blocks (23 queries), packed documents, padding and grouped kv heads."""
+    rng = np.random.default_rng(0)
+    q = jnp.asarray(rng.normal(size=(2, 23, 4, 8)), jnp.float32)
+    k, v = (jnp.asarray(rng.normal(size=(2, 23, kv_heads, 8)), jnp.float32) for _ in range(2))
+    seg = jnp.array([[1] * 9 + [2] * 10 + [0] * 4, [1] * 23])
+    bias = blocks.mask_bias(seg, seg, causal=True)
+    g = jnp.asarray(rng.normal(size=(2, 23, 4, 8)), jnp.float32)
+
+    def run(n):
+        f = lambda q, k, v: (dot_attention(q, k, v, bias, causal_blocks=n) * g).sum()  # noqa: E731
+        return dot_attention(q, k, v, bias, causal_blocks=n), jax.grad(f, (0, 1, 2))(q, k, v)
+
+    want, want_grads = run(1)
+    for n in (2, 3, 5):
+        got, grads = run(n)
+        np.testing.assert_allclose(got, want, atol=2e-6)
+        for a, b in zip(grads, want_grads, strict=True):
+            np.testing.assert_allclose(a, b, atol=2e-5)
+
+
+def test_a_prefix_lm_batch_attends_ahead_inside_its_prefix_with_causal_blocks():
+    """A bidirectional prefix is not a causal mask: the decoder turns the key skipping off, so
+    a token early in the prefix still reads the prefix's later tokens."""
+    params = nn.unbox(decoder.init(jax.random.key(0), _cfg()))
+    tokens = np.arange(32, dtype=np.int32).reshape(2, 16) % 64
+    prefix = (np.arange(16)[None] < 12).astype(np.int32).repeat(2, 0)  # spans all 4 blocks
+    batch = {"tokens": tokens, "prefix_mask": prefix}
+    got = decoder.apply(params, batch, _cfg(causal_blocks=4))
+    np.testing.assert_allclose(got, decoder.apply(params, batch, _cfg(causal_blocks=1)), atol=1e-5)
+    causal = decoder.apply(params, {"tokens": tokens}, _cfg(causal_blocks=4))
+    assert np.abs(np.asarray(got - causal))[:, 0].max() > 1e-3  # the prefix is seen ahead
 
 
 def test_bad_switch_names_fail_with_the_field():
