@@ -84,6 +84,8 @@ def get_config(arg: str = ""):
     steps, lr, warmup, grad_accum = PRESETS.get(args.size, (10_000, 1e-3, 500, 1))
     set_schedule(config, args.steps or steps, lr, warmup)
     config.train.grad_accum = grad_accum
+    if not accelerator:  # measured on the 2-core CPU: the reference step 1-7% faster
+        config.model.causal_blocks = 4
     if accelerator:
         config.data.batch_size, config.data.seq_len = 256, 2048
         set_accelerator(config, ACCELERATOR[args.size], args.target)

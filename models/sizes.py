@@ -199,8 +199,9 @@ def default_model_config(size: str = "small") -> ml_collections.ConfigDict:
             # or bf16 logits. KV-cache generation always uses 'xla'.
             "attention_impl": "xla",
             # 'xla' attention under a causal mask: the queries in this many blocks, each reading
-            # only the keys up to its last query (exact; skips ~3/8 of the work at 4). 1 = off.
-            "causal_blocks": 4,
+            # only the keys up to its last query (exact; skips ~3/8 of the work at 4, for more
+            # ops to compile). 1 = off; the CPU presets of experiments/gpt.py use 4.
+            "causal_blocks": 1,
             # Sparse/local attention (models/sparse_attention.py states each pattern exactly).
             "sparse": {
                 # 'dense' | 'local' (the `window` latest keys) | 'strided' (Sparse Transformer:

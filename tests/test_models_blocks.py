@@ -1,5 +1,6 @@
 """Architecture switches (models/blocks.py) against independent numpy references."""
 
+import functools
 import math
 
 import flax.linen as nn
@@ -274,6 +275,7 @@ def test_causal_blocks_are_exact_under_a_packed_causal_mask(kv_heads):
     bias = blocks.mask_bias(seg, seg, causal=True)
     g = jnp.asarray(rng.normal(size=(2, 23, 4, 8)), jnp.float32)
 
+    @functools.partial(jax.jit, static_argnums=0)
     def run(n):
         f = lambda q, k, v: (dot_attention(q, k, v, bias, causal_blocks=n) * g).sum()  # noqa: E731
         return dot_attention(q, k, v, bias, causal_blocks=n), jax.grad(f, (0, 1, 2))(q, k, v)

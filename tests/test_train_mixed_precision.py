@@ -89,6 +89,7 @@ def _eqn_dtypes(dtype, attn_logits_dtype, loss_dtype):
     """{(primitive, output shape): set of output dtype names} over the grad jaxpr, recursively."""
     cfg = default_model_config("tiny")
     cfg.dtype, cfg.attn_logits_dtype, cfg.loss_dtype = dtype, attn_logits_dtype, loss_dtype
+    cfg.causal_blocks = 1  # one [B, K, T, S] attention per layer, the shape looked up below
     params = nn.unbox(decoder.init(jax.random.key(0), cfg))
     batch = {"tokens": jnp.zeros((2, 16), jnp.int32)}
     grad_fn = jax.value_and_grad(make_loss_fn(cfg, decoder.apply), has_aux=True)
