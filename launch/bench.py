@@ -2,6 +2,7 @@ r"""Times the train step of a config: tokens/s, step time, compile time and MFU.
 
   python launch/bench.py --nanogpt ~/nanoGPT  # the reference config against nanoGPT, 3 rounds
   python launch/bench.py --config experiments/gpt.py:size=tiny --steps 20
+  python launch/bench.py --profile 3           # where the reference step's time goes
 
 The reference config of docs/performance.md (4 layers, d_model 256, 4 heads, seq 256, batch 16,
 vocab 256, f32) is `size=small` with `--vocab 256` (the default). MFU is against the peak
@@ -38,6 +39,12 @@ _PEER_ACCUM = flags.DEFINE_integer(
     "peer_grad_accum", 1, "With --nanogpt: nanoGPT's micro-steps per batch (1: the whole batch)."
 )
 _ROUNDS = flags.DEFINE_integer("rounds", 3, "Alternating JAX / nanoGPT rounds with --nanogpt.")
+_PROFILE = flags.DEFINE_integer(
+    "profile",
+    0,
+    "Trace this many steps with jax.profiler and print where the time goes (train/profile.py): "
+    "weight matmuls, batched matmuls and the rest by operation. XLA:CPU only.",
+)
 _REMAT = flags.DEFINE_list(
     "remat",
     [],
@@ -91,6 +98,19 @@ class JaxBench:
                 times.append(time.perf_counter() - t)
         self.times += times
         return float(np.median(times))
+
+    def profile(self, steps: int) -> list[tuple[str, float]]:
+        """(group, ms per step) over `steps` traced steps (train/profile.py)."""
+        import jax
+
+        from train.profile import profile
+
+        def run_once():
+            self.state, m = self.compiled(self.state, self.batch, self.run.schedule_args)
+            jax.block_until_ready(m)
+
+        with self.run.activate():
+            return profile(run_once, self.compiled.as_text(), steps)
 
     def result(self) -> dict:
         import jax
@@ -210,11 +230,34 @@ def remat_table(config, names: list[str], steps: int) -> list[dict]:
     return rows
 
 
+def print_profile(config, steps: int) -> None:
+    """Compiles the step with per-op tracing on and prints the groups' ms per step."""
+    from train.profile import TRACE_FLAG
+
+    # read when the CPU backend starts, which is after this point (JaxBench makes the first array)
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {TRACE_FLAG}".strip()
+    b = JaxBench(config)
+    wall_ms = 1e3 * b.time(steps)
+    groups = b.profile(steps)
+    if not groups:
+        raise app.UsageError("--profile: the trace has no XLA:CPU op events (not a CPU backend?)")
+    print(f"step {wall_ms:.1f} ms (median of {steps}); per-op times, ms per step:")
+    for name, ms in groups[:25]:
+        print(f"{ms:9.1f}  {name}")
+    rest = sum(ms for _, ms in groups[25:])
+    total = sum(ms for _, ms in groups)
+    print(f"{rest:9.1f}  ({len(groups) - 25} more groups)" if len(groups) > 25 else "", end="")
+    print(f"\n{total:9.1f}  sum (ops on the two threads overlap, so it can exceed the step)")
+
+
 def main(argv):
     del argv
     config = _CONFIG.value
     with config.unlocked():
         config.model.vocab_size = _VOCAB.value
+    if _PROFILE.value:
+        print_profile(config, _PROFILE.value)
+        return
     if _REMAT.value:
         rows = remat_table(config, _REMAT.value, _STEPS.value)
         if _JSON.value:
