@@ -12,8 +12,9 @@ the fixed-aspect ladder of scaling/plan.py (--aspect d_model per layer, --head_d
 and recipe are experiments/planned.py's (GPT-3's architecture and hyperparameters). With
 --topology the shape is compiled for the slice through the aot package (aot/search.py: the
 meshes that divide the slice, at most --meshes of them, ranked by roofline step time among those
-that fit; up to 16 microbatches if none fits): the mesh, HBM per chip, and the wall-clock and
-chip-hours for D tokens at the roofline step time (a lower bound: its MFU is an upper bound).
+that fit; up to 16 microbatches if none fits; a batch of GPT-3's table, or --batch_rows rows of
+2,048 tokens): the mesh, HBM per chip, and the wall-clock and chip-hours for D tokens at the
+roofline step time (a lower bound: its MFU is an upper bound).
 --write PATH emits that run as an experiment file for launch/run.py and launch/aot.py.
 
 Exit codes: 0 planned, 3 no mesh fits the slice, 2 bad input (one line, nothing written).
@@ -48,6 +49,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--aspect", type=int, help="d_model per layer (128 published, 32 fit.json)")
     p.add_argument("--head_dim", type=int, help="head size (128 published, 32 fit.json)")
     p.add_argument("--meshes", type=int, default=2, help="meshes compiled at most per try (2)")
+    p.add_argument(
+        "--batch_rows", type=int, default=0, help="rows of 2,048 tokens per step (0: GPT-3's table)"
+    )
     p.add_argument("--write", help="experiments/planned_<name>.py to emit (needs --topology)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     return p
@@ -75,6 +79,8 @@ def _check(args) -> None:
         raise ValueError(f"--flops {args.flops}: need a positive FLOP count such as 1e22")
     if args.meshes < 1:
         raise ValueError(f"--meshes {args.meshes}: compile at least 1 mesh")
+    if args.batch_rows < 0 or (args.batch_rows and not args.topology):
+        raise ValueError(f"--batch_rows {args.batch_rows}: a positive row count, with --topology")
     if args.write:
         if not args.topology:
             raise ValueError("--write needs --topology: the file holds the slice's mesh")
@@ -83,15 +89,15 @@ def _check(args) -> None:
             raise ValueError(f"--write {args.write}: need a .py path in an existing folder")
 
 
-def _compile(plan: dict, slice_, meshes: int, log) -> dict | None:
+def _compile(plan: dict, slice_, meshes: int, log, rows: int = 0) -> dict | None:
     """The best mesh that fits (aot/search.py), trying more microbatches while none does."""
     from aot.search import search
     from experiments.planned import planned_config
 
     devices = slice_.devices()
-    # FSDP over every chip needs whole rows per chip: GPT-3's batch, to the nearest multiple of
-    # the chip count (at least one row per chip).
-    rows = planned_config(plan).data.batch_size
+    # FSDP over every chip needs whole rows per chip: `rows` (0: GPT-3's batch), to the nearest
+    # multiple of the chip count (at least one row per chip).
+    rows = rows or planned_config(plan).data.batch_size
     chips = slice_.total_chips
     plan = plan | {"batch_rows": chips * max(1, round(rows / chips))}
     for grad_accum in (1, 4, 16):
@@ -136,7 +142,8 @@ def main(argv: list[str]) -> int:
     if slice_ is not None:
         spec = {k: result["shape"][k] for k in ("n_layers", "d_model", "n_heads", "d_ff")}
         spec |= {"tokens": result["D"], "target": args.topology}
-        best = _compile(spec, slice_, args.meshes, log if not args.json else lambda m: None)
+        quiet = lambda m: None  # noqa: E731
+        best = _compile(spec, slice_, args.meshes, quiet if args.json else log, args.batch_rows)
         result["topology"] = _timing(best, result["D"], slice_)
         if best is None:
             code = EXIT_DOES_NOT_FIT

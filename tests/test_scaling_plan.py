@@ -120,6 +120,7 @@ def test_cli_prints_the_plan_and_exits_2_on_bad_input(tmp_path, capsys):
         ["--law", str(improper), "--flops", "1e21"],
         ["--law", "chinchilla", "--flops", "1e21", "--topology", "v5p-7"],
         ["--law", "chinchilla", "--flops", "1e21", "--write", str(written)],
+        ["--law", "chinchilla", "--flops", "1e21", "--batch_rows", "64"],
         ["--law", "chinchilla", "--flops", "1e21", "--aspect", "100", "--head_dim", "64"],
         ["--flops", "1e21"],
     ):
@@ -139,6 +140,7 @@ def test_cli_compiles_the_plan_for_a_slice_and_writes_a_runnable_config(tmp_path
     path.write_text(json.dumps(law))
     out_py = tmp_path / "planned_small.py"
     argv = ["--law", str(path), "--flops", "1e15", "--topology", "v5p-8", "--meshes", "1"]
+    argv += ["--batch_rows", "6"]  # 8 after rounding to whole rows per chip (a quicker compile)
     code, out, err = _main(
         [*argv, "--aspect", "64", "--head_dim", "64", "--write", str(out_py), "--json"], capsys
     )
@@ -146,6 +148,7 @@ def test_cli_compiles_the_plan_for_a_slice_and_writes_a_runnable_config(tmp_path
     r = json.loads(out)
     t = r["topology"]
     assert t["fits"] and t["chips"] == 4 and t["hbm_gib_per_chip"] < 95
+    assert t["batch_rows"] == 8 and t["tokens_per_step"] == 8 * 2048
     assert t["steps"] == math.ceil(r["D"] / t["tokens_per_step"])
     assert t["chip_hours"] == pytest.approx(t["steps"] * t["step_time_s"] / 3600 * 4)
     from launch.cluster import load_config
@@ -154,3 +157,4 @@ def test_cli_compiles_the_plan_for_a_slice_and_writes_a_runnable_config(tmp_path
     assert config.model.n_layers == r["shape"]["n_layers"]
     assert dict(config.parallel.mesh) == t["mesh"]
     assert config.train.steps == t["steps"]
+    assert config.data.batch_size == 8
