@@ -57,7 +57,6 @@ class JaxBench:
     """The compiled train step of `config` on one random batch, timed in rounds."""
 
     def __init__(self, config):
-        import jax
         import numpy as np
 
         from train.loop import Run
@@ -80,37 +79,35 @@ class JaxBench:
             self.memory = self.compiled.memory_analysis()
             self.state = run.state
             for _ in range(2):
-                self.state, m = self.compiled(self.state, self.batch, self.run.schedule_args)
-            jax.block_until_ready(m)
+                self.step()
         self.times: list[float] = []
+
+    def step(self) -> None:
+        """One train step, waited for (inside `self.run.activate()`)."""
+        import jax
+
+        self.state, m = self.compiled(self.state, self.batch, self.run.schedule_args)
+        jax.block_until_ready(m)
 
     def time(self, steps: int) -> float:
         """Times `steps` more steps; returns their median step time in seconds."""
-        import jax
         import numpy as np
 
         times = []
         with self.run.activate():
             for _ in range(steps):
                 t = time.perf_counter()
-                self.state, m = self.compiled(self.state, self.batch, self.run.schedule_args)
-                jax.block_until_ready(m)
+                self.step()
                 times.append(time.perf_counter() - t)
         self.times += times
         return float(np.median(times))
 
     def profile(self, steps: int) -> list[tuple[str, float]]:
         """(group, ms per step) over `steps` traced steps (train/profile.py)."""
-        import jax
-
         from train.profile import profile
 
-        def run_once():
-            self.state, m = self.compiled(self.state, self.batch, self.run.schedule_args)
-            jax.block_until_ready(m)
-
         with self.run.activate():
-            return profile(run_once, self.compiled.as_text(), steps)
+            return profile(self.step, self.compiled.as_text(), steps)
 
     def result(self) -> dict:
         import jax
@@ -244,10 +241,10 @@ def print_profile(config, steps: int) -> None:
     print(f"step {wall_ms:.1f} ms (median of {steps}); per-op times, ms per step:")
     for name, ms in groups[:25]:
         print(f"{ms:9.1f}  {name}")
-    rest = sum(ms for _, ms in groups[25:])
+    if len(groups) > 25:
+        print(f"{sum(ms for _, ms in groups[25:]):9.1f}  ({len(groups) - 25} more groups)")
     total = sum(ms for _, ms in groups)
-    print(f"{rest:9.1f}  ({len(groups) - 25} more groups)" if len(groups) > 25 else "", end="")
-    print(f"\n{total:9.1f}  sum (ops on the two threads overlap, so it can exceed the step)")
+    print(f"{total:9.1f}  sum (ops on the two threads overlap, so it can exceed the step)")
 
 
 def main(argv):
